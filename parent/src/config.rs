@@ -1,0 +1,358 @@
+//! Configuration of the parent: command-line flags (clap, each with an environment
+//! fallback), the application listen address syntax, and the AWS credentials handed to
+//! the enclave.
+//!
+//! Credentials come only from the standard environment variables `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, never from flags (flags show in
+//! `ps`). On EC2 the operator's systemd unit exports the instance role's temporary
+//! credentials into the parent's environment; fetching and refreshing them from IMDS is
+//! a next step. They are not secret from the parent (DESIGN §2) but are still kept out
+//! of logs and zeroized on drop.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use ekms_shared::{Address, Credentials, DekCachePolicy, KmsConfig};
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+
+/// Where the application API listens.
+///
+/// Text forms: `unix:/path` (the default, a Unix stream socket) or `tcp://IP:PORT`
+/// (loopback only: the API has no authentication of its own, so it must not be
+/// reachable from the network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ListenAddr {
+    type Err = Error;
+
+    /// Parses `unix:/path` or `tcp://IP:PORT`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another scheme, an empty path, an unparsable socket address
+    /// or a non-loopback IP.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || path.contains('\0') {
+                return Err(Error::Config(format!("invalid Unix socket path in {s:?}")));
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = s.strip_prefix("tcp://") {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| Error::Config(format!("invalid TCP address in {s:?}")))?;
+            if !addr.ip().is_loopback() {
+                return Err(Error::Config(format!(
+                    "{s:?}: the API has no authentication, so TCP is loopback only"
+                )));
+            }
+            Ok(ListenAddr::Tcp(addr))
+        } else {
+            Err(Error::Config(format!(
+                "listen address {s:?}: expected unix:/path or tcp://127.0.0.1:PORT"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// AWS credentials for the enclave's KMS client. Zeroized on drop, redacted in `Debug`.
+pub struct AwsCredentials {
+    access_key_id: String,
+    secret_access_key: Zeroizing<String>,
+    session_token: Option<Zeroizing<String>>,
+}
+
+impl AwsCredentials {
+    /// Credentials from explicit values.
+    pub fn new(access_key_id: String, secret_access_key: String, session_token: Option<String>) -> Self {
+        AwsCredentials {
+            access_key_id,
+            secret_access_key: Zeroizing::new(secret_access_key),
+            session_token: session_token.map(Zeroizing::new),
+        }
+    }
+
+    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional)
+    /// `AWS_SESSION_TOKEN`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if either of the first two is unset or empty.
+    pub fn from_env() -> Result<Self, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let missing = |name: &str| Error::Config(format!("{name} is not set"));
+        Ok(Self::new(
+            var("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
+            var("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
+            var("AWS_SESSION_TOKEN"),
+        ))
+    }
+
+    /// The wire form for `Configure`.
+    fn to_wire(&self) -> Credentials {
+        Credentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.as_str().to_owned(),
+            session_token: self.session_token.as_ref().map(|t| t.as_str().to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// KMS settings passed to the enclave in `Configure`.
+#[derive(Debug)]
+pub struct KmsSettings {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Endpoint override (simulation: the kms-sim URL); `None` for the regional
+    /// endpoint through vsock-proxy.
+    pub endpoint_url: Option<String>,
+    /// KMS key id or ARN whose key policy requires the enclave's attestation.
+    pub kms_key_id: String,
+    /// Credentials for the KMS calls.
+    pub credentials: AwsCredentials,
+}
+
+impl KmsSettings {
+    /// The wire form for `Configure`.
+    pub(crate) fn to_wire(&self) -> KmsConfig {
+        KmsConfig {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+            credentials: self.credentials.to_wire(),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug)]
+pub struct Config {
+    /// Application API address.
+    pub listen: ListenAddr,
+    /// Enclave address (`vsock://CID:PORT` or `unix:/path`).
+    pub enclave: Address,
+    /// SQLite database path.
+    pub db: PathBuf,
+    /// KMS settings for the enclave.
+    pub kms: KmsSettings,
+    /// Data-key cache policy for the enclave.
+    pub dek_cache: DekCachePolicy,
+    /// Keyring new keys are created in.
+    pub keyring: String,
+    /// Number of multiplexed connections to the enclave (≥ 1).
+    pub enclave_connections: usize,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most API requests handled at once; more get 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Most open API connections; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Deadline for one enclave request.
+    pub enclave_timeout: Duration,
+    /// Deadline for reading a request's headers, and separately its body.
+    pub read_timeout: Duration,
+}
+
+/// Command-line flags of `ekms-parent`.
+#[derive(Debug, Parser)]
+#[command(name = "ekms-parent", version, about = "enclave-kms parent: API, key store and enclave relay")]
+pub struct Args {
+    /// Directory for the default socket and database (created 0700 if missing).
+    #[arg(long, env = "EKMS_STATE_DIR", default_value = "/var/lib/ekms")]
+    pub state_dir: PathBuf,
+    /// Application API address: unix:/path or tcp://127.0.0.1:PORT
+    /// [default: unix:<state-dir>/ekms.sock].
+    #[arg(long, env = "EKMS_LISTEN")]
+    pub listen: Option<String>,
+    /// Enclave address: vsock://CID:5000 (Nitro) or unix:/path (simulation).
+    #[arg(long, env = "EKMS_ENCLAVE", default_value = ekms_shared::SIM_ENCLAVE_ADDRESS)]
+    pub enclave: String,
+    /// SQLite key store [default: <state-dir>/ekms.db].
+    #[arg(long, env = "EKMS_DB")]
+    pub db: Option<PathBuf>,
+    /// AWS region of the KMS key.
+    #[arg(long, env = "EKMS_KMS_REGION")]
+    pub kms_region: String,
+    /// KMS endpoint URL override (simulation: the kms-sim address).
+    #[arg(long, env = "EKMS_KMS_ENDPOINT_URL")]
+    pub kms_endpoint_url: Option<String>,
+    /// KMS key id or ARN.
+    #[arg(long, env = "EKMS_KMS_KEY_ID")]
+    pub kms_key_id: String,
+    /// Seconds the enclave may keep a plaintext data key (0: KMS call per use).
+    #[arg(long, env = "EKMS_DEK_CACHE_TTL_SECS", default_value_t = 300)]
+    pub dek_cache_ttl_secs: u64,
+    /// Uses of a cached data key before it is dropped (0: KMS call per use).
+    #[arg(long, env = "EKMS_DEK_CACHE_MAX_USES", default_value_t = 1000)]
+    pub dek_cache_max_uses: u64,
+    /// Keyring for new keys.
+    #[arg(long, env = "EKMS_KEYRING", default_value = "default")]
+    pub keyring: String,
+    /// Multiplexed connections to the enclave.
+    #[arg(long, env = "EKMS_ENCLAVE_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub enclave_connections: u16,
+    /// Largest request body in bytes.
+    #[arg(long, env = "EKMS_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most requests in flight.
+    #[arg(long, env = "EKMS_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Most open API connections.
+    #[arg(long, env = "EKMS_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Deadline for one enclave request, in seconds.
+    #[arg(long, env = "EKMS_ENCLAVE_TIMEOUT_SECS", default_value_t = 30)]
+    pub enclave_timeout_secs: u64,
+    /// Deadline for reading a request's headers (and, separately, its body), in seconds.
+    #[arg(long, env = "EKMS_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub read_timeout_secs: u64,
+}
+
+impl Args {
+    /// Resolves defaults, parses addresses and reads credentials from the environment.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid address, a zero limit, an empty keyring name or
+    /// missing credentials.
+    pub fn into_config(self) -> Result<Config, Error> {
+        let listen = match &self.listen {
+            Some(s) => s.parse()?,
+            None => ListenAddr::Unix(self.state_dir.join("ekms.sock")),
+        };
+        let enclave: Address = self
+            .enclave
+            .parse()
+            .map_err(|e| Error::Config(format!("--enclave: {e}")))?;
+        if self.keyring.is_empty() || self.keyring.len() > 64 {
+            return Err(Error::Config("--keyring must be 1 to 64 bytes".into()));
+        }
+        for (name, v) in [
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-in-flight", self.max_in_flight),
+            ("--max-connections", self.max_connections),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.enclave_timeout_secs == 0 || self.read_timeout_secs == 0 {
+            return Err(Error::Config("timeouts must be at least 1 s".into()));
+        }
+        Ok(Config {
+            listen,
+            enclave,
+            db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),
+            kms: KmsSettings {
+                region: self.kms_region,
+                endpoint_url: self.kms_endpoint_url,
+                kms_key_id: self.kms_key_id,
+                credentials: AwsCredentials::from_env()?,
+            },
+            dek_cache: DekCachePolicy {
+                ttl_secs: self.dek_cache_ttl_secs,
+                max_uses: self.dek_cache_max_uses,
+            },
+            keyring: self.keyring,
+            enclave_connections: usize::from(self.enclave_connections),
+            max_body_bytes: self.max_body_bytes,
+            max_in_flight: self.max_in_flight,
+            max_connections: self.max_connections,
+            enclave_timeout: Duration::from_secs(self.enclave_timeout_secs),
+            read_timeout: Duration::from_secs(self.read_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!(
+            "unix:/run/ekms.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/ekms.sock".into())
+        );
+        let tcp: ListenAddr = "tcp://127.0.0.1:8080".parse().unwrap();
+        assert_eq!(tcp.to_string(), "tcp://127.0.0.1:8080");
+        assert!("tcp://[::1]:8080".parse::<ListenAddr>().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_or_public_listen_addresses() {
+        for s in ["unix:", "tcp://0.0.0.0:80", "tcp://10.0.0.1:80", "tcp://x", "/tmp/s", "http://127.0.0.1:1"] {
+            assert!(s.parse::<ListenAddr>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn args_resolve_defaults_under_state_dir() {
+        let args = Args::try_parse_from([
+            "ekms-parent",
+            "--state-dir",
+            "/tmp/ekms-x",
+            "--kms-region",
+            "us-east-1",
+            "--kms-key-id",
+            "k",
+            "--enclave",
+            "vsock://16:5000",
+        ])
+        .unwrap();
+        assert_eq!(args.dek_cache_ttl_secs, 300);
+        assert_eq!(args.dek_cache_max_uses, 1000);
+        assert_eq!(args.enclave_connections, 2);
+        assert_eq!(args.max_body_bytes, 262_144);
+        assert_eq!(args.listen, None);
+    }
+
+    #[test]
+    fn rejects_zero_enclave_connections() {
+        assert!(Args::try_parse_from([
+            "ekms-parent",
+            "--kms-region",
+            "r",
+            "--kms-key-id",
+            "k",
+            "--enclave-connections",
+            "0",
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn credentials_debug_is_redacted() {
+        let c = AwsCredentials::new("AKIA".into(), "topsecret".into(), Some("tok".into()));
+        let s = format!("{c:?}");
+        assert!(s.contains("AKIA"));
+        assert!(!s.contains("topsecret") && !s.contains("tok\""));
+    }
+}

@@ -1,0 +1,718 @@
+//! The key store: SQLite (rusqlite, bundled) holding what the enclave sealed — keyring
+//! data-key ciphertexts, sealed key records and MAC'd policies — plus columns the API
+//! lists (label, address, created_at).
+//!
+//! Nothing here is trusted by the enclave: every blob it reads back is authenticated
+//! there (AES-GCM AAD, policy HMAC). The store's job is durability and atomicity:
+//! - WAL journal with `synchronous=FULL`: a commit that returned is on disk;
+//! - a key is inserted with its policy in one transaction, and reported created only
+//!   after the commit;
+//! - a policy update is a compare-and-set on the version (`UPDATE … WHERE version = ?`),
+//!   so of two concurrent updates from the same version only one wins;
+//! - every failure path returns before `COMMIT` (the transaction rolls back on drop).
+//!
+//! rusqlite is blocking: each call runs on `spawn_blocking` against one connection
+//! behind a mutex. Rule for maintainers: a schema change bumps [`SCHEMA_VERSION`] and
+//! adds a migration step in [`migrate`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ekms_shared::{Algorithm, KeyringRef, SealedKeyRecord, SealedPolicy};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::Error;
+
+/// Version of the schema below, kept in the `schema_version` table.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE keyrings (
+    name           TEXT    NOT NULL,
+    epoch          INTEGER NOT NULL CHECK (epoch >= 0),
+    dek_ciphertext BLOB    NOT NULL,
+    created_at     INTEGER NOT NULL,
+    PRIMARY KEY (name, epoch)
+);
+CREATE TABLE keys (
+    key_id        TEXT    PRIMARY KEY NOT NULL,
+    algorithm     TEXT    NOT NULL CHECK (algorithm IN ('secp256k1', 'ed25519')),
+    label         TEXT,
+    owner         TEXT,
+    public_key    BLOB    NOT NULL,
+    address       TEXT    NOT NULL,
+    keyring       TEXT    NOT NULL,
+    epoch         INTEGER NOT NULL,
+    sealed_record BLOB    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    FOREIGN KEY (keyring, epoch) REFERENCES keyrings (name, epoch)
+);
+CREATE INDEX keys_by_created_at ON keys (created_at DESC);
+CREATE TABLE policies (
+    key_id      TEXT    PRIMARY KEY NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL CHECK (version >= 0),
+    policy_json TEXT    NOT NULL,
+    mac         BLOB    NOT NULL
+);
+";
+
+/// The SQLite key store. Cheap to clone (one shared connection).
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// A key's listed columns (what `GET /v1/keys` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySummary {
+    /// UUID v4 chosen by the parent, bound into the sealed record.
+    pub key_id: String,
+    /// Signature algorithm.
+    pub algorithm: Algorithm,
+    /// Caller's label, if any.
+    pub label: Option<String>,
+    /// Public key bytes (33-byte compressed SEC1 or 32-byte ed25519).
+    pub public_key: Vec<u8>,
+    /// EIP-55 or base58 address (see [`crate::format::address`]).
+    pub address: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Current policy version.
+    pub policy_version: u64,
+}
+
+/// A key with everything the enclave needs to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    /// The listed columns.
+    pub summary: KeySummary,
+    /// The sealed record, decoded from its CBOR blob and checked against the columns.
+    pub record: SealedKeyRecord,
+    /// The current MAC'd policy.
+    pub policy: SealedPolicy,
+}
+
+/// A key to insert: the enclave's sealed record and first policy, plus API columns.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Caller's label.
+    pub label: Option<String>,
+    /// Address computed from `record.public_key`.
+    pub address: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Sealed record from `KeyGenerated`.
+    pub record: SealedKeyRecord,
+    /// First policy from `KeyGenerated` (its `key_id` must equal the record's).
+    pub policy: SealedPolicy,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`: WAL, `synchronous=FULL`,
+    /// `foreign_keys=ON`, schema created or checked.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if SQLite fails; [`Error::Config`] if the file has a schema
+    /// version this build does not know.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store (tests and tools).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_in_memory() -> Result<Self, Error> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, Error> {
+        // journal_mode returns a row, so it is read rather than executed.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection in a blocking task.
+    async fn with<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; SQLite rolled back any open
+            // transaction when its guard dropped, so the connection is still sound.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task: {e}")))?
+    }
+
+    /// The keyring `name` at its highest epoch, if any.
+    ///
+    /// # Errors
+    /// [`Error::Store`], or [`Error::StoreCorrupt`] for an epoch out of `u32` range.
+    pub async fn latest_keyring(&self, name: String) -> Result<Option<KeyringRef>, Error> {
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT epoch, dek_ciphertext FROM keyrings WHERE name = ?1
+                     ORDER BY epoch DESC LIMIT 1",
+                    params![name],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                )
+                .optional()?;
+            row.map(|(epoch, dek)| keyring_ref(name, epoch, dek))
+                .transpose()
+        })
+        .await
+    }
+
+    /// The keyring `name` at `epoch`, if stored.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn keyring(&self, name: String, epoch: u32) -> Result<Option<KeyringRef>, Error> {
+        self.with(move |c| {
+            let dek = c
+                .query_row(
+                    "SELECT dek_ciphertext FROM keyrings WHERE name = ?1 AND epoch = ?2",
+                    params![name, epoch],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()?;
+            Ok(dek.map(|dek_ciphertext| KeyringRef {
+                keyring: name,
+                epoch,
+                dek_ciphertext,
+            }))
+        })
+        .await
+    }
+
+    /// Stores a new keyring epoch durably.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if `(name, epoch)` is stored; [`Error::Store`].
+    pub async fn insert_keyring(&self, keyring: KeyringRef, created_at_ms: i64) -> Result<(), Error> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "INSERT INTO keyrings (name, epoch, dek_ciphertext, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![keyring.keyring, keyring.epoch, keyring.dek_ciphertext, created_at_ms],
+            )?;
+            if n == 0 {
+                return Err(Error::AlreadyExists(format!(
+                    "keyring {:?} epoch {}",
+                    keyring.keyring, keyring.epoch
+                )));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Inserts a key and its first policy in one transaction; returns once committed.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] if the policy's key id differs from the record's;
+    /// [`Error::AlreadyExists`] for a duplicate key id; [`Error::Store`] (including a
+    /// foreign-key failure for a keyring epoch not stored). Nothing is written on error.
+    pub async fn insert_key(&self, key: NewKey) -> Result<(), Error> {
+        if key.policy.key_id != key.record.key_id {
+            return Err(Error::StoreCorrupt(
+                "policy and record name different keys".into(),
+            ));
+        }
+        let mut blob = Vec::new();
+        ciborium::into_writer(&key.record, &mut blob)
+            .map_err(|e| Error::Internal(format!("encoding the sealed record: {e}")))?;
+        let version = i64::try_from(key.policy.version)
+            .map_err(|_| Error::StoreCorrupt("policy version out of range".into()))?;
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let r = &key.record;
+            let n = tx.execute(
+                "INSERT INTO keys (key_id, algorithm, label, owner, public_key, address,
+                                   keyring, epoch, sealed_record, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+                params![
+                    r.key_id,
+                    algorithm_text(r.algorithm),
+                    key.label,
+                    r.owner,
+                    r.public_key,
+                    key.address,
+                    r.keyring,
+                    r.epoch,
+                    blob,
+                    key.created_at_ms
+                ],
+            )?;
+            if n == 0 {
+                return Err(Error::AlreadyExists(format!("key {}", r.key_id)));
+            }
+            tx.execute(
+                "INSERT INTO policies (key_id, version, policy_json, mac) VALUES (?1, ?2, ?3, ?4)",
+                params![r.key_id, version, key.policy.policy_json, key.policy.mac.as_slice()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The key `key_id` with its sealed record and policy, if stored.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] if the record blob does not decode, contradicts the
+    /// row's columns, or the policy row is malformed; [`Error::Store`].
+    pub async fn key(&self, key_id: String) -> Result<Option<KeyRow>, Error> {
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
+                            k.created_at, p.version, k.sealed_record, k.keyring, k.epoch,
+                            p.policy_json, p.mac
+                     FROM keys k JOIN policies p ON p.key_id = k.key_id
+                     WHERE k.key_id = ?1",
+                    params![key_id],
+                    |r| {
+                        Ok((
+                            summary_columns(r)?,
+                            r.get::<_, Vec<u8>>(7)?,
+                            r.get::<_, String>(8)?,
+                            r.get::<_, i64>(9)?,
+                            r.get::<_, String>(10)?,
+                            r.get::<_, Vec<u8>>(11)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((summary, blob, keyring, epoch, policy_json, mac)) = row else {
+                return Ok(None);
+            };
+            let summary = summary.check()?;
+            let record: SealedKeyRecord = ciborium::from_reader(blob.as_slice())
+                .map_err(|_| Error::StoreCorrupt("sealed record does not decode".into()))?;
+            if record.key_id != summary.key_id
+                || record.algorithm != summary.algorithm
+                || record.public_key != summary.public_key
+                || record.keyring != keyring
+                || i64::from(record.epoch) != epoch
+            {
+                return Err(Error::StoreCorrupt(
+                    "sealed record contradicts its row".into(),
+                ));
+            }
+            let mac: [u8; 32] = mac
+                .try_into()
+                .map_err(|_| Error::StoreCorrupt("policy MAC is not 32 bytes".into()))?;
+            let policy = SealedPolicy {
+                key_id: summary.key_id.clone(),
+                version: summary.policy_version,
+                policy_json,
+                mac,
+            };
+            Ok(Some(KeyRow {
+                summary,
+                record,
+                policy,
+            }))
+        })
+        .await
+    }
+
+    /// Up to `limit` keys, newest first.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] for a malformed row; [`Error::Store`].
+    pub async fn list_keys(&self, limit: u32) -> Result<Vec<KeySummary>, Error> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
+                        k.created_at, p.version
+                 FROM keys k JOIN policies p ON p.key_id = k.key_id
+                 ORDER BY k.created_at DESC, k.rowid DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], summary_columns)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.check()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Replaces the policy of `policy.key_id` if its stored version is still
+    /// `expected_version` (compare-and-set), and commits.
+    ///
+    /// # Errors
+    /// [`Error::PolicyConflict`] if the stored version differs (or the key is gone);
+    /// [`Error::StoreCorrupt`] if `policy.version` is not above `expected_version`;
+    /// [`Error::Store`]. Nothing is written on error.
+    pub async fn compare_and_set_policy(
+        &self,
+        expected_version: u64,
+        policy: SealedPolicy,
+    ) -> Result<(), Error> {
+        if policy.version <= expected_version {
+            return Err(Error::StoreCorrupt(
+                "a new policy version must be above the current one".into(),
+            ));
+        }
+        let range = |_| Error::StoreCorrupt("policy version out of range".into());
+        let expected = i64::try_from(expected_version).map_err(range)?;
+        let version = i64::try_from(policy.version).map_err(range)?;
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE policies SET version = ?1, policy_json = ?2, mac = ?3
+                 WHERE key_id = ?4 AND version = ?5",
+                params![
+                    version,
+                    policy.policy_json,
+                    policy.mac.as_slice(),
+                    policy.key_id,
+                    expected
+                ],
+            )?;
+            if n != 1 {
+                return Err(Error::PolicyConflict {
+                    expected: expected_version,
+                });
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Creates the schema in an empty database, or checks the stored version.
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let has_table: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            params![SCHEMA_VERSION],
+        )?;
+        tx.commit()?;
+        return Ok(());
+    }
+    let version: i64 = tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+        r.get::<_, Option<i64>>(0).map(|v| v.unwrap_or(0))
+    })?;
+    if version != SCHEMA_VERSION {
+        return Err(Error::Config(format!(
+            "database schema version {version}, this build knows {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+/// Raw columns of a summary, checked by [`RawSummary::check`] (outside the rusqlite
+/// row callback, so a bad value becomes [`Error::StoreCorrupt`]).
+struct RawSummary {
+    key_id: String,
+    algorithm: String,
+    label: Option<String>,
+    public_key: Vec<u8>,
+    address: String,
+    created_at_ms: i64,
+    policy_version: i64,
+}
+
+fn summary_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSummary> {
+    Ok(RawSummary {
+        key_id: r.get(0)?,
+        algorithm: r.get(1)?,
+        label: r.get(2)?,
+        public_key: r.get(3)?,
+        address: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        policy_version: r.get(6)?,
+    })
+}
+
+impl RawSummary {
+    fn check(self) -> Result<KeySummary, Error> {
+        let algorithm = match self.algorithm.as_str() {
+            "secp256k1" => Algorithm::Secp256k1,
+            "ed25519" => Algorithm::Ed25519,
+            _ => return Err(Error::StoreCorrupt("unknown algorithm".into())),
+        };
+        let policy_version = u64::try_from(self.policy_version)
+            .map_err(|_| Error::StoreCorrupt("negative policy version".into()))?;
+        Ok(KeySummary {
+            key_id: self.key_id,
+            algorithm,
+            label: self.label,
+            public_key: self.public_key,
+            address: self.address,
+            created_at_ms: self.created_at_ms,
+            policy_version,
+        })
+    }
+}
+
+fn keyring_ref(name: String, epoch: i64, dek_ciphertext: Vec<u8>) -> Result<KeyringRef, Error> {
+    let epoch =
+        u32::try_from(epoch).map_err(|_| Error::StoreCorrupt("keyring epoch out of range".into()))?;
+    Ok(KeyringRef {
+        keyring: name,
+        epoch,
+        dek_ciphertext,
+    })
+}
+
+/// The `keys.algorithm` column value (also the API's spelling).
+pub fn algorithm_text(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Secp256k1 => "secp256k1",
+        Algorithm::Ed25519 => "ed25519",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring() -> KeyringRef {
+        KeyringRef {
+            keyring: "default".into(),
+            epoch: 1,
+            dek_ciphertext: vec![0xde; 40],
+        }
+    }
+
+    fn new_key(key_id: &str, created_at_ms: i64) -> NewKey {
+        NewKey {
+            label: Some("bot".into()),
+            address: "0xabc".into(),
+            created_at_ms,
+            record: SealedKeyRecord {
+                version: 1,
+                key_id: key_id.into(),
+                owner: None,
+                algorithm: Algorithm::Secp256k1,
+                public_key: vec![2; 33],
+                keyring: "default".into(),
+                epoch: 1,
+                salt: [7; 32],
+                nonce: [9; 12],
+                ciphertext: vec![1, 2, 3],
+            },
+            policy: SealedPolicy {
+                key_id: key_id.into(),
+                version: 1,
+                policy_json: r#"{"enabled":true}"#.into(),
+                mac: [5; 32],
+            },
+        }
+    }
+
+    async fn store_with_keyring() -> Store {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_keyring(keyring(), 1).await.unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn key_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ekms.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert_keyring(keyring(), 1).await.unwrap();
+            s.insert_key(new_key("k1", 10)).await.unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let row = s.key("k1".into()).await.unwrap().unwrap();
+        let want = new_key("k1", 10);
+        assert_eq!(row.record, want.record);
+        assert_eq!(row.policy, want.policy);
+        assert_eq!(row.summary.label.as_deref(), Some("bot"));
+        assert_eq!(row.summary.policy_version, 1);
+        assert_eq!(
+            s.latest_keyring("default".into()).await.unwrap(),
+            Some(keyring())
+        );
+        let mode: String = s
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = s
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn rejects_duplicate_key_and_writes_nothing() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        let mut dup = new_key("k1", 11);
+        dup.policy.policy_json = r#"{"enabled":false}"#.into();
+        assert!(matches!(
+            s.insert_key(dup).await,
+            Err(Error::AlreadyExists(_))
+        ));
+        let row = s.key("k1".into()).await.unwrap().unwrap();
+        assert_eq!(row.policy.policy_json, r#"{"enabled":true}"#);
+    }
+
+    #[tokio::test]
+    async fn rejects_key_for_unknown_keyring_and_writes_nothing() {
+        let s = Store::open_in_memory().unwrap();
+        assert!(matches!(
+            s.insert_key(new_key("k1", 10)).await,
+            Err(Error::Store(_))
+        ));
+        assert!(s.key("k1".into()).await.unwrap().is_none());
+        assert!(s.list_keys(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rejects_mismatched_policy_key_id() {
+        let s = store_with_keyring().await;
+        let mut k = new_key("k1", 10);
+        k.policy.key_id = "k2".into();
+        assert!(matches!(s.insert_key(k).await, Err(Error::StoreCorrupt(_))));
+        assert!(s.key("k1".into()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn lists_newest_first_with_limit() {
+        let s = store_with_keyring().await;
+        for (id, t) in [("a", 1), ("b", 3), ("c", 2)] {
+            s.insert_key(new_key(id, t)).await.unwrap();
+        }
+        let ids: Vec<_> = s
+            .list_keys(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key_id)
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn policy_compare_and_set_has_one_winner() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        let update = |json: &str| SealedPolicy {
+            key_id: "k1".into(),
+            version: 2,
+            policy_json: json.into(),
+            mac: [6; 32],
+        };
+        let (a, b) = tokio::join!(
+            s.compare_and_set_policy(1, update(r#"{"a":1}"#)),
+            s.compare_and_set_policy(1, update(r#"{"b":1}"#)),
+        );
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "exactly one update wins"
+        );
+        let loser = if a.is_err() { a } else { b };
+        assert!(matches!(loser, Err(Error::PolicyConflict { expected: 1 })));
+        let row = s.key("k1".into()).await.unwrap().unwrap();
+        assert_eq!(row.policy.version, 2);
+        assert_eq!(row.policy.mac, [6; 32]);
+    }
+
+    #[tokio::test]
+    async fn rejects_policy_version_that_does_not_increase() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        let mut p = new_key("k1", 10).policy;
+        p.policy_json = r#"{"x":1}"#.into();
+        assert!(matches!(
+            s.compare_and_set_policy(1, p).await,
+            Err(Error::StoreCorrupt(_))
+        ));
+        let row = s.key("k1".into()).await.unwrap().unwrap();
+        assert_eq!(row.policy.policy_json, r#"{"enabled":true}"#);
+    }
+
+    #[tokio::test]
+    async fn rejects_tampered_rows_as_corrupt() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        s.insert_key(new_key("k2", 11)).await.unwrap();
+        s.insert_key(new_key("k3", 12)).await.unwrap();
+        {
+            let c = s.conn.lock().unwrap();
+            c.execute("UPDATE keys SET sealed_record = x'ff00' WHERE key_id = 'k1'", [])
+                .unwrap();
+            c.execute("UPDATE keys SET public_key = x'03' WHERE key_id = 'k2'", [])
+                .unwrap();
+            c.execute("UPDATE policies SET mac = x'00' WHERE key_id = 'k3'", [])
+                .unwrap();
+        }
+        for id in ["k1", "k2", "k3"] {
+            assert!(
+                matches!(s.key(id.into()).await, Err(Error::StoreCorrupt(_))),
+                "{id}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_duplicate_keyring_epoch() {
+        let s = store_with_keyring().await;
+        let mut other = keyring();
+        other.dek_ciphertext = vec![1; 8];
+        assert!(matches!(
+            s.insert_keyring(other, 2).await,
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(s.keyring("default".into(), 1).await.unwrap(), Some(keyring()));
+        assert_eq!(s.keyring("default".into(), 2).await.unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_unknown_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ekms.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        assert!(matches!(Store::open(&path), Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,676 @@
+//! Message types of the parent↔enclave protocol (DESIGN §2–§4) and the canonical byte
+//! layouts that sealing binds: [`SealedKeyRecord::aad`] (AES-256-GCM AAD) and
+//! [`SealedPolicy::mac_input`] (HMAC-SHA256 input).
+//!
+//! The enclave holds no state but cached data keys: the parent stores every sealed blob
+//! and sends it back with each request. Byte fields are CBOR byte strings (`serde_bytes`),
+//! and every struct refuses unknown fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec::PROTOCOL_VERSION;
+use crate::error::WireError;
+
+/// Most nonce bytes an attestation request may carry (the NSM's limit).
+pub const MAX_ATTESTATION_NONCE_LEN: usize = 512;
+/// Most user-data bytes an attestation request may carry (the NSM's limit).
+pub const MAX_ATTESTATION_USER_DATA_LEN: usize = 512;
+
+/// A request frame, parent → enclave. Build it with [`RequestFrame::new`]; many requests
+/// may be in flight on one connection, matched to responses by `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    /// Always [`PROTOCOL_VERSION`]; other versions are refused by the codec.
+    pub version: u16,
+    /// Chosen by the parent, echoed in the response.
+    pub request_id: u64,
+    /// The request.
+    pub body: Request,
+}
+
+impl RequestFrame {
+    /// A frame of the current [`PROTOCOL_VERSION`].
+    pub fn new(request_id: u64, body: Request) -> Self {
+        RequestFrame {
+            version: PROTOCOL_VERSION,
+            request_id,
+            body,
+        }
+    }
+
+    /// Checks per-field limits beyond the frame size: attestation nonce and user data at
+    /// most 512 bytes each. Returns the reason on failure.
+    pub(crate) fn check_limits(&self) -> Result<(), String> {
+        if let Request::Attestation { nonce, user_data } = &self.body {
+            for (name, field, max) in [
+                ("nonce", nonce, MAX_ATTESTATION_NONCE_LEN),
+                ("user_data", user_data, MAX_ATTESTATION_USER_DATA_LEN),
+            ] {
+                let len = field.as_ref().map_or(0, |b| b.len());
+                if len > max {
+                    return Err(format!("{name} is {len} bytes, more than {max}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A response frame, enclave → parent: the `request_id` of the request it answers and
+/// either a [`ResponseBody`] or a [`WireError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFrame {
+    /// Always [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The `request_id` of the request answered.
+    pub request_id: u64,
+    /// The answer.
+    pub body: Result<ResponseBody, WireError>,
+}
+
+/// Alias of [`ResponseFrame`] (the name used in the design notes).
+pub type Response = ResponseFrame;
+
+impl ResponseFrame {
+    /// A successful response of the current [`PROTOCOL_VERSION`].
+    pub fn ok(request_id: u64, body: ResponseBody) -> Self {
+        ResponseFrame {
+            version: PROTOCOL_VERSION,
+            request_id,
+            body: Ok(body),
+        }
+    }
+
+    /// An error response of the current [`PROTOCOL_VERSION`].
+    pub fn err(request_id: u64, error: WireError) -> Self {
+        ResponseFrame {
+            version: PROTOCOL_VERSION,
+            request_id,
+            body: Err(error),
+        }
+    }
+}
+
+/// Requests, parent → enclave. Each names its successful [`ResponseBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Request {
+    /// Hand the enclave its KMS settings and credentials. → [`ResponseBody::Configured`];
+    /// [`WireError::AlreadyConfigured`] if sent twice.
+    Configure {
+        /// KMS endpoint, key and credentials.
+        kms: KmsConfig,
+        /// Data-key cache bounds.
+        dek_cache: DekCachePolicy,
+    },
+    /// → [`ResponseBody::Status`].
+    Status,
+    /// Ask for a fresh attestation document. → [`ResponseBody::Attestation`].
+    Attestation {
+        /// Freshness nonce, at most [`MAX_ATTESTATION_NONCE_LEN`] bytes.
+        #[serde(with = "serde_bytes")]
+        nonce: Option<Vec<u8>>,
+        /// User data, at most [`MAX_ATTESTATION_USER_DATA_LEN`] bytes.
+        #[serde(with = "serde_bytes")]
+        user_data: Option<Vec<u8>>,
+    },
+    /// Create the data key of a keyring epoch (KMS `GenerateDataKey` with `Recipient`).
+    /// → [`ResponseBody::KeyringCreated`].
+    CreateKeyring {
+        /// Keyring name.
+        keyring: String,
+        /// Epoch (data-key generation) of the keyring.
+        epoch: u32,
+    },
+    /// Generate an execution key inside the enclave and seal it. →
+    /// [`ResponseBody::KeyGenerated`].
+    GenerateKey {
+        /// Key id, unique in the parent's store.
+        key_id: String,
+        /// Signature algorithm.
+        algorithm: Algorithm,
+        /// Owner, whose signature authorises policy changes.
+        owner: Option<String>,
+        /// Free-form label (not sealed).
+        label: Option<String>,
+        /// Initial policy document (JSON).
+        policy_json: String,
+        /// The keyring whose data key seals the new key.
+        keyring: KeyringRef,
+    },
+    /// Replace a key's policy. → [`ResponseBody::PolicySet`] with version
+    /// `current.version + 1`.
+    SetPolicy {
+        /// The key's sealed record.
+        record: SealedKeyRecord,
+        /// Its keyring.
+        keyring: KeyringRef,
+        /// The policy currently stored (must verify).
+        current: SealedPolicy,
+        /// The new policy document (JSON).
+        policy_json: String,
+    },
+    /// Sign a payload if the key's policy allows it. → [`ResponseBody::Signed`].
+    Sign {
+        /// The key's sealed record.
+        record: SealedKeyRecord,
+        /// Its keyring.
+        keyring: KeyringRef,
+        /// The key's sealed policy.
+        policy: SealedPolicy,
+        /// What to sign.
+        payload: SignPayload,
+    },
+}
+
+/// Successful responses, enclave → parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ResponseBody {
+    /// Answer to [`Request::Configure`].
+    Configured,
+    /// Answer to [`Request::Status`].
+    Status(StatusInfo),
+    /// Answer to [`Request::Attestation`].
+    Attestation {
+        /// COSE_Sign1 attestation document (DESIGN §5).
+        #[serde(with = "serde_bytes")]
+        document: Vec<u8>,
+    },
+    /// Answer to [`Request::CreateKeyring`].
+    KeyringCreated {
+        /// Keyring name.
+        keyring: String,
+        /// Epoch.
+        epoch: u32,
+        /// KMS `CiphertextBlob` of the data key, for the parent to store.
+        #[serde(with = "serde_bytes")]
+        dek_ciphertext: Vec<u8>,
+    },
+    /// Answer to [`Request::GenerateKey`].
+    KeyGenerated {
+        /// The sealed key, for the parent to store.
+        record: SealedKeyRecord,
+        /// The MAC'd initial policy (version 1), for the parent to store.
+        policy: SealedPolicy,
+    },
+    /// Answer to [`Request::SetPolicy`].
+    PolicySet {
+        /// The new MAC'd policy, for the parent to store.
+        policy: SealedPolicy,
+    },
+    /// Answer to [`Request::Sign`].
+    Signed(SignOutput),
+}
+
+/// KMS settings for the enclave's own KMS client (DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Endpoint override (the KMS emulator in simulation); `None` = the regional endpoint.
+    pub endpoint_url: Option<String>,
+    /// KMS key id or ARN used for `GenerateDataKey`/`Decrypt`.
+    pub kms_key_id: String,
+    /// Credentials for the calls.
+    pub credentials: Credentials,
+}
+
+/// The instance role's temporary AWS credentials. Not secret from the parent (it fetched
+/// them), but kept out of logs: `Debug` shows only the access key id.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// `AccessKeyId`.
+    pub access_key_id: String,
+    /// `SecretAccessKey`.
+    pub secret_access_key: String,
+    /// `SessionToken` (present for role credentials).
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds on how long and how often a plaintext data key stays cached in the enclave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DekCachePolicy {
+    /// Time to live of a cached data key, in seconds.
+    pub ttl_secs: u64,
+    /// Uses before eviction; `0` = no caching, a KMS `Decrypt` for every signature.
+    pub max_uses: u64,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusInfo {
+    /// Where the enclave's state machine is.
+    pub state: EnclaveState,
+    /// Nitro hardware or simulation.
+    pub mode: Mode,
+    /// Platform configuration registers by index (48 bytes each, SHA-384).
+    pub pcrs: BTreeMap<u16, ByteBuf>,
+}
+
+/// The enclave's state machine (STYLE rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnclaveState {
+    /// Started, not configured.
+    Booting,
+    /// Configured, KMS not yet reached.
+    Configured,
+    /// Serving all requests.
+    Ready,
+}
+
+/// Whether the enclave runs on Nitro hardware or in simulation (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Simulated NSM and KMS emulator.
+    Simulation,
+    /// A real Nitro Enclave.
+    Nitro,
+}
+
+/// Signature algorithm of an execution key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// ECDSA over secp256k1 (EVM).
+    Secp256k1,
+    /// Ed25519, RFC 8032 (Solana).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// Stable one-byte code used in [`SealedKeyRecord::aad`]: Secp256k1 = 1, Ed25519 = 2.
+    pub fn code(self) -> u8 {
+        match self {
+            Algorithm::Secp256k1 => 1,
+            Algorithm::Ed25519 => 2,
+        }
+    }
+}
+
+/// A keyring's data key reference, stored by the parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringRef {
+    /// Keyring name.
+    pub keyring: String,
+    /// Epoch.
+    pub epoch: u32,
+    /// KMS `CiphertextBlob` of the data key.
+    #[serde(with = "serde_bytes")]
+    pub dek_ciphertext: Vec<u8>,
+}
+
+/// What to sign: the raw bytes of an unsigned transaction of the given kind. The enclave
+/// decodes them itself; the kind only selects the decoder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignPayload {
+    /// Payload kind.
+    pub kind: PayloadKind,
+    /// Unsigned transaction bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Kinds of payload the enclave can decode and sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayloadKind {
+    /// An unsigned EVM transaction (EIP-2718 typed envelope or legacy RLP).
+    EvmTransaction,
+    /// An unsigned Solana transaction message.
+    SolanaTransaction,
+}
+
+/// A signature and the signed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SignOutput {
+    /// secp256k1 ECDSA over an EVM transaction.
+    Evm {
+        /// Signature `r`, big-endian.
+        #[serde(with = "serde_bytes")]
+        r: [u8; 32],
+        /// Signature `s`, big-endian, low-s (EIP-2).
+        #[serde(with = "serde_bytes")]
+        s: [u8; 32],
+        /// Recovery parity, 0 or 1.
+        y_parity: u8,
+        /// `v` as encoded in the transaction (EIP-155 for legacy, else `y_parity`).
+        v: u64,
+        /// The signed transaction, ready to broadcast.
+        #[serde(with = "serde_bytes")]
+        signed_transaction: Vec<u8>,
+        /// Keccak-256 of `signed_transaction`.
+        #[serde(with = "serde_bytes")]
+        transaction_hash: [u8; 32],
+    },
+    /// Ed25519 over a Solana message.
+    Solana {
+        /// The signature.
+        #[serde(with = "serde_bytes")]
+        signature: [u8; 64],
+        /// The signed transaction, ready to broadcast.
+        #[serde(with = "serde_bytes")]
+        signed_transaction: Vec<u8>,
+    },
+}
+
+/// A sealed execution key (DESIGN §3), stored by the parent. `ciphertext` is the
+/// AES-256-GCM encryption of the private key under the key's wrap key, with
+/// [`SealedKeyRecord::aad`] as AAD: moving the record to another key id, owner,
+/// algorithm, keyring or epoch makes it fail to open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedKeyRecord {
+    /// Record layout version (currently 1).
+    pub version: u8,
+    /// Key id.
+    pub key_id: String,
+    /// Owner, if any.
+    pub owner: Option<String>,
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// Public key (33-byte compressed secp256k1 or 32-byte ed25519).
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// Keyring whose data key seals this record.
+    pub keyring: String,
+    /// Keyring epoch.
+    pub epoch: u32,
+    /// Per-key HKDF salt.
+    #[serde(with = "serde_bytes")]
+    pub salt: [u8; 32],
+    /// AES-GCM nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 12],
+    /// AES-GCM ciphertext and tag.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Domain separator of [`SealedKeyRecord::aad`].
+const SEALED_KEY_DOMAIN: &[u8] = b"ekms/v1/sealed-key";
+/// Domain separator of [`SealedPolicy::mac_input`].
+const POLICY_MAC_DOMAIN: &[u8] = b"ekms/v1/policy-mac";
+
+/// Appends `u64_be(len) || bytes`.
+fn put_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    // usize → u64 is lossless on every supported target (≤ 64-bit).
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl SealedKeyRecord {
+    /// The AES-256-GCM additional authenticated data: every field but `ciphertext`, as
+    ///
+    /// ```text
+    /// lp("ekms/v1/sealed-key")
+    /// || u8 version
+    /// || lp(key_id)
+    /// || owner: 0x00 if None, 0x01 || lp(owner) if Some
+    /// || u8 algorithm.code()          (Secp256k1 = 1, Ed25519 = 2)
+    /// || lp(public_key)
+    /// || lp(keyring)
+    /// || u32_be epoch
+    /// || salt (32 bytes) || nonce (12 bytes)
+    /// ```
+    ///
+    /// where `lp(x) = u64_be(len(x)) || x` and strings are their UTF-8 bytes. Every
+    /// variable-length field is length-prefixed and the rest is fixed-size, so the
+    /// encoding is injective: two distinct records never have the same AAD.
+    pub fn aad(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            128 + self.key_id.len()
+                + self.owner.as_ref().map_or(0, String::len)
+                + self.public_key.len()
+                + self.keyring.len(),
+        );
+        put_lp(&mut out, SEALED_KEY_DOMAIN);
+        out.push(self.version);
+        put_lp(&mut out, self.key_id.as_bytes());
+        match &self.owner {
+            None => out.push(0),
+            Some(owner) => {
+                out.push(1);
+                put_lp(&mut out, owner.as_bytes());
+            }
+        }
+        out.push(self.algorithm.code());
+        put_lp(&mut out, &self.public_key);
+        put_lp(&mut out, self.keyring.as_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.nonce);
+        out
+    }
+}
+
+/// A key's policy with its HMAC-SHA256 under the key's policy-MAC key (DESIGN §4),
+/// stored by the parent. Versions increase by one with each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedPolicy {
+    /// Key id the policy belongs to.
+    pub key_id: String,
+    /// Monotonic version, 1 for the initial policy.
+    pub version: u64,
+    /// The policy in canonical JSON (these exact bytes are MAC'd).
+    pub policy_json: String,
+    /// HMAC-SHA256 over [`SealedPolicy::mac_input`].
+    #[serde(with = "serde_bytes")]
+    pub mac: [u8; 32],
+}
+
+impl SealedPolicy {
+    /// The bytes the policy MAC covers:
+    ///
+    /// ```text
+    /// lp("ekms/v1/policy-mac") || lp(key_id) || u64_be version || lp(policy_json)
+    /// ```
+    ///
+    /// with `lp(x) = u64_be(len(x)) || x`; injective like [`SealedKeyRecord::aad`].
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.key_id.len() + self.policy_json.len());
+        put_lp(&mut out, POLICY_MAC_DOMAIN);
+        put_lp(&mut out, self.key_id.as_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        put_lp(&mut out, self.policy_json.as_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn record() -> SealedKeyRecord {
+        SealedKeyRecord {
+            version: 1,
+            key_id: "ab".into(),
+            owner: Some("c".into()),
+            algorithm: Algorithm::Secp256k1,
+            public_key: vec![2; 33],
+            keyring: "default".into(),
+            epoch: 1,
+            salt: [7; 32],
+            nonce: [9; 12],
+            ciphertext: vec![1, 2, 3],
+        }
+    }
+
+    pub(crate) fn policy() -> SealedPolicy {
+        SealedPolicy {
+            key_id: "ab".into(),
+            version: 1,
+            policy_json: r#"{"chain_ids":[1]}"#.into(),
+            mac: [5; 32],
+        }
+    }
+
+    #[test]
+    fn aad_layout_is_as_documented() {
+        let r = record();
+        let mut want = Vec::new();
+        want.extend_from_slice(&18u64.to_be_bytes());
+        want.extend_from_slice(b"ekms/v1/sealed-key");
+        want.push(1);
+        want.extend_from_slice(&2u64.to_be_bytes());
+        want.extend_from_slice(b"ab");
+        want.push(1);
+        want.extend_from_slice(&1u64.to_be_bytes());
+        want.extend_from_slice(b"c");
+        want.push(1);
+        want.extend_from_slice(&33u64.to_be_bytes());
+        want.extend_from_slice(&[2; 33]);
+        want.extend_from_slice(&7u64.to_be_bytes());
+        want.extend_from_slice(b"default");
+        want.extend_from_slice(&1u32.to_be_bytes());
+        want.extend_from_slice(&[7; 32]);
+        want.extend_from_slice(&[9; 12]);
+        assert_eq!(r.aad(), want);
+    }
+
+    #[test]
+    fn aad_ignores_only_ciphertext() {
+        let r = record();
+        let mut c = r.clone();
+        c.ciphertext = vec![0xff; 40];
+        assert_eq!(r.aad(), c.aad());
+    }
+
+    #[test]
+    fn rejects_aad_collision_when_any_field_changes() {
+        let base = record();
+        let edits: Vec<fn(&mut SealedKeyRecord)> = vec![
+            |r| r.version = 2,
+            |r| r.key_id = "ac".into(),
+            |r| r.owner = None,
+            |r| r.owner = Some(String::new()),
+            |r| r.algorithm = Algorithm::Ed25519,
+            |r| r.public_key[0] = 3,
+            |r| {
+                r.public_key.pop();
+            },
+            |r| r.keyring = "other".into(),
+            |r| r.epoch = 2,
+            |r| r.salt[31] ^= 1,
+            |r| r.nonce[0] ^= 1,
+            // Moving bytes between adjacent variable-length fields.
+            |r| {
+                r.key_id = "a".into();
+                r.owner = Some("bc".into());
+            },
+            |r| {
+                r.key_id = "abc".into();
+                r.owner = None;
+            },
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        assert!(seen.insert(base.aad()));
+        for (i, edit) in edits.iter().enumerate() {
+            let mut r = base.clone();
+            edit(&mut r);
+            assert!(seen.insert(r.aad()), "edit {i} collides");
+        }
+    }
+
+    #[test]
+    fn rejects_aad_collision_between_owner_none_and_empty() {
+        let mut a = record();
+        a.owner = None;
+        let mut b = record();
+        b.owner = Some(String::new());
+        assert_ne!(a.aad(), b.aad());
+    }
+
+    #[test]
+    fn mac_input_layout_is_as_documented() {
+        let p = policy();
+        let mut want = Vec::new();
+        want.extend_from_slice(&18u64.to_be_bytes());
+        want.extend_from_slice(b"ekms/v1/policy-mac");
+        want.extend_from_slice(&2u64.to_be_bytes());
+        want.extend_from_slice(b"ab");
+        want.extend_from_slice(&1u64.to_be_bytes());
+        want.extend_from_slice(&17u64.to_be_bytes());
+        want.extend_from_slice(br#"{"chain_ids":[1]}"#);
+        assert_eq!(p.mac_input(), want);
+        let mut m = p.clone();
+        m.mac = [0; 32];
+        assert_eq!(p.mac_input(), m.mac_input(), "the MAC is not its own input");
+    }
+
+    #[test]
+    fn rejects_mac_input_collision_when_any_field_changes() {
+        let base = policy();
+        let edits: Vec<fn(&mut SealedPolicy)> = vec![
+            |p| p.key_id = "ac".into(),
+            |p| p.version = 2,
+            |p| p.policy_json = r#"{"chain_ids":[2]}"#.into(),
+            |p| {
+                p.key_id = "ab{".into();
+                p.policy_json = r#""chain_ids":[1]}"#.into();
+            },
+        ];
+        for edit in &edits {
+            let mut p = base.clone();
+            edit(&mut p);
+            assert_ne!(p.mac_input(), base.mac_input());
+        }
+        // Domain separation: a record's AAD never equals a policy's MAC input.
+        assert_ne!(record().aad()[..26], base.mac_input()[..26]);
+    }
+
+    #[test]
+    fn credentials_debug_is_redacted() {
+        let c = Credentials {
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+            session_token: Some("FwoGZXIvYXdzEBYa".into()),
+        };
+        let s = format!("{c:?}");
+        assert!(s.contains("AKIAEXAMPLE"));
+        assert!(!s.contains("wJalrXUtnFEMI"), "{s}");
+        assert!(!s.contains("FwoGZXIvYXdzEBYa"), "{s}");
+    }
+
+    #[test]
+    fn rejects_oversize_attestation_fields() {
+        let ok = RequestFrame::new(
+            1,
+            Request::Attestation {
+                nonce: Some(vec![0; 512]),
+                user_data: Some(vec![0; 512]),
+            },
+        );
+        assert!(ok.check_limits().is_ok());
+        for (n, u) in [(513, 0), (0, 513)] {
+            let f = RequestFrame::new(
+                1,
+                Request::Attestation {
+                    nonce: Some(vec![0; n]),
+                    user_data: Some(vec![0; u]),
+                },
+            );
+            assert!(f.check_limits().is_err());
+        }
+    }
+}

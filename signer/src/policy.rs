@@ -1,0 +1,773 @@
+//! Key policies (DESIGN §4): parsing, canonical form, and evaluation on *decoded*
+//! payloads. Default deny everywhere.
+//!
+//! # Document (version 1)
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "enabled": true,
+//!   "evm": {
+//!     "chain_ids": [1, 8453],
+//!     "allowed_destinations": ["0x…40 hex…"],
+//!     "max_value_wei": "1000000000000000000"
+//!   },
+//!   "solana": {
+//!     "allowed_programs": ["11111111111111111111111111111111"],
+//!     "max_lamports_per_transfer": 1000000000
+//!   }
+//! }
+//! ```
+//!
+//! - `version` defaults to 1; any other value is refused (a newer format).
+//! - `enabled` is required. `false` refuses everything.
+//! - A missing `evm` / `solana` section refuses that chain family.
+//! - Inside a section every field is optional and its absence is the strictest
+//!   reading: no chain ids, destinations or programs means none allowed; a missing
+//!   `max_value_wei` / `max_lamports_per_transfer` means 0 (no value may move).
+//!
+//! # Rules for maintainers: growing the format
+//!
+//! Unknown fields are **refused** at parse time, so an older enclave never silently
+//! ignores a restriction written for a newer one. New rules are added as optional
+//! fields whose absence keeps today's meaning, and are emitted by
+//! [`Policy::canonical_json`] only when present, so the canonical bytes (which the
+//! policy MAC covers) of every stored policy stay the same across upgrades. A change
+//! that would alter the meaning of an existing document needs a new `version`.
+//!
+//! # What version 1 does not bound
+//!
+//! EVM gas price/fees, nonces and call data (function selectors) are not restricted
+//! yet; Solana accounts loaded from v0 address tables are not visible. Lamport limits
+//! apply to every System Program transfer in a message, whoever pays it.
+
+use std::collections::BTreeSet;
+
+use alloy_primitives::{Address, U256};
+use serde::{Deserialize, Serialize};
+
+use crate::evm::EvmTx;
+use crate::solana::SolanaPayload;
+use crate::SignerError;
+
+/// Largest policy document accepted, in bytes (16 KiB). Checked before parsing.
+pub const MAX_POLICY_BYTES: usize = 16 * 1024;
+
+/// Largest number of entries in any list of a policy.
+pub const MAX_LIST_ENTRIES: usize = 256;
+
+/// The policy format version this code understands.
+pub const POLICY_VERSION: u32 = 1;
+
+/// A parsed, validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    enabled: bool,
+    evm: Option<EvmRules>,
+    solana: Option<SolanaRules>,
+}
+
+/// The `evm` section of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvmRules {
+    /// EIP-155 chain ids a transaction may target (all > 0).
+    pub chain_ids: BTreeSet<u64>,
+    /// Addresses a transaction may call or pay.
+    pub allowed_destinations: BTreeSet<[u8; 20]>,
+    /// The largest `value` a transaction may carry, in wei.
+    pub max_value_wei: U256,
+}
+
+/// The `solana` section of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SolanaRules {
+    /// Program ids every instruction must invoke one of.
+    pub allowed_programs: BTreeSet<[u8; 32]>,
+    /// The largest amount any single System Program transfer may move, in lamports.
+    pub max_lamports_per_transfer: u64,
+}
+
+/// Why a policy refused a payload: a stable rule name for programs and a message for
+/// people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("denied by policy rule {rule}: {message}")]
+pub struct Denial {
+    /// Stable rule name: `enabled`, `evm`, `evm.chain_ids`, `evm.contract_creation`,
+    /// `evm.allowed_destinations`, `evm.max_value_wei`, `solana`, `solana.signer`,
+    /// `solana.allowed_programs`, `solana.system_instructions`,
+    /// `solana.max_lamports_per_transfer`.
+    pub rule: &'static str,
+    /// What the payload did that the rule forbids.
+    pub message: String,
+}
+
+fn deny(rule: &'static str, message: impl Into<String>) -> Denial {
+    Denial {
+        rule,
+        message: message.into(),
+    }
+}
+
+// ---- the document as written (serde) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    #[serde(default = "default_version")]
+    version: u32,
+    enabled: bool,
+    #[serde(default)]
+    evm: Option<EvmDoc>,
+    #[serde(default)]
+    solana: Option<SolanaDoc>,
+}
+
+fn default_version() -> u32 {
+    POLICY_VERSION
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvmDoc {
+    #[serde(default)]
+    chain_ids: Vec<u64>,
+    #[serde(default)]
+    allowed_destinations: Vec<String>,
+    #[serde(default)]
+    max_value_wei: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SolanaDoc {
+    #[serde(default)]
+    allowed_programs: Vec<String>,
+    #[serde(default)]
+    max_lamports_per_transfer: u64,
+}
+
+// ---- the canonical form (field order here is the canonical order) ----
+
+#[derive(Serialize)]
+struct CanonicalPolicy {
+    version: u32,
+    enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evm: Option<CanonicalEvm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    solana: Option<CanonicalSolana>,
+}
+
+#[derive(Serialize)]
+struct CanonicalEvm {
+    chain_ids: Vec<u64>,
+    allowed_destinations: Vec<String>,
+    max_value_wei: String,
+}
+
+#[derive(Serialize)]
+struct CanonicalSolana {
+    allowed_programs: Vec<String>,
+    max_lamports_per_transfer: u64,
+}
+
+impl Policy {
+    /// Parses and validates a policy document (see the module docs for the format).
+    ///
+    /// # Errors
+    /// [`SignerError::Oversize`] above [`MAX_POLICY_BYTES`] (checked first);
+    /// [`SignerError::InvalidPolicy`] for invalid JSON, unknown or duplicate fields, a
+    /// version other than 1, a list longer than [`MAX_LIST_ENTRIES`], a chain id of 0,
+    /// an address that is not `0x` + 40 hex digits or is mixed-case without a valid
+    /// EIP-55 checksum, a `max_value_wei` that is not a decimal string fitting 256 bits,
+    /// or a program id that is not base58 of 32 bytes.
+    pub fn parse(json: &str) -> Result<Policy, SignerError> {
+        if json.len() > MAX_POLICY_BYTES {
+            return Err(SignerError::Oversize {
+                what: "policy",
+                len: json.len(),
+                limit: MAX_POLICY_BYTES,
+            });
+        }
+        let doc: PolicyDoc = serde_json::from_str(json)
+            .map_err(|e| SignerError::policy(format!("not a valid policy document: {e}")))?;
+        if doc.version != POLICY_VERSION {
+            return Err(SignerError::policy(format!(
+                "policy version {} is not supported (this enclave understands {POLICY_VERSION})",
+                doc.version
+            )));
+        }
+        let evm = doc.evm.map(parse_evm).transpose()?;
+        let solana = doc.solana.map(parse_solana).transpose()?;
+        Ok(Policy {
+            enabled: doc.enabled,
+            evm,
+            solana,
+        })
+    }
+
+    /// The canonical JSON of this policy: fixed field order, no whitespace, lists
+    /// sorted (by value; addresses and program ids by their bytes) and deduplicated,
+    /// EVM addresses lowercase `0x` hex, `max_value_wei` as a decimal string without
+    /// leading zeros, absent optional fields written as their strict default inside a
+    /// present section. These are the bytes the policy MAC covers. Parsing the output
+    /// gives back an equal policy, and canonicalizing that gives the same bytes.
+    pub fn canonical_json(&self) -> String {
+        let canonical = CanonicalPolicy {
+            version: POLICY_VERSION,
+            enabled: self.enabled,
+            evm: self.evm.as_ref().map(|e| CanonicalEvm {
+                chain_ids: e.chain_ids.iter().copied().collect(),
+                allowed_destinations: e
+                    .allowed_destinations
+                    .iter()
+                    .map(|a| format!("0x{}", hex::encode(a)))
+                    .collect(),
+                max_value_wei: e.max_value_wei.to_string(),
+            }),
+            solana: self.solana.as_ref().map(|s| CanonicalSolana {
+                allowed_programs: s
+                    .allowed_programs
+                    .iter()
+                    .map(|p| bs58::encode(p).into_string())
+                    .collect(),
+                max_lamports_per_transfer: s.max_lamports_per_transfer,
+            }),
+        };
+        serde_json::to_string(&canonical)
+            .expect("invariant: structs of strings, integers and bools always serialize")
+    }
+
+    /// Whether the key may sign at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The `evm` section, if any.
+    pub fn evm(&self) -> Option<&EvmRules> {
+        self.evm.as_ref()
+    }
+
+    /// The `solana` section, if any.
+    pub fn solana(&self) -> Option<&SolanaRules> {
+        self.solana.as_ref()
+    }
+
+    /// Evaluates the policy on a decoded EVM transaction. Checks, in order: enabled,
+    /// `evm` section present, chain id listed, not a contract creation (no rule allows
+    /// one yet), destination listed, `value ≤ max_value_wei`.
+    ///
+    /// # Errors
+    /// The first [`Denial`] met.
+    pub fn evaluate_evm(&self, tx: &EvmTx) -> Result<(), Denial> {
+        if !self.enabled {
+            return Err(deny("enabled", "the key is disabled"));
+        }
+        let rules = self
+            .evm
+            .as_ref()
+            .ok_or_else(|| deny("evm", "the policy allows no EVM transactions"))?;
+        if !rules.chain_ids.contains(&tx.chain_id()) {
+            return Err(deny(
+                "evm.chain_ids",
+                format!("chain id {} is not allowed", tx.chain_id()),
+            ));
+        }
+        let to = tx
+            .to()
+            .ok_or_else(|| deny("evm.contract_creation", "contract creation is not allowed"))?;
+        if !rules.allowed_destinations.contains(&to) {
+            return Err(deny(
+                "evm.allowed_destinations",
+                format!("destination {} is not allowed", crate::secret::eip55(&to)),
+            ));
+        }
+        if tx.value() > rules.max_value_wei {
+            return Err(deny(
+                "evm.max_value_wei",
+                format!(
+                    "value {} wei exceeds the maximum {} wei",
+                    tx.value(),
+                    rules.max_value_wei
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the policy on a decoded Solana payload to be signed by `signer`.
+    /// Checks, in order: enabled, `solana` section present, `signer` is a required
+    /// signer, every instruction's program is allowed, every System Program
+    /// instruction is one whose lamport movement is understood, and each such movement
+    /// is ≤ `max_lamports_per_transfer`.
+    ///
+    /// # Errors
+    /// The first [`Denial`] met.
+    pub fn evaluate_solana(&self, p: &SolanaPayload, signer: &[u8; 32]) -> Result<(), Denial> {
+        if !self.enabled {
+            return Err(deny("enabled", "the key is disabled"));
+        }
+        let rules = self
+            .solana
+            .as_ref()
+            .ok_or_else(|| deny("solana", "the policy allows no Solana transactions"))?;
+        if !p.required_signers().contains(signer) {
+            return Err(deny(
+                "solana.signer",
+                "the key is not a required signer of this message",
+            ));
+        }
+        for ix in p.instructions() {
+            if !rules.allowed_programs.contains(&ix.program_id) {
+                return Err(deny(
+                    "solana.allowed_programs",
+                    format!(
+                        "program {} is not allowed",
+                        bs58::encode(ix.program_id).into_string()
+                    ),
+                ));
+            }
+        }
+        let transfers = p
+            .system_transfers()
+            .map_err(|e| deny("solana.system_instructions", e.to_string()))?;
+        for t in transfers {
+            if t.lamports > rules.max_lamports_per_transfer {
+                return Err(deny(
+                    "solana.max_lamports_per_transfer",
+                    format!(
+                        "{:?} of {} lamports exceeds the maximum {}",
+                        t.kind, t.lamports, rules.max_lamports_per_transfer
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_len(what: &str, len: usize) -> Result<(), SignerError> {
+    if len > MAX_LIST_ENTRIES {
+        return Err(SignerError::policy(format!(
+            "{what} has {len} entries, limit {MAX_LIST_ENTRIES}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_evm(doc: EvmDoc) -> Result<EvmRules, SignerError> {
+    check_len("evm.chain_ids", doc.chain_ids.len())?;
+    check_len("evm.allowed_destinations", doc.allowed_destinations.len())?;
+    if doc.chain_ids.contains(&0) {
+        return Err(SignerError::policy(
+            "evm.chain_ids: chain id 0 is not a chain",
+        ));
+    }
+    let allowed_destinations = doc
+        .allowed_destinations
+        .iter()
+        .map(|a| parse_address(a))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let max_value_wei = match doc.max_value_wei {
+        None => U256::ZERO,
+        Some(s) => parse_wei(&s)?,
+    };
+    Ok(EvmRules {
+        chain_ids: doc.chain_ids.into_iter().collect(),
+        allowed_destinations,
+        max_value_wei,
+    })
+}
+
+fn parse_solana(doc: SolanaDoc) -> Result<SolanaRules, SignerError> {
+    check_len("solana.allowed_programs", doc.allowed_programs.len())?;
+    let allowed_programs = doc
+        .allowed_programs
+        .iter()
+        .map(|p| parse_program(p))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok(SolanaRules {
+        allowed_programs,
+        max_lamports_per_transfer: doc.max_lamports_per_transfer,
+    })
+}
+
+/// `0x` + 40 hex digits; mixed case must carry a valid EIP-55 checksum.
+fn parse_address(s: &str) -> Result<[u8; 20], SignerError> {
+    let bad = || {
+        SignerError::policy(format!(
+            "evm.allowed_destinations: {s:.48} is not a 0x-prefixed 20-byte hex address"
+        ))
+    };
+    let digits = s.strip_prefix("0x").ok_or_else(bad)?;
+    if digits.len() != 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let has_lower = digits.bytes().any(|b| b.is_ascii_lowercase());
+    let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
+    if has_lower && has_upper {
+        let addr = Address::parse_checksummed(s, None).map_err(|_| {
+            SignerError::policy(format!(
+                "evm.allowed_destinations: {s} is mixed-case but not a valid EIP-55 checksum"
+            ))
+        })?;
+        return Ok(addr.into_array());
+    }
+    let mut out = [0u8; 20];
+    hex::decode_to_slice(digits, &mut out).map_err(|_| bad())?;
+    Ok(out)
+}
+
+/// A decimal string of at most 78 digits fitting in 256 bits.
+fn parse_wei(s: &str) -> Result<U256, SignerError> {
+    let bad = || {
+        SignerError::policy(format!(
+            "evm.max_value_wei: {s:.80} is not a decimal integer below 2^256"
+        ))
+    };
+    if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    U256::from_str_radix(s, 10).map_err(|_| bad())
+}
+
+/// Base58 of exactly 32 bytes, in its canonical spelling.
+fn parse_program(s: &str) -> Result<[u8; 32], SignerError> {
+    let bad = || {
+        SignerError::policy(format!(
+            "solana.allowed_programs: {s:.48} is not a base58 32-byte program id"
+        ))
+    };
+    if s.len() > 44 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    let n = bs58::decode(s).onto(&mut out[..]).map_err(|_| bad())?;
+    if n != 32 || bs58::encode(out).into_string() != s {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evm::decode_unsigned;
+    use crate::solana::{decode, SYSTEM_PROGRAM_ID};
+    use alloy_consensus::{SignableTransaction, TxEip1559};
+    use alloy_primitives::{Bytes, TxKind};
+    use solana_message::{
+        AccountMeta, Address as SolAddress, Hash, Instruction, Message, VersionedMessage,
+    };
+
+    const DEST: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+    /// EIP-55's own example address, checksummed.
+    const DEST_EIP55: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    const COMPUTE_BUDGET: &str = "ComputeBudget111111111111111111111111111111";
+
+    fn evm_policy() -> Policy {
+        Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[1,8453],
+               "allowed_destinations":["{DEST_EIP55}"],"max_value_wei":"1000"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn tx(chain_id: u64, to: Option<[u8; 20]>, value: u64) -> EvmTx {
+        let t = TxEip1559 {
+            chain_id,
+            nonce: 0,
+            gas_limit: 21_000,
+            max_fee_per_gas: 2,
+            max_priority_fee_per_gas: 1,
+            to: to.map_or(TxKind::Create, |a| TxKind::Call(a.into())),
+            value: U256::from(value),
+            input: Bytes::new(),
+            access_list: Default::default(),
+        };
+        let mut out = Vec::new();
+        t.encode_for_signing(&mut out);
+        decode_unsigned(&out).unwrap()
+    }
+
+    fn dest() -> [u8; 20] {
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(&DEST[2..], &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn evm_allows_listed_chain_destination_and_value() {
+        let p = evm_policy();
+        assert_eq!(p.evaluate_evm(&tx(1, Some(dest()), 1000)), Ok(()));
+        assert_eq!(p.evaluate_evm(&tx(8453, Some(dest()), 0)), Ok(()));
+    }
+
+    #[test]
+    fn rejects_evm_disabled_missing_section_chain_creation_destination_value() {
+        let rule = |p: &Policy, t: &EvmTx| p.evaluate_evm(t).unwrap_err().rule;
+        let ok_tx = tx(1, Some(dest()), 1);
+
+        let disabled = Policy::parse(
+            &evm_policy()
+                .canonical_json()
+                .replace("\"enabled\":true", "\"enabled\":false"),
+        )
+        .unwrap();
+        assert_eq!(rule(&disabled, &ok_tx), "enabled");
+        let no_evm = Policy::parse(r#"{"enabled":true}"#).unwrap();
+        assert_eq!(rule(&no_evm, &ok_tx), "evm");
+
+        let p = evm_policy();
+        assert_eq!(rule(&p, &tx(10, Some(dest()), 1)), "evm.chain_ids");
+        assert_eq!(rule(&p, &tx(1, None, 0)), "evm.contract_creation");
+        assert_eq!(
+            rule(&p, &tx(1, Some([0x11; 20]), 0)),
+            "evm.allowed_destinations"
+        );
+        assert_eq!(rule(&p, &tx(1, Some(dest()), 1001)), "evm.max_value_wei");
+    }
+
+    #[test]
+    fn evm_absent_lists_and_max_are_strict() {
+        let p = Policy::parse(r#"{"enabled":true,"evm":{}}"#).unwrap();
+        assert_eq!(
+            p.evaluate_evm(&tx(1, Some(dest()), 0)).unwrap_err().rule,
+            "evm.chain_ids"
+        );
+        let p = Policy::parse(r#"{"enabled":true,"evm":{"chain_ids":[1]}}"#).unwrap();
+        assert_eq!(
+            p.evaluate_evm(&tx(1, Some(dest()), 0)).unwrap_err().rule,
+            "evm.allowed_destinations"
+        );
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"]}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.evaluate_evm(&tx(1, Some(dest()), 0)), Ok(()));
+        assert_eq!(
+            p.evaluate_evm(&tx(1, Some(dest()), 1)).unwrap_err().rule,
+            "evm.max_value_wei"
+        );
+    }
+
+    #[test]
+    fn canonical_json_is_sorted_deduplicated_lowercase_and_stable() {
+        let p = Policy::parse(&format!(
+            r#"{{ "solana": {{"allowed_programs": ["{COMPUTE_BUDGET}", "11111111111111111111111111111111", "{COMPUTE_BUDGET}"]}},
+                 "evm": {{"max_value_wei": "0007", "allowed_destinations": ["{DEST_EIP55}", "{DEST}", "0x{}"],
+                          "chain_ids": [8453, 1, 1]}},
+                 "enabled": true, "version": 1 }}"#,
+            "AB".repeat(20)
+        ))
+        .unwrap();
+        let canonical = p.canonical_json();
+        assert_eq!(
+            canonical,
+            format!(
+                r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1,8453],"allowed_destinations":["{DEST}","0x{}"],"max_value_wei":"7"}},"solana":{{"allowed_programs":["11111111111111111111111111111111","{COMPUTE_BUDGET}"],"max_lamports_per_transfer":0}}}}"#,
+                "ab".repeat(20)
+            )
+        );
+        let again = Policy::parse(&canonical).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(again.canonical_json(), canonical);
+        assert_eq!(
+            Policy::parse(r#"{"enabled":false}"#)
+                .unwrap()
+                .canonical_json(),
+            r#"{"version":1,"enabled":false}"#
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_policies() {
+        let long_list = format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[{}]}}}}"#,
+            (1..=257)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let cases = [
+            "not json".to_string(),
+            "{}".to_string(),                              // enabled required
+            r#"{"enabled":true,"unknown":1}"#.to_string(), // unknown field
+            r#"{"enabled":true,"evm":{"chain_ids":[1],"max_gas":1}}"#.to_string(), // unknown nested field
+            r#"{"enabled":true,"enabled":false}"#.to_string(), // duplicate field
+            r#"{"version":2,"enabled":true}"#.to_string(),     // newer format
+            r#"{"enabled":true,"evm":{"chain_ids":[0]}}"#.to_string(),
+            r#"{"enabled":true,"evm":{"chain_ids":[-1]}}"#.to_string(),
+            r#"{"enabled":true,"evm":{"allowed_destinations":["0x1234"]}}"#.to_string(),
+            format!(
+                r#"{{"enabled":true,"evm":{{"allowed_destinations":["{}"]}}}}"#,
+                &DEST[2..]
+            ),
+            // mixed case with one checksum letter flipped
+            format!(
+                r#"{{"enabled":true,"evm":{{"allowed_destinations":["{}"]}}}}"#,
+                DEST_EIP55.replace("aAeb", "aaeb")
+            ),
+            r#"{"enabled":true,"evm":{"max_value_wei":"1e18"}}"#.to_string(),
+            r#"{"enabled":true,"evm":{"max_value_wei":""}}"#.to_string(),
+            r#"{"enabled":true,"evm":{"max_value_wei":"-1"}}"#.to_string(),
+            r#"{"enabled":true,"evm":{"max_value_wei":1000}}"#.to_string(),
+            format!(
+                r#"{{"enabled":true,"evm":{{"max_value_wei":"{}"}}}}"#,
+                "9".repeat(78)
+            ), // > 2^256
+            r#"{"enabled":true,"solana":{"allowed_programs":["0OIl"]}}"#.to_string(),
+            r#"{"enabled":true,"solana":{"allowed_programs":["1111"]}}"#.to_string(),
+            r#"{"enabled":true,"solana":{"max_lamports_per_transfer":-5}}"#.to_string(),
+            long_list,
+        ];
+        for json in &cases {
+            assert!(
+                matches!(Policy::parse(json), Err(SignerError::InvalidPolicy { .. })),
+                "accepted: {json}"
+            );
+        }
+        let huge = format!(
+            r#"{{"enabled":true,"pad":"{}"}}"#,
+            "x".repeat(MAX_POLICY_BYTES)
+        );
+        assert!(matches!(
+            Policy::parse(&huge),
+            Err(SignerError::Oversize { .. })
+        ));
+        // the largest valid value parses
+        let max = U256::MAX.to_string();
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"max_value_wei":"{max}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.evm().unwrap().max_value_wei, U256::MAX);
+    }
+
+    // ---- Solana ----
+
+    fn sol_key(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    fn transfer(from: [u8; 32], to: [u8; 32], lamports: u64) -> Instruction {
+        let mut data = 2u32.to_le_bytes().to_vec();
+        data.extend_from_slice(&lamports.to_le_bytes());
+        Instruction::new_with_bytes(
+            SolAddress::from(SYSTEM_PROGRAM_ID),
+            &data,
+            vec![
+                AccountMeta::new(SolAddress::from(from), true),
+                AccountMeta::new(SolAddress::from(to), false),
+            ],
+        )
+    }
+
+    fn payload(payer: [u8; 32], ixs: &[Instruction]) -> SolanaPayload {
+        let msg = Message::new_with_blockhash(
+            ixs,
+            Some(&SolAddress::from(payer)),
+            &Hash::new_from_array([1; 32]),
+        );
+        decode(&wincode::serialize(&VersionedMessage::Legacy(msg)).unwrap()).unwrap()
+    }
+
+    fn solana_policy() -> Policy {
+        Policy::parse(
+            r#"{"enabled":true,"solana":{"allowed_programs":["11111111111111111111111111111111"],
+                "max_lamports_per_transfer":5000}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn solana_allows_listed_program_within_limit() {
+        let payer = sol_key(1);
+        let p = payload(
+            payer,
+            &[
+                transfer(payer, sol_key(2), 5000),
+                transfer(payer, sol_key(3), 1),
+            ],
+        );
+        assert_eq!(solana_policy().evaluate_solana(&p, &payer), Ok(()));
+    }
+
+    #[test]
+    fn rejects_solana_disabled_section_signer_program_and_amount() {
+        let payer = sol_key(1);
+        let ok = payload(payer, &[transfer(payer, sol_key(2), 10)]);
+        let rule = |pol: &Policy, p: &SolanaPayload, s: &[u8; 32]| {
+            pol.evaluate_solana(p, s).unwrap_err().rule
+        };
+
+        let disabled = Policy::parse(r#"{"enabled":false,"solana":{}}"#).unwrap();
+        assert_eq!(rule(&disabled, &ok, &payer), "enabled");
+        assert_eq!(rule(&evm_policy(), &ok, &payer), "solana");
+        assert_eq!(rule(&solana_policy(), &ok, &sol_key(2)), "solana.signer");
+
+        let other_program = Instruction::new_with_bytes(
+            SolAddress::from(sol_key(9)),
+            &[1, 2, 3],
+            vec![AccountMeta::new(SolAddress::from(payer), true)],
+        );
+        let p = payload(payer, &[transfer(payer, sol_key(2), 1), other_program]);
+        assert_eq!(
+            rule(&solana_policy(), &p, &payer),
+            "solana.allowed_programs"
+        );
+
+        let p = payload(
+            payer,
+            &[
+                transfer(payer, sol_key(2), 1),
+                transfer(payer, sol_key(3), 5001),
+            ],
+        );
+        assert_eq!(
+            rule(&solana_policy(), &p, &payer),
+            "solana.max_lamports_per_transfer"
+        );
+
+        let unknown = Instruction::new_with_bytes(
+            SolAddress::from(SYSTEM_PROGRAM_ID),
+            &[77, 0, 0, 0],
+            vec![AccountMeta::new(SolAddress::from(payer), true)],
+        );
+        assert_eq!(
+            rule(&solana_policy(), &payload(payer, &[unknown]), &payer),
+            "solana.system_instructions"
+        );
+    }
+
+    #[test]
+    fn solana_absent_fields_are_strict() {
+        let payer = sol_key(1);
+        let p = payload(payer, &[transfer(payer, sol_key(2), 1)]);
+        let no_programs =
+            Policy::parse(r#"{"enabled":true,"solana":{"max_lamports_per_transfer":10}}"#).unwrap();
+        assert_eq!(
+            no_programs.evaluate_solana(&p, &payer).unwrap_err().rule,
+            "solana.allowed_programs"
+        );
+        let no_max = Policy::parse(
+            r#"{"enabled":true,"solana":{"allowed_programs":["11111111111111111111111111111111"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            no_max.evaluate_solana(&p, &payer).unwrap_err().rule,
+            "solana.max_lamports_per_transfer"
+        );
+        let zero = payload(payer, &[transfer(payer, sol_key(2), 0)]);
+        assert_eq!(no_max.evaluate_solana(&zero, &payer), Ok(()));
+    }
+
+    #[test]
+    fn denial_display_names_the_rule() {
+        let d = deny("evm.chain_ids", "chain id 5 is not allowed");
+        assert_eq!(
+            d.to_string(),
+            "denied by policy rule evm.chain_ids: chain id 5 is not allowed"
+        );
+    }
+}
