@@ -27,13 +27,13 @@ const SUI_PCR4: &str = "9ab5a1aba055ee41ee254b9b251a58259b29fa1096859762744e9ac7
 fn today() -> SystemTime {
     UNIX_EPOCH
         + der::DateTime::new(2026, 11, 21, 0, 0, 0)
-            .unwrap()
+            .expect("a valid calendar date")
             .unix_duration()
 }
 
 fn decode(hex_text: &str) -> Vec<u8> {
     let compact: String = hex_text.split_whitespace().collect();
-    hex::decode(compact).unwrap()
+    hex::decode(compact).expect("test vectors are hex")
 }
 
 fn at_ms(ms: u64) -> SystemTime {
@@ -43,7 +43,7 @@ fn at_ms(ms: u64) -> SystemTime {
 fn base_pcrs() -> BTreeMap<u16, Vec<u8>> {
     [(0, BASE_PCR0), (1, BASE_PCR1), (2, BASE_PCR2)]
         .into_iter()
-        .map(|(i, h)| (i, hex::decode(h).unwrap()))
+        .map(|(i, h)| (i, hex::decode(h).expect("PCR constants are hex")))
         .collect()
 }
 
@@ -58,7 +58,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
         .position(|w| w == needle)
-        .unwrap()
+        .expect("field bytes occur in the document")
 }
 
 #[test]

@@ -437,6 +437,7 @@ mod tests {
     const ENVELOPE_OTHER_KEY: &[u8] = include_bytes!("../tests/vectors/envelope-other-key.ber");
     const ENVELOPE_OAEP_SHA1: &[u8] = include_bytes!("../tests/vectors/envelope-oaep-sha1.ber");
     const ENVELOPE_AES128: &[u8] = include_bytes!("../tests/vectors/envelope-aes128.ber");
+    const ENVELOPE_KMS_SIM: &[u8] = include_bytes!("../tests/vectors/envelope-kms-sim.ber");
 
     fn fixture_key() -> RecipientKey {
         RecipientKey::from_pkcs8(KEY_PKCS8).unwrap()
@@ -495,6 +496,68 @@ mod tests {
     fn opens_openssl_definite_length_envelope() {
         let plaintext = fixture_key().open(ENVELOPE_DEFINITE).unwrap();
         assert_eq!(plaintext.as_slice(), DATA);
+    }
+
+    #[test]
+    fn opens_kms_sim_envelope_checked_by_openssl() {
+        // KMS layout: SHA-256 AlgorithmIdentifiers with NULL parameters (OpenSSL omits them).
+        let plaintext = fixture_key().open(ENVELOPE_KMS_SIM).unwrap();
+        assert_eq!(plaintext.as_slice(), DATA);
+    }
+
+    #[test]
+    fn rejects_kms_sim_envelope_with_label() {
+        // Append a pSourceFunc [2] { id-pSpecified, OCTET STRING "x" } to RSAES-OAEP-params:
+        // a non-empty label that OAEP here does not use must be refused, not ignored.
+        let params_at = find(ENVELOPE_KMS_SIM, &[0x30, 0x2f, 0xa0, 0x0f]);
+        let p_source: &[u8] = &[
+            0xa2, 0x12, 0x30, 0x10, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+            0x09, 0x04, 0x03, b'x', b'y', b'z',
+        ];
+        let mut altered = ENVELOPE_KMS_SIM.to_vec();
+        let params_end = params_at + 2 + 0x2f;
+        altered.splice(params_end..params_end, p_source.iter().copied());
+        // Fix the lengths: params SEQUENCE, AlgorithmIdentifier, KTRI and the SET.
+        let grow = u8::try_from(p_source.len()).unwrap();
+        altered[params_at + 1] += grow;
+        altered[params_at - 12] += grow; // AlgorithmIdentifier `30 3c`, before the 11-byte OID
+        let set_len = usize::from(altered[22]) << 8 | usize::from(altered[23]);
+        let ktri_len = usize::from(altered[26]) << 8 | usize::from(altered[27]);
+        altered[22..24].copy_from_slice(
+            &u16::try_from(set_len + p_source.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
+        altered[26..28].copy_from_slice(
+            &u16::try_from(ktri_len + p_source.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
+        assert!(matches!(
+            fixture_key().open(&altered),
+            Err(RecipientError::Unsupported(_))
+        ));
+        // The same surgery with an empty label (`04 00`) is the DEFAULT and is accepted.
+        let empty_label: &[u8] = &[
+            0xa2, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+            0x09, 0x04, 0x00,
+        ];
+        let mut ok = ENVELOPE_KMS_SIM.to_vec();
+        ok.splice(params_end..params_end, empty_label.iter().copied());
+        let grow = u8::try_from(empty_label.len()).unwrap();
+        ok[params_at + 1] += grow;
+        ok[params_at - 12] += grow;
+        ok[22..24].copy_from_slice(
+            &u16::try_from(set_len + empty_label.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
+        ok[26..28].copy_from_slice(
+            &u16::try_from(ktri_len + empty_label.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
+        assert_eq!(fixture_key().open(&ok).unwrap().as_slice(), DATA);
     }
 
     #[test]

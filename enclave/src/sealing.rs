@@ -22,7 +22,7 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use ekms_shared::{Algorithm, SealedKeyRecord, SealedPolicy};
 use hkdf::Hkdf;
-use hmac::{Hmac, KeyInit as _, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -121,7 +121,7 @@ pub fn seal(
         ciphertext: Vec::new(),
     };
     let wrap = dek.derive(&record.salt, "wrap", key_id);
-    let cipher = Aes256Gcm::new(wrap.as_slice().into());
+    let cipher = Aes256Gcm::new((&*wrap).into());
     let mut buf = Vec::with_capacity(SECRET_LEN + 16);
     buf.extend_from_slice(secret);
     let aad = record.aad();
@@ -146,7 +146,7 @@ pub fn open(dek: &DataKey, record: &SealedKeyRecord) -> Result<Zeroizing<Vec<u8>
         return Err(SealingError::Invalid);
     }
     let wrap = dek.derive(&record.salt, "wrap", &record.key_id);
-    let cipher = Aes256Gcm::new(wrap.as_slice().into());
+    let cipher = Aes256Gcm::new((&*wrap).into());
     let mut buf = Zeroizing::new(Vec::with_capacity(record.ciphertext.len()));
     buf.extend_from_slice(&record.ciphertext);
     cipher

@@ -171,7 +171,7 @@ fn rsa_modulus_bits(rsa_public_key: &[u8]) -> der::Result<usize> {
     let modulus = reader.sequence(|r| {
         let modulus = UintRef::decode(r)?;
         UintRef::decode(r)?;
-        Ok(modulus)
+        Ok::<_, der::Error>(modulus)
     })?;
     reader.finish()?;
     let bytes = modulus.as_bytes();
@@ -460,10 +460,16 @@ mod tests {
     fn reads_modulus_bits() {
         let key = RecipientKey::generate().unwrap();
         let spki = SubjectPublicKeyInfoRef::from_der(key.public_key_der()).unwrap();
-        assert_eq!(rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap(), 2048);
+        assert_eq!(
+            rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap(),
+            2048
+        );
         let rsa1024 = hex::decode(RSA_1024_SPKI).unwrap();
         let spki = SubjectPublicKeyInfoRef::from_der(&rsa1024).unwrap();
-        assert_eq!(rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap(), 1024);
+        assert_eq!(
+            rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap(),
+            1024
+        );
     }
 
     #[test]

@@ -146,7 +146,7 @@ mod tests {
     fn rejects_invalid_secp256k1_public_keys() {
         let mut pk = hex::decode(G_COMPRESSED).unwrap();
         assert!(address(Algorithm::Secp256k1, &pk[..32]).is_none());
-        pk[0] = 0x05; // not a SEC1 tag
+        pk[0] = 0x08; // not a SEC1 tag (0x05 is "compact", x only)
         assert!(address(Algorithm::Secp256k1, &pk).is_none());
         // x = 5 is not on secp256k1 (5³ + 7 = 132 is not a square mod p).
         let mut off = vec![0x02];

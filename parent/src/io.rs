@@ -207,13 +207,17 @@ pub async fn serve(
                 .header_read_timeout(limits.header_read_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = pin!(conn);
+            let draining = async move {
+                // Err: the sender is gone, which also means shutdown.
+                let _ = drain.wait_for(|d| *d).await;
+            };
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
-                _ = drain.wait_for(|d| *d) => {
+                () = draining => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

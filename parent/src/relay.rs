@@ -439,3 +439,188 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{relay_config, wait_ready, FakeEnclave, Harness};
+    use ekms_shared::{PayloadKind, SealedKeyRecord, SealedPolicy, SignPayload};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// A `Sign` request whose payload steers the fake (record and policy are dummies:
+    /// the fake acts on `drop` and `hang` before looking at them).
+    fn sign(payload: &[u8]) -> Request {
+        Request::Sign {
+            record: SealedKeyRecord {
+                version: 1,
+                key_id: "k".into(),
+                owner: None,
+                algorithm: ekms_shared::Algorithm::Secp256k1,
+                public_key: vec![2; 33],
+                keyring: "default".into(),
+                epoch: 1,
+                salt: [0; 32],
+                nonce: [0; 12],
+                ciphertext: vec![],
+            },
+            keyring: KeyringRef {
+                keyring: "default".into(),
+                epoch: 1,
+                dek_ciphertext: vec![1],
+            },
+            policy: SealedPolicy {
+                key_id: "k".into(),
+                version: 1,
+                policy_json: "{}".into(),
+                mac: [0; 32],
+            },
+            payload: SignPayload {
+                kind: PayloadKind::EvmTransaction,
+                bytes: payload.to_vec(),
+            },
+        }
+    }
+
+    fn attest() -> Request {
+        Request::Attestation {
+            nonce: Some(vec![1, 2, 3]),
+            user_data: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn configures_booting_enclave_and_creates_keyring_once() {
+        let h = Harness::start(3).await;
+        // Let every slot finish initialising.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(h.fake.state.configures.load(SeqCst), 1);
+        assert_eq!(h.fake.state.keyrings_created.load(SeqCst), 1);
+        assert_eq!(h.fake.state.connections.load(SeqCst), 3);
+        let stored = h.store.latest_keyring("default".into()).await.unwrap().unwrap();
+        assert_eq!(stored.dek_ciphertext, b"dek-ciphertext");
+        assert_eq!(h.relay.current_keyring().await.unwrap(), stored);
+        let health = h.relay.health().unwrap();
+        assert_eq!(health.mode, Mode::Simulation);
+        assert_eq!(health.pcrs[&0], vec![0xaa; 48]);
+        // Requests are multiplexed and answered by id.
+        let calls = (0..50).map(|_| h.relay.call(attest()));
+        for r in futures_join_all(calls).await {
+            assert!(matches!(r, Ok(ResponseBody::Attestation { .. })));
+        }
+    }
+
+    /// `join_all` without the futures crate: spawn-free, sequential await of
+    /// concurrently started futures via a JoinSet would need 'static; this keeps them
+    /// concurrent by polling through `tokio::join!`-like select.
+    async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut pinned: Vec<_> = fs.map(Box::pin).collect();
+        let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut done = true;
+            for (i, f) in pinned.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        out.into_iter().map(|o| o.unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn reuses_stored_keyring_on_a_new_run() {
+        let h = Harness::start(1).await;
+        let first = h.relay.current_keyring().await.unwrap();
+        h.relay.shutdown();
+        let fake2 = FakeEnclave::start(&h.dir.path().join("enclave2.sock"));
+        let relay2 = Relay::start(relay_config(&fake2.path, 1), h.store.clone());
+        wait_ready(&relay2).await;
+        assert_eq!(fake2.state.keyrings_created.load(SeqCst), 0);
+        assert_eq!(relay2.current_keyring().await.unwrap(), first);
+        relay2.shutdown();
+    }
+
+    #[tokio::test]
+    async fn rejects_requests_while_no_enclave_is_reachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let relay = Relay::start(relay_config(&dir.path().join("none.sock"), 2), store);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(relay.health().is_none());
+        assert!(matches!(
+            relay.call(attest()).await,
+            Err(Error::EnclaveUnavailable(_))
+        ));
+        assert!(matches!(
+            relay.current_keyring().await,
+            Err(Error::EnclaveUnavailable(_))
+        ));
+        relay.shutdown();
+    }
+
+    #[tokio::test]
+    async fn rejects_in_flight_request_when_connection_drops_then_recovers() {
+        let h = Harness::start(1).await;
+        assert!(matches!(
+            h.relay.call(sign(b"drop")).await,
+            Err(Error::EnclaveUnavailable(_))
+        ));
+        wait_ready(&h.relay).await;
+        let mut ok = false;
+        for _ in 0..100 {
+            if let Ok(ResponseBody::Attestation { document }) = h.relay.call(attest()).await {
+                assert_eq!(document, b"doc:\x01\x02\x03");
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "the relay reconnected");
+        assert_eq!(h.fake.state.connections.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn reconfigures_a_restarted_enclave_without_a_new_keyring() {
+        let mut h = Harness::start(2).await;
+        let state = Arc::clone(&h.fake.state);
+        let path = h.fake.path.clone();
+        // Restart: every connection closes, the new enclave boots unconfigured.
+        h.fake = FakeEnclave::start_with(&path, Arc::clone(&state));
+        let mut ok = false;
+        for _ in 0..200 {
+            if h.relay.call(attest()).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "the relay came back");
+        assert_eq!(state.configures.load(SeqCst), 2);
+        assert_eq!(state.keyrings_created.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn rejects_late_answers_after_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("e.sock"));
+        let mut cfg = relay_config(&fake.path, 1);
+        cfg.request_timeout = Duration::from_millis(200);
+        let relay = Relay::start(cfg, Store::open_in_memory().unwrap());
+        wait_ready(&relay).await;
+        assert!(matches!(
+            relay.call(sign(b"hang")).await,
+            Err(Error::EnclaveTimeout(_))
+        ));
+        let conn = relay.pick().unwrap();
+        assert!(lock(&conn.pending).waiters.is_empty(), "the waiter was removed");
+        relay.shutdown();
+    }
+}

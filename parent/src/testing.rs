@@ -1,1 +1,344 @@
-//! Test support placeholder.
+//! Test support (compiled only for tests): a FAKE enclave speaking the real
+//! `ekms-shared` framing on a Unix socket, and helpers that build the parent around it.
+//!
+//! The fake is not a model of the enclave's security; it is enough to drive every path
+//! of the parent. Its "MAC" is keccak256 of [`SealedPolicy::mac_input`] and its
+//! "ciphertext" is keccak256 of [`SealedKeyRecord::aad`], so a row changed in the
+//! database is refused with `SealedStateInvalid` as the real enclave would.
+//!
+//! Payload bytes steer the `Sign` answer: `deny` → `PolicyDenied{rule:"evm.chain_ids"}`,
+//! `0xff…` → `UnsupportedPayload`, `0x00` → `InvalidPayload`, `kms` → `Kms`, `drop` →
+//! the fake closes the connection without answering (an enclave restart), `hang` →
+//! it answers nothing for 60 s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ekms_shared::{
+    decode_request, encode_response, frame_len, Algorithm, DekCachePolicy, EnclaveState, Mode,
+    Request, ResponseBody, ResponseFrame, SealedKeyRecord, SealedPolicy, SignOutput, StatusInfo,
+    WireError, FRAME_PREFIX_LEN,
+};
+use sha3::{Digest as _, Keccak256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::config::{AwsCredentials, KmsSettings};
+use crate::relay::{Relay, RelayConfig};
+use crate::store::Store;
+
+/// Compressed secp256k1 generator (public key of private key 1).
+pub const G_COMPRESSED: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+/// Its EIP-55 address.
+pub const G_ADDRESS: &str = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf";
+
+/// Counters the tests read.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub configured: AtomicBool,
+    pub configures: AtomicUsize,
+    pub keyrings_created: AtomicUsize,
+    pub connections: AtomicUsize,
+}
+
+/// A running fake enclave; stops (closing every connection) on drop.
+pub struct FakeEnclave {
+    pub path: PathBuf,
+    pub state: Arc<FakeState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeEnclave {
+    fn drop(&mut self) {
+        // The socket file stays (the temp dir removes it): a restarted fake may already
+        // be bound on the same path.
+        self.task.abort();
+    }
+}
+
+impl FakeEnclave {
+    /// Starts a fresh (booting) fake on `path`.
+    pub fn start(path: &Path) -> FakeEnclave {
+        Self::start_with(path, Arc::new(FakeState::default()))
+    }
+
+    /// Starts a fake on `path` with existing state (a restart that kept nothing but
+    /// the counters: `configured` is reset, as a restarted enclave boots again).
+    pub fn start_with(path: &Path, state: Arc<FakeState>) -> FakeEnclave {
+        state.configured.store(false, Ordering::SeqCst);
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                conns.spawn(serve_conn(stream, Arc::clone(&st)));
+            }
+        });
+        FakeEnclave {
+            path: path.to_owned(),
+            state,
+            task,
+        }
+    }
+}
+
+async fn serve_conn(mut stream: UnixStream, state: Arc<FakeState>) {
+    loop {
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        if stream.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let Ok(len) = frame_len(prefix) else { return };
+        let mut body = vec![0; len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Ok(frame) = decode_request(&body) else {
+            return;
+        };
+        if let Request::Sign { payload, .. } = &frame.body {
+            if payload.bytes == b"drop" {
+                return; // close without answering
+            }
+            if payload.bytes == b"hang" {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+        let answer = match handle(frame.body, &state) {
+            Ok(b) => ResponseFrame::ok(frame.request_id, b),
+            Err(e) => ResponseFrame::err(frame.request_id, e),
+        };
+        let bytes = encode_response(&answer).unwrap();
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Keccak256::digest(bytes).into()
+}
+
+fn seal(mut policy: SealedPolicy) -> SealedPolicy {
+    policy.mac = digest(&policy.mac_input());
+    policy
+}
+
+fn check(record: &SealedKeyRecord, policy: &SealedPolicy) -> Result<(), WireError> {
+    if record.ciphertext != digest(&record.aad())
+        || policy.mac != digest(&policy.mac_input())
+        || policy.key_id != record.key_id
+    {
+        return Err(WireError::SealedStateInvalid);
+    }
+    Ok(())
+}
+
+fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError> {
+    let configured = state.configured.load(Ordering::SeqCst);
+    match request {
+        Request::Status => Ok(ResponseBody::Status(StatusInfo {
+            state: if configured {
+                EnclaveState::Ready
+            } else {
+                EnclaveState::Booting
+            },
+            mode: Mode::Simulation,
+            pcrs: BTreeMap::from([(0, serde_bytes::ByteBuf::from(vec![0xaa; 48]))]),
+        })),
+        Request::Configure { .. } => {
+            if state.configured.swap(true, Ordering::SeqCst) {
+                return Err(WireError::AlreadyConfigured);
+            }
+            state.configures.fetch_add(1, Ordering::SeqCst);
+            Ok(ResponseBody::Configured)
+        }
+        _ if !configured => Err(WireError::NotReady),
+        Request::CreateKeyring { keyring, epoch } => {
+            state.keyrings_created.fetch_add(1, Ordering::SeqCst);
+            Ok(ResponseBody::KeyringCreated {
+                keyring,
+                epoch,
+                dek_ciphertext: b"dek-ciphertext".to_vec(),
+            })
+        }
+        Request::Attestation { nonce, .. } => {
+            let mut document = b"doc:".to_vec();
+            document.extend(nonce.unwrap_or_default());
+            Ok(ResponseBody::Attestation { document })
+        }
+        Request::GenerateKey {
+            key_id,
+            algorithm,
+            owner,
+            policy_json,
+            keyring,
+            ..
+        } => {
+            if policy_json.contains("kms_fail") {
+                return Err(WireError::Kms {
+                    code: "AccessDeniedException".into(),
+                    message: "the key policy denies this image".into(),
+                });
+            }
+            if policy_json.contains("bad_rule") {
+                return Err(WireError::InvalidPolicy {
+                    message: "unknown rule bad_rule".into(),
+                });
+            }
+            let public_key = match algorithm {
+                Algorithm::Secp256k1 => hex::decode(G_COMPRESSED).unwrap(),
+                Algorithm::Ed25519 => vec![0x11; 32],
+            };
+            let mut record = SealedKeyRecord {
+                version: 1,
+                key_id: key_id.clone(),
+                owner,
+                algorithm,
+                public_key,
+                keyring: keyring.keyring,
+                epoch: keyring.epoch,
+                salt: [7; 32],
+                nonce: [9; 12],
+                ciphertext: Vec::new(),
+            };
+            record.ciphertext = digest(&record.aad()).to_vec();
+            let policy = seal(SealedPolicy {
+                key_id,
+                version: 1,
+                policy_json,
+                mac: [0; 32],
+            });
+            Ok(ResponseBody::KeyGenerated { record, policy })
+        }
+        Request::SetPolicy {
+            record,
+            current,
+            policy_json,
+            ..
+        } => {
+            check(&record, &current)?;
+            Ok(ResponseBody::PolicySet {
+                policy: seal(SealedPolicy {
+                    key_id: record.key_id,
+                    version: current.version + 1,
+                    policy_json,
+                    mac: [0; 32],
+                }),
+            })
+        }
+        Request::Sign {
+            record,
+            policy,
+            payload,
+            ..
+        } => {
+            check(&record, &policy)?;
+            let b = payload.bytes;
+            match b.as_slice() {
+                b"deny" => Err(WireError::PolicyDenied {
+                    rule: "evm.chain_ids".into(),
+                    message: "chain id 5 is not allowed".into(),
+                }),
+                [0xff, ..] => Err(WireError::UnsupportedPayload {
+                    message: "legacy transactions are not supported".into(),
+                }),
+                [0x00] => Err(WireError::InvalidPayload {
+                    message: "not RLP".into(),
+                }),
+                b"kms" => Err(WireError::Kms {
+                    code: "ThrottlingException".into(),
+                    message: "rate exceeded".into(),
+                }),
+                _ => Ok(ResponseBody::Signed(match record.algorithm {
+                    Algorithm::Secp256k1 => SignOutput::Evm {
+                        r: [1; 32],
+                        s: [2; 32],
+                        y_parity: 1,
+                        v: 38,
+                        signed_transaction: [b.as_slice(), &[0xee]].concat(),
+                        transaction_hash: [3; 32],
+                    },
+                    Algorithm::Ed25519 => SignOutput::Solana {
+                        signature: [4; 64],
+                        signed_transaction: [&[0xee], b.as_slice()].concat(),
+                    },
+                })),
+            }
+        }
+    }
+}
+
+/// Relay settings pointing at `enclave`, with short deadlines for tests.
+pub fn relay_config(enclave: &Path, connections: usize) -> RelayConfig {
+    RelayConfig {
+        enclave: ekms_shared::Address::Unix(enclave.to_owned()),
+        connections,
+        request_timeout: Duration::from_secs(5),
+        kms: KmsSettings {
+            region: "us-east-1".into(),
+            endpoint_url: Some("http://127.0.0.1:4566".into()),
+            kms_key_id: "alias/ekms".into(),
+            credentials: AwsCredentials::new("AKIATEST".into(), "secret".into(), None),
+        },
+        dek_cache: DekCachePolicy {
+            ttl_secs: 300,
+            max_uses: 1000,
+        },
+        keyring: "default".into(),
+    }
+}
+
+/// Waits (up to 5 s) until the relay reports ready.
+pub async fn wait_ready(relay: &Relay) {
+    for _ in 0..500 {
+        if relay.health().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("relay not ready after 5 s");
+}
+
+/// A started relay and store around a fresh fake enclave in a temp dir.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeEnclave,
+    pub relay: Relay,
+    pub store: Store,
+}
+
+impl Harness {
+    pub async fn start(connections: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let store = Store::open(&dir.path().join("ekms.db")).unwrap();
+        let relay = Relay::start(relay_config(&fake.path, connections), store.clone());
+        wait_ready(&relay).await;
+        Harness {
+            dir,
+            fake,
+            relay,
+            store,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("ekms.db")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.relay.shutdown();
+    }
+}

@@ -1,0 +1,426 @@
+//! The `ekms` command line (clap derive): global options, subcommands and the checks
+//! on their arguments that need no server (key id shape, EVM hex, Solana base64,
+//! nonce hex). A failed check is a usage error (exit status 2), like clap's own.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::Error;
+
+/// Default application socket: the one `ekms sim` serves with its default state dir.
+pub const DEFAULT_SOCKET: &str = "./.sim/ekms.sock";
+/// Default state directory of `ekms sim`.
+pub const DEFAULT_STATE_DIR: &str = "./.sim";
+/// Longest key id the CLI puts into a URL path, in bytes.
+pub const MAX_KEY_ID_LEN: usize = 128;
+/// Longest attestation nonce the parent accepts, in bytes (`GET /v1/attestation`).
+pub const MAX_NONCE_LEN: usize = 512;
+
+/// enclave-kms command line: run the simulation, manage keys, sign, verify attestation.
+#[derive(Debug, Parser)]
+#[command(name = "ekms", version)]
+pub struct Cli {
+    /// Application API socket of the parent.
+    #[arg(long, global = true, env = "EKMS_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run kms-sim, the enclave (simulated NSM) and the parent in the foreground.
+    Sim(SimArgs),
+    /// Create, list and show keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Replace a key's policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Sign a transaction with a key.
+    #[command(subcommand)]
+    Sign(SignCommand),
+    /// Ask the parent whether the enclave is configured and ready.
+    Health,
+    /// Fetch and verify attestation documents.
+    #[command(subcommand)]
+    Attestation(AttestationCommand),
+}
+
+/// Flags of `ekms sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Directory for all state: CA, KMS keys, key store, sockets, logs.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The kms-sim executable [default: next to this executable].
+    #[arg(long)]
+    pub kms_sim_bin: Option<PathBuf>,
+    /// The ekms-enclave executable [default: next to this executable].
+    #[arg(long)]
+    pub enclave_bin: Option<PathBuf>,
+    /// The ekms-parent executable [default: next to this executable].
+    #[arg(long)]
+    pub parent_bin: Option<PathBuf>,
+    /// Seconds to wait for `GET /v1/health` to answer 200.
+    #[arg(long, default_value_t = 60)]
+    pub health_timeout_secs: u64,
+}
+
+/// `ekms keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (`POST /v1/keys`).
+    Create {
+        /// Signature algorithm of the key.
+        #[arg(long, value_enum)]
+        algorithm: Algorithm,
+        /// Free-text label.
+        #[arg(long)]
+        label: Option<String>,
+        /// Policy: inline JSON object, a file holding one, or `-` for stdin.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// List keys, newest first (`GET /v1/keys`).
+    List {
+        /// Most keys to list (1..=1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+    /// Show one key and its policy (`GET /v1/keys/{id}`).
+    Show {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// `ekms policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the policy of a key (`PUT /v1/keys/{id}/policy`).
+    Set {
+        /// Key id.
+        id: String,
+        /// Policy: inline JSON object, a file holding one, or `-` for stdin.
+        policy: String,
+    },
+}
+
+/// `ekms sign …`
+#[derive(Debug, Subcommand)]
+pub enum SignCommand {
+    /// Sign an unsigned EVM transaction (EIP-2718 typed or legacy RLP, `0x` hex).
+    Evm {
+        /// Key id (secp256k1).
+        id: String,
+        /// The unsigned transaction, `0x`-prefixed hex.
+        payload: String,
+    },
+    /// Sign a Solana transaction message (standard base64).
+    Solana {
+        /// Key id (ed25519).
+        id: String,
+        /// The transaction, standard base64.
+        payload: String,
+    },
+}
+
+/// `ekms attestation …`
+#[derive(Debug, Subcommand)]
+pub enum AttestationCommand {
+    /// Fetch a fresh attestation document and verify it locally.
+    Verify(VerifyArgs),
+}
+
+/// Flags of `ekms attestation verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Nonce to put into the document, hex [default: 32 random bytes].
+    #[arg(long)]
+    pub nonce: Option<String>,
+    /// Trust root: the pinned AWS Nitro root, or the simulation CA's root.
+    #[arg(long, value_enum, default_value_t = Root::Aws)]
+    pub root: Root,
+    /// PEM of the simulation root [default: STATE_DIR/ca/root.pem with --state-dir,
+    /// else ca/root.pem beside the socket].
+    #[arg(long)]
+    pub sim_root: Option<PathBuf>,
+    /// State directory of `ekms sim` (for the default --sim-root).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Largest accepted document age, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_age: u64,
+    /// Required PCR0, hex (48 bytes).
+    #[arg(long)]
+    pub pcr0: Option<String>,
+}
+
+/// Key algorithms of `POST /v1/keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    /// secp256k1 ECDSA (EVM).
+    Secp256k1,
+    /// Ed25519 (Solana).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// The API's name for the algorithm.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Secp256k1 => "secp256k1",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// Which root an attestation document must chain to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Root {
+    /// `AWS_NitroEnclaves_Root-G1`, pinned in the attestation crate.
+    Aws,
+    /// The simulation CA's root (proves nothing about AWS hardware).
+    Simulation,
+}
+
+/// Checks that `id` can go into a URL path as it is: 1 to [`MAX_KEY_ID_LEN`] ASCII
+/// letters, digits, `-` or `_` (the parent's ids are UUIDs).
+///
+/// # Errors
+/// [`Error::Usage`] otherwise.
+pub fn check_key_id(id: &str) -> Result<&str, Error> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_KEY_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::Usage(format!(
+            "invalid key id {id:?}: expected letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+/// Checks an EVM payload: `0x` followed by a non-empty, even number of hex digits.
+///
+/// # Errors
+/// [`Error::Usage`] otherwise.
+pub fn check_evm_payload(payload: &str) -> Result<&str, Error> {
+    let digits = payload
+        .strip_prefix("0x")
+        .ok_or_else(|| Error::Usage("the EVM payload must start with 0x".into()))?;
+    if digits.is_empty() {
+        return Err(Error::Usage("the EVM payload is empty".into()));
+    }
+    hex::decode(digits)
+        .map_err(|e| Error::Usage(format!("the EVM payload is not hex: {e}")))?;
+    Ok(payload)
+}
+
+/// Checks a Solana payload: non-empty standard base64 (with padding).
+///
+/// # Errors
+/// [`Error::Usage`] otherwise.
+pub fn check_solana_payload(payload: &str) -> Result<&str, Error> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .map_err(|e| Error::Usage(format!("the Solana payload is not standard base64: {e}")))?;
+    if bytes.is_empty() {
+        return Err(Error::Usage("the Solana payload is empty".into()));
+    }
+    Ok(payload)
+}
+
+/// Decodes a nonce given as hex: 1 to [`MAX_NONCE_LEN`] bytes, optional `0x`.
+///
+/// # Errors
+/// [`Error::Usage`] for non-hex text, an empty or a too long nonce.
+pub fn parse_nonce(text: &str) -> Result<Vec<u8>, Error> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    let bytes =
+        hex::decode(digits).map_err(|e| Error::Usage(format!("--nonce is not hex: {e}")))?;
+    if bytes.is_empty() || bytes.len() > MAX_NONCE_LEN {
+        return Err(Error::Usage(format!(
+            "--nonce must be 1 to {MAX_NONCE_LEN} bytes, not {}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Decodes an expected PCR value given as hex: exactly 48 bytes (SHA-384), optional `0x`.
+///
+/// # Errors
+/// [`Error::Usage`] otherwise.
+pub fn parse_pcr(text: &str) -> Result<Vec<u8>, Error> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    match hex::decode(digits) {
+        Ok(bytes) if bytes.len() == 48 => Ok(bytes),
+        _ => Err(Error::Usage(
+            "--pcr0 must be 48 bytes of hex (96 digits)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ekms").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_keys_create_with_all_flags() {
+        let cli = parse(&[
+            "--socket",
+            "/tmp/x.sock",
+            "keys",
+            "create",
+            "--algorithm",
+            "ed25519",
+            "--label",
+            "bot",
+            "--policy",
+            "{}",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        match cli.command {
+            Command::Keys(KeysCommand::Create {
+                algorithm,
+                label,
+                policy,
+            }) => {
+                assert_eq!(algorithm, Algorithm::Ed25519);
+                assert_eq!(algorithm.as_str(), "ed25519");
+                assert_eq!(label.as_deref(), Some("bot"));
+                assert_eq!(policy.as_deref(), Some("{}"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_algorithm_and_missing_algorithm() {
+        for args in [
+            &["keys", "create", "--algorithm", "rsa"][..],
+            &["keys", "create"][..],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn socket_flag_is_global_and_defaults() {
+        // The global flag may follow the subcommand.
+        let cli = parse(&["health", "--socket", "/run/e.sock"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/run/e.sock"));
+        assert!(matches!(cli.command, Command::Health));
+        if std::env::var_os("EKMS_SOCKET").is_none() {
+            let cli = parse(&["keys", "list"]).unwrap();
+            assert_eq!(cli.socket, PathBuf::from(DEFAULT_SOCKET));
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_subcommand_and_extra_arguments() {
+        assert!(parse(&["keys", "delete", "x"]).is_err());
+        assert!(parse(&["health", "extra"]).is_err());
+        assert!(parse(&["sign", "evm", "only-id"]).is_err());
+        assert!(parse(&["keys", "list", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn parses_sim_and_verify_flags() {
+        let cli = parse(&[
+            "sim",
+            "--state-dir",
+            "/tmp/s",
+            "--enclave-bin",
+            "/bin/e",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Sim(sim) => {
+                assert_eq!(sim.state_dir, PathBuf::from("/tmp/s"));
+                assert_eq!(sim.enclave_bin, Some(PathBuf::from("/bin/e")));
+                assert_eq!(sim.kms_sim_bin, None);
+                assert_eq!(sim.health_timeout_secs, 60);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse(&["attestation", "verify", "--root", "simulation", "--nonce", "ab"]).unwrap();
+        match cli.command {
+            Command::Attestation(AttestationCommand::Verify(v)) => {
+                assert_eq!(v.root, Root::Simulation);
+                assert_eq!(v.nonce.as_deref(), Some("ab"));
+                assert_eq!(v.max_age, 300);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_root() {
+        assert!(parse(&["attestation", "verify", "--root", "none"]).is_err());
+    }
+
+    #[test]
+    fn accepts_uuid_key_ids() {
+        let id = "0b9e3c4e-6f0a-4d2b-9a53-4a0d1b2c3d4e";
+        assert_eq!(check_key_id(id).unwrap(), id);
+        assert!(check_key_id("key_1").is_ok());
+    }
+
+    #[test]
+    fn rejects_key_ids_that_would_change_the_path() {
+        let long = "a".repeat(MAX_KEY_ID_LEN + 1);
+        for id in ["", "..", "a/b", "a?b=1", "a b", "é", "%2e", long.as_str()] {
+            assert!(matches!(check_key_id(id), Err(Error::Usage(_))), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn accepts_evm_and_solana_payloads() {
+        assert!(check_evm_payload("0x02f8").is_ok());
+        assert!(check_solana_payload("AQID").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_payloads() {
+        for p in ["02f8", "0x", "0x0", "0xzz", ""] {
+            assert!(check_evm_payload(p).is_err(), "{p:?}");
+        }
+        for p in ["", "AQI", "not base64!", "AQID\n"] {
+            assert!(check_solana_payload(p).is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn parses_nonce_and_pcr_hex() {
+        assert_eq!(parse_nonce("0x0aff").unwrap(), vec![0x0a, 0xff]);
+        assert_eq!(parse_nonce("00").unwrap(), vec![0]);
+        assert_eq!(parse_pcr(&"ab".repeat(48)).unwrap(), vec![0xab; 48]);
+    }
+
+    #[test]
+    fn rejects_bad_nonce_and_pcr() {
+        let too_long = "00".repeat(MAX_NONCE_LEN + 1);
+        for n in ["", "0x", "abc", "xy", too_long.as_str()] {
+            assert!(matches!(parse_nonce(n), Err(Error::Usage(_))), "{n:?}");
+        }
+        for p in ["", "ab", &"ab".repeat(47), &"ab".repeat(49), &"zz".repeat(48)] {
+            assert!(parse_pcr(p).is_err(), "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The KMS key of the simulation: created on first start through the real
+//! `aws-sdk-kms` client against kms-sim, with the key policy AWS documents for Nitro
+//! Enclaves, and re-pinned to a new PCR0 when the enclave binary was rebuilt.
+//!
+//! Policy shape: "How AWS Nitro Enclaves uses AWS KMS" / "Condition keys for AWS Nitro
+//! Enclaves" (AWS KMS Developer Guide): an `Allow` of `kms:Decrypt`,
+//! `kms:GenerateDataKey` and `kms:GenerateRandom` conditioned on
+//! `StringEqualsIgnoreCase` `kms:RecipientAttestation:ImageSha384` = PCR0 (hex), beside
+//! an unconditioned `Allow` of the administrative actions.
+
+use std::path::Path;
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kms::Client;
+use serde_json::{json, Value};
+
+use crate::Error;
+
+/// Account id kms-sim puts into ARNs (its default).
+pub const SIM_ACCOUNT_ID: &str = "111122223333";
+/// Region of the simulation (kms-sim's default).
+pub const SIM_REGION: &str = "us-east-1";
+/// Access key id handed to the simulation's processes (kms-sim checks no credentials).
+pub const SIM_ACCESS_KEY_ID: &str = "AKIDEKMSSIMULATION";
+/// Secret access key handed to the simulation's processes (not a secret: simulation).
+pub const SIM_SECRET_ACCESS_KEY: &str = "ekms-simulation-not-a-secret";
+/// `Sid` of the statement that gates data keys on the enclave's PCR0.
+pub const ENCLAVE_SID: &str = "AllowEnclaveDataKeysOnlyForMeasuredImage";
+/// Condition key KMS fills from a verified attestation document's PCR0.
+pub const IMAGE_SHA384_KEY: &str = "kms:RecipientAttestation:ImageSha384";
+
+/// What [`ensure_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySetup {
+    /// A new key was created.
+    Created {
+        /// Its ARN.
+        arn: String,
+    },
+    /// The remembered key already requires the current PCR0.
+    Unchanged {
+        /// Its ARN.
+        arn: String,
+    },
+    /// The remembered key's policy named another PCR0 and was replaced.
+    PolicyUpdated {
+        /// Its ARN.
+        arn: String,
+        /// The PCR0 the old policy required, if it named one.
+        old_pcr0: Option<String>,
+    },
+}
+
+impl KeySetup {
+    /// The key's ARN.
+    pub fn arn(&self) -> &str {
+        match self {
+            KeySetup::Created { arn }
+            | KeySetup::Unchanged { arn }
+            | KeySetup::PolicyUpdated { arn, .. } => arn,
+        }
+    }
+}
+
+/// The key policy text for an enclave whose PCR0 is `pcr0_hex` (96 lowercase hex
+/// digits), with principals in account `account_id`.
+pub fn key_policy(pcr0_hex: &str, account_id: &str) -> String {
+    json!({
+        "Version": "2012-10-17",
+        "Id": "ekms-simulation-key-policy",
+        "Statement": [
+            {
+                "Sid": "AllowKeyAdministration",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{account_id}:root")},
+                "Action": ["kms:CreateKey", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"],
+                "Resource": "*"
+            },
+            {
+                "Sid": ENCLAVE_SID,
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{account_id}:role/ekms-parent-instance-role")},
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"],
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {IMAGE_SHA384_KEY: pcr0_hex}
+                }
+            }
+        ]
+    })
+    .to_string()
+}
+
+/// The PCR0 that the statement [`ENCLAVE_SID`] of `policy_text` requires, lowercased;
+/// `None` if the policy is not JSON or has no such single-valued condition.
+pub fn policy_pcr0(policy_text: &str) -> Option<String> {
+    let policy: Value = serde_json::from_str(policy_text).ok()?;
+    let statements = match policy.get("Statement")? {
+        Value::Array(items) => items.clone(),
+        one => vec![one.clone()],
+    };
+    statements
+        .iter()
+        .find(|s| s.get("Sid").and_then(Value::as_str) == Some(ENCLAVE_SID))?
+        .get("Condition")?
+        .get("StringEqualsIgnoreCase")?
+        .get(IMAGE_SHA384_KEY)?
+        .as_str()
+        .map(str::to_ascii_lowercase)
+}
+
+/// A KMS client for the kms-sim at `endpoint_url` (`http://127.0.0.1:PORT`), with the
+/// simulation's static credentials and no retries (kms-sim is local; a failure is real).
+pub fn sim_client(endpoint_url: &str) -> Client {
+    use aws_smithy_http_client::tls;
+    // One TLS stack (rustls + ring, DESIGN §8), even though kms-sim speaks plain HTTP.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    let config = aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint_url)
+        .region(aws_sdk_kms::config::Region::new(SIM_REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            SIM_ACCESS_KEY_ID,
+            SIM_SECRET_ACCESS_KEY,
+            None,
+            None,
+            "ekms-sim",
+        ))
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
+        .http_client(http)
+        .build();
+    Client::from_conf(config)
+}
+
+fn kms_err<E>(what: &str, e: aws_sdk_kms::error::SdkError<E>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = match e.code() {
+        Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
+        None => DisplayErrorContext(&e).to_string(),
+    };
+    Error::Kms(format!("{what}: {detail}"))
+}
+
+/// Makes sure the key remembered in `arn_file` exists and requires `pcr0_hex`, or
+/// creates one and remembers its ARN there (written atomically).
+///
+/// # Errors
+/// [`Error::Kms`] if a KMS call fails or the remembered key is unknown to kms-sim;
+/// [`Error::Io`] if `arn_file` cannot be read or written.
+pub async fn ensure_key(client: &Client, arn_file: &Path, pcr0_hex: &str) -> Result<KeySetup, Error> {
+    let policy = key_policy(pcr0_hex, SIM_ACCOUNT_ID);
+    let remembered = match std::fs::read_to_string(arn_file) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(format!("reading {}", arn_file.display()), e)),
+    };
+    let Some(arn) = remembered.filter(|a| !a.is_empty()) else {
+        let created = client
+            .create_key()
+            .description("enclave-kms simulation: data keys released only to the measured enclave")
+            .policy(policy)
+            .send()
+            .await
+            .map_err(|e| kms_err("CreateKey", e))?;
+        let arn = created
+            .key_metadata()
+            .and_then(|m| m.arn())
+            .ok_or_else(|| Error::Kms("CreateKey answered without an ARN".into()))?
+            .to_owned();
+        crate::sim::write_atomically(arn_file, format!("{arn}\n").as_bytes())?;
+        return Ok(KeySetup::Created { arn });
+    };
+    client
+        .describe_key()
+        .key_id(&arn)
+        .send()
+        .await
+        .map_err(|e| {
+            kms_err(
+                &format!(
+                    "DescribeKey {arn} (remembered in {}; if the kms state was deleted, remove \
+                     that file to create a new key: keys sealed under the old one are lost)",
+                    arn_file.display()
+                ),
+                e,
+            )
+        })?;
+    let current = client
+        .get_key_policy()
+        .key_id(&arn)
+        .send()
+        .await
+        .map_err(|e| kms_err("GetKeyPolicy", e))?;
+    let old_pcr0 = current.policy().and_then(policy_pcr0);
+    if old_pcr0.as_deref() == Some(pcr0_hex.to_ascii_lowercase().as_str()) {
+        return Ok(KeySetup::Unchanged { arn });
+    }
+    // The enclave binary was rebuilt, so its measurement changed. In simulation we follow
+    // it automatically. In production this is the operator's deliberate step: pinning a
+    // new PCR0 hands the data keys to a new image, so it belongs in a reviewed change
+    // after the new image's measurement has been reproduced, never in a start script.
+    client
+        .put_key_policy()
+        .key_id(&arn)
+        .policy(policy)
+        .send()
+        .await
+        .map_err(|e| kms_err("PutKeyPolicy", e))?;
+    Ok(KeySetup::PolicyUpdated { arn, old_pcr0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PCR0: &str = "9f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a1aa";
+
+    #[test]
+    fn policy_has_the_documented_nitro_shape() {
+        let text = key_policy(PCR0, SIM_ACCOUNT_ID);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Version"], "2012-10-17");
+        let statements = v["Statement"].as_array().unwrap();
+        let enclave = statements.iter().find(|s| s["Sid"] == ENCLAVE_SID).unwrap();
+        assert_eq!(
+            enclave["Action"],
+            json!(["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"])
+        );
+        assert_eq!(
+            enclave["Condition"]["StringEqualsIgnoreCase"][IMAGE_SHA384_KEY],
+            PCR0
+        );
+        let admin = statements.iter().find(|s| s["Sid"] != ENCLAVE_SID).unwrap();
+        assert!(admin.get("Condition").is_none());
+        assert!(admin["Action"].as_array().unwrap().contains(&json!("kms:PutKeyPolicy")));
+        assert_eq!(policy_pcr0(&text).as_deref(), Some(PCR0));
+    }
+
+    #[test]
+    fn reads_pcr0_case_insensitively() {
+        let text = key_policy(&PCR0.to_ascii_uppercase(), SIM_ACCOUNT_ID);
+        assert_eq!(policy_pcr0(&text).as_deref(), Some(PCR0));
+    }
+
+    #[test]
+    fn rejects_policies_without_the_enclave_condition() {
+        assert_eq!(policy_pcr0("not json"), None);
+        assert_eq!(policy_pcr0(r#"{"Statement": []}"#), None);
+        let other_sid = key_policy(PCR0, SIM_ACCOUNT_ID).replace(ENCLAVE_SID, "Other");
+        assert_eq!(policy_pcr0(&other_sid), None);
+        let list = key_policy(PCR0, SIM_ACCOUNT_ID)
+            .replace(&format!("\"{PCR0}\""), &format!("[\"{PCR0}\"]"));
+        assert_eq!(policy_pcr0(&list), None);
+    }
+}

@@ -1,0 +1,746 @@
+//! `ekms sim`: the whole simulation in the foreground — kms-sim, the enclave (simulated
+//! NSM) and the parent — with every piece of state under one directory, and a small
+//! supervisor that restarts the enclave when it dies and stops everything cleanly.
+//!
+//! Layout of the state directory (created 0700):
+//!
+//! | path | what |
+//! |---|---|
+//! | `ca/` | the simulated Nitro CA (`root.pem` is its trust root) |
+//! | `kms/` | kms-sim's keys and policies |
+//! | `kms-key-arn` | ARN of the KMS key that seals the data keys |
+//! | `keys.db` | the parent's key store |
+//! | `enclave.sock`, `ekms.sock` | the enclave's socket and the application API socket |
+//! | `logs/{kms-sim,enclave,parent}.log` | the children's stdout and stderr (appended) |
+//! | `sim.json` | pids and paths of the running simulation (removed on a clean stop) |
+//!
+//! Children run in their own process groups, so a Ctrl-C in the terminal reaches only
+//! this supervisor, which then stops them in order: parent, enclave, kms-sim (SIGTERM,
+//! up to [`STOP_GRACE`], then SIGKILL). Restarting on the same directory finds the same
+//! CA, KMS key and key store. Two `ekms sim` racing on one fresh directory are not
+//! detected (there is no lock file); a second start on a served directory is refused.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::args::SimArgs;
+use crate::client::ApiClient;
+use crate::kms::{self, KeySetup};
+use crate::Error;
+
+/// Grace period between SIGTERM and SIGKILL for each child.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Most enclave restarts within [`RESTART_WINDOW`]; one more exit gives up.
+pub const MAX_RESTARTS: usize = 5;
+/// Window over which [`MAX_RESTARTS`] is counted.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a child may take to print its `listening on …` line.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Executable names expected next to `ekms`.
+pub const KMS_SIM_BIN: &str = "kms-sim";
+/// The enclave executable's name.
+pub const ENCLAVE_BIN: &str = "ekms-enclave";
+/// The parent executable's name.
+pub const PARENT_BIN: &str = "ekms-parent";
+
+/// Every path of a state directory (module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimPaths {
+    /// The state directory itself.
+    pub state_dir: PathBuf,
+    /// Simulated CA directory.
+    pub ca_dir: PathBuf,
+    /// Simulated CA root certificate (PEM).
+    pub root_pem: PathBuf,
+    /// kms-sim state.
+    pub kms_dir: PathBuf,
+    /// File holding the KMS key ARN.
+    pub arn_file: PathBuf,
+    /// Parent key store.
+    pub db: PathBuf,
+    /// Enclave socket.
+    pub enclave_socket: PathBuf,
+    /// Application API socket.
+    pub app_socket: PathBuf,
+    /// Log directory.
+    pub logs_dir: PathBuf,
+    /// Status file of a running simulation.
+    pub sim_json: PathBuf,
+}
+
+impl SimPaths {
+    /// The layout under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        let at = |p: &str| state_dir.join(p);
+        Self {
+            state_dir: state_dir.to_path_buf(),
+            ca_dir: at("ca"),
+            root_pem: at("ca").join(attestation::SIM_ROOT_PEM_FILE),
+            kms_dir: at("kms"),
+            arn_file: at("kms-key-arn"),
+            db: at("keys.db"),
+            enclave_socket: at("enclave.sock"),
+            app_socket: at("ekms.sock"),
+            logs_dir: at("logs"),
+            sim_json: at("sim.json"),
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs_dir.join(format!("{name}.log"))
+    }
+}
+
+/// The three executables the simulation runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    /// kms-sim.
+    pub kms_sim: PathBuf,
+    /// ekms-enclave.
+    pub enclave: PathBuf,
+    /// ekms-parent.
+    pub parent: PathBuf,
+}
+
+impl Binaries {
+    /// The flags' paths, or else the executables of the same names in `dir` (the
+    /// directory of the running `ekms`). Each must exist.
+    ///
+    /// # Errors
+    /// [`Error::Sim`] naming the first missing executable and how to build it.
+    pub fn resolve(args: &SimArgs, dir: &Path) -> Result<Self, Error> {
+        let pick = |flag: &Option<PathBuf>, name: &str, package: &str| {
+            let path = flag.clone().unwrap_or_else(|| dir.join(name));
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Sim(format!(
+                    "{} not found: build it with `cargo build -p {package}` (or `cargo build \
+                     --workspace`), or pass its path with --{}",
+                    path.display(),
+                    match name {
+                        KMS_SIM_BIN => "kms-sim-bin",
+                        ENCLAVE_BIN => "enclave-bin",
+                        _ => "parent-bin",
+                    }
+                )))
+            }
+        };
+        Ok(Self {
+            kms_sim: pick(&args.kms_sim_bin, KMS_SIM_BIN, "kms-sim")?,
+            enclave: pick(&args.enclave_bin, ENCLAVE_BIN, "ekms-enclave")?,
+            parent: pick(&args.parent_bin, PARENT_BIN, "ekms-parent")?,
+        })
+    }
+}
+
+/// Refuses a socket path that a live process serves, removes a stale socket file, and
+/// accepts a missing one.
+///
+/// # Errors
+/// [`Error::Sim`] if something accepts connections on `path` or `path` is not a socket;
+/// [`Error::Io`] if it cannot be inspected or removed.
+pub fn claim_socket_path(path: &Path) -> Result<(), Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::Sim(format!(
+            "{} exists and is not a socket: refusing to replace it",
+            path.display()
+        )));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(Error::Sim(format!(
+            "{} is served by a live process: is another `ekms sim` running on this directory?",
+            path.display()
+        ))),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e)),
+        Err(e) => Err(Error::io(format!("probing {}", path.display()), e)),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers see the
+/// old or the new content, never a torn one.
+///
+/// # Errors
+/// [`Error::Io`] if writing or renaming fails.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
+}
+
+/// Delay before the `n`-th restart within the window (0-based): 0.5 s doubling, at
+/// most 8 s.
+pub fn restart_backoff(n: usize) -> Duration {
+    let exp = u32::try_from(n.min(4)).unwrap_or(4);
+    Duration::from_millis(500u64 << exp)
+}
+
+/// A running child: its process, pid, log and the address it announced.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+    bin: PathBuf,
+    listening: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` (stdin closed, stdout and stderr appended to `log`, own process
+    /// group) and waits for its first stdout line `listening on ADDR`.
+    async fn spawn(name: &'static str, bin: &Path, mut cmd: Command, log: PathBuf) -> Result<Self, Error> {
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| Error::io(format!("opening {}", log.display()), e))
+        };
+        let stderr = open_log()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| Error::Sim(format!("{name} exited at once")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Sim(format!("{name}: stdout was not captured")))?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = tokio::time::timeout(LISTEN_TIMEOUT, reader.read_line(&mut line)).await;
+        let listening = match read {
+            Ok(Ok(n)) if n > 0 => line.trim().strip_prefix("listening on ").map(str::to_owned),
+            _ => None,
+        };
+        let Some(listening) = listening else {
+            let _ = child.start_kill();
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            return Err(Error::Sim(format!(
+                "{name} did not announce its address (first line {:?}; {status}); see {}",
+                line.trim(),
+                log.display()
+            )));
+        };
+        // The rest of stdout goes to the log, after the announcement itself.
+        let mut sink = tokio::fs::File::from_std(open_log()?);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = sink.write_all(line.as_bytes()).await;
+            let _ = tokio::io::copy_buf(&mut reader, &mut sink).await;
+        });
+        Ok(Self {
+            name,
+            child,
+            pid,
+            log,
+            bin: bin.to_path_buf(),
+            listening,
+        })
+    }
+
+    /// SIGTERM, up to [`STOP_GRACE`] for the exit, then SIGKILL. A child that already
+    /// exited (and was reaped) is left alone: its pid may belong to someone else now.
+    async fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let Some(pid) = self.child.id() else { return };
+        let Ok(raw) = i32::try_from(pid) else { return };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(raw),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "ekms sim: {} (pid {}) ignored SIGTERM for {} s: killing it",
+                    self.name,
+                    self.pid,
+                    STOP_GRACE.as_secs()
+                );
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+/// The children, as far as they were started.
+#[derive(Debug, Default)]
+struct Procs {
+    kms: Option<Proc>,
+    enclave: Option<Proc>,
+    parent: Option<Proc>,
+}
+
+impl Procs {
+    /// Stops parent, enclave and kms-sim, in that order.
+    async fn stop_all(&mut self) {
+        for p in [&mut self.parent, &mut self.enclave, &mut self.kms].into_iter().flatten() {
+            p.stop().await;
+        }
+    }
+}
+
+/// Waits for the child in `slot` to exit; never completes for an empty slot.
+async fn exited(slot: &mut Option<Proc>) -> std::io::Result<ExitStatus> {
+    match slot {
+        Some(p) => p.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGINT and SIGTERM, installed before any child is started.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Error> {
+        let install = |kind| signal(kind).map_err(|e| Error::io("installing a signal handler", e));
+        Ok(Self {
+            int: install(SignalKind::interrupt())?,
+            term: install(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// What the startup learned, for the summary and `sim.json`.
+#[derive(Debug)]
+struct Started {
+    kms_endpoint: String,
+    key: KeySetup,
+    pcr0_hex: String,
+}
+
+/// Runs `ekms sim` until SIGINT/SIGTERM (then `Ok`) or until a child fails for good.
+///
+/// # Errors
+/// [`Error::Sim`], [`Error::Io`], [`Error::Kms`] for a failed start (everything started
+/// so far is stopped), or when kms-sim or the parent exits, or the enclave exits more
+/// than [`MAX_RESTARTS`] times within [`RESTART_WINDOW`].
+pub async fn run(args: SimArgs) -> Result<(), Error> {
+    let mut signals = Signals::install()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.state_dir)
+        .map_err(|e| Error::io(format!("creating {}", args.state_dir.display()), e))?;
+    let state_dir = std::fs::canonicalize(&args.state_dir)
+        .map_err(|e| Error::io(format!("resolving {}", args.state_dir.display()), e))?;
+    let paths = SimPaths::new(&state_dir);
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the ekms executable", e))?;
+    let exe_dir = exe
+        .parent()
+        .ok_or_else(|| Error::Sim("the ekms executable has no directory".into()))?;
+    let bins = Binaries::resolve(&args, exe_dir)?;
+    claim_socket_path(&paths.app_socket)?;
+    claim_socket_path(&paths.enclave_socket)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.logs_dir)
+        .map_err(|e| Error::io(format!("creating {}", paths.logs_dir.display()), e))?;
+
+    let mut procs = Procs::default();
+    let health_timeout = Duration::from_secs(args.health_timeout_secs);
+    let started = tokio::select! {
+        r = start(&paths, &bins, health_timeout, &mut procs) => r.map(Some),
+        sig = signals.recv() => {
+            eprintln!("ekms sim: {sig} during start: stopping");
+            Ok(None)
+        }
+    };
+    let started = match started {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            procs.stop_all().await;
+            return Ok(());
+        }
+        Err(e) => {
+            procs.stop_all().await;
+            return Err(e);
+        }
+    };
+    write_status(&paths, &bins, &procs, &started, 0)?;
+    print_summary(&paths, &procs, &started);
+
+    let outcome = supervise(&paths, &bins, &mut procs, &started, &mut signals).await;
+    procs.stop_all().await;
+    let _ = std::fs::remove_file(&paths.sim_json);
+    if outcome.is_ok() {
+        println!("ekms sim: stopped");
+    }
+    outcome
+}
+
+/// CA, kms-sim, KMS key, enclave, parent, health.
+async fn start(
+    paths: &SimPaths,
+    bins: &Binaries,
+    health_timeout: Duration,
+    procs: &mut Procs,
+) -> Result<Started, Error> {
+    attestation::SimulatedCa::load_or_create(&paths.ca_dir)
+        .map_err(|e| Error::Sim(format!("simulated CA in {}: {e}", paths.ca_dir.display())))?;
+    let pcrs = attestation::measure_executable(&bins.enclave)
+        .map_err(|e| Error::io(format!("measuring {}", bins.enclave.display()), e))?;
+    let pcr0_hex = pcrs
+        .get(&0)
+        .map(hex::encode)
+        .ok_or_else(|| Error::Sim("the measurement has no PCR0".into()))?;
+
+    let mut cmd = Command::new(&bins.kms_sim);
+    cmd.args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&paths.kms_dir)
+        .arg("--attestation-root")
+        .arg(&paths.root_pem)
+        .args(["--region", kms::SIM_REGION, "--account-id", kms::SIM_ACCOUNT_ID]);
+    let kms_proc = Proc::spawn("kms-sim", &bins.kms_sim, cmd, paths.log("kms-sim")).await?;
+    let kms_endpoint = format!("http://{}", kms_proc.listening);
+    procs.kms = Some(kms_proc);
+
+    let client = kms::sim_client(&kms_endpoint);
+    let key = kms::ensure_key(&client, &paths.arn_file, &pcr0_hex).await?;
+    match &key {
+        KeySetup::Created { arn } => println!("ekms sim: created KMS key {arn}"),
+        KeySetup::Unchanged { .. } => {}
+        KeySetup::PolicyUpdated { arn, old_pcr0 } => println!(
+            "ekms sim: the enclave binary changed: key policy of {arn} now requires PCR0 \
+             {pcr0_hex} (was {})",
+            old_pcr0.as_deref().unwrap_or("none")
+        ),
+    }
+
+    procs.enclave = Some(spawn_enclave(paths, bins).await?);
+
+    let mut cmd = Command::new(&bins.parent);
+    cmd.arg("--state-dir")
+        .arg(&paths.state_dir)
+        .arg("--listen")
+        .arg(unix_addr(&paths.app_socket))
+        .arg("--enclave")
+        .arg(unix_addr(&paths.enclave_socket))
+        .arg("--db")
+        .arg(&paths.db)
+        .args(["--kms-region", kms::SIM_REGION, "--kms-endpoint-url"])
+        .arg(&kms_endpoint)
+        .arg("--kms-key-id")
+        .arg(key.arn())
+        .env("AWS_ACCESS_KEY_ID", kms::SIM_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", kms::SIM_SECRET_ACCESS_KEY)
+        .env_remove("AWS_SESSION_TOKEN");
+    procs.parent = Some(Proc::spawn("parent", &bins.parent, cmd, paths.log("parent")).await?);
+
+    wait_healthy(paths, procs, health_timeout).await?;
+    Ok(Started {
+        kms_endpoint,
+        key,
+        pcr0_hex,
+    })
+}
+
+fn unix_addr(path: &Path) -> String {
+    format!("unix:{}", path.display())
+}
+
+async fn spawn_enclave(paths: &SimPaths, bins: &Binaries) -> Result<Proc, Error> {
+    claim_socket_path(&paths.enclave_socket)?;
+    let mut cmd = Command::new(&bins.enclave);
+    cmd.arg("--listen")
+        .arg(unix_addr(&paths.enclave_socket))
+        .args(["--nsm", "simulation", "--sim-ca-dir"])
+        .arg(&paths.ca_dir);
+    Proc::spawn("enclave", &bins.enclave, cmd, paths.log("enclave")).await
+}
+
+/// Polls `GET /v1/health` until 200, failing early if a child exits.
+async fn wait_healthy(paths: &SimPaths, procs: &mut Procs, timeout: Duration) -> Result<(), Error> {
+    let client = ApiClient::new(&paths.app_socket).with_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + timeout;
+    loop {
+        for p in [&mut procs.kms, &mut procs.enclave, &mut procs.parent].into_iter().flatten() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(Error::Sim(format!(
+                    "{} exited during start ({status}); see {}",
+                    p.name,
+                    p.log.display()
+                )));
+            }
+        }
+        let last = match client.request(Method::GET, "/v1/health", None).await {
+            Ok(r) if r.status == StatusCode::OK => return Ok(()),
+            Ok(r) => format!("HTTP {}: {}", r.status, r.body),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::Sim(format!(
+                "the parent was not healthy within {} s (last: {last}); see the logs in {}",
+                timeout.as_secs(),
+                paths.logs_dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for a signal (`Ok`) or a child's exit; restarts the enclave within limits.
+async fn supervise(
+    paths: &SimPaths,
+    bins: &Binaries,
+    procs: &mut Procs,
+    started: &Started,
+    signals: &mut Signals,
+) -> Result<(), Error> {
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut total_restarts = 0u64;
+    loop {
+        tokio::select! {
+            sig = signals.recv() => {
+                println!("ekms sim: {sig}: stopping parent, enclave and kms-sim");
+                return Ok(());
+            }
+            status = exited(&mut procs.parent) => {
+                return Err(died("parent", status, &paths.log("parent")));
+            }
+            status = exited(&mut procs.kms) => {
+                return Err(died("kms-sim", status, &paths.log("kms-sim")));
+            }
+            status = exited(&mut procs.enclave) => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let now = Instant::now();
+                while restarts.front().is_some_and(|t| now.duration_since(*t) >= RESTART_WINDOW) {
+                    restarts.pop_front();
+                }
+                if restarts.len() >= MAX_RESTARTS {
+                    return Err(Error::Sim(format!(
+                        "the enclave exited ({status}) after {MAX_RESTARTS} restarts within {} s: \
+                         giving up; see {}",
+                        RESTART_WINDOW.as_secs(),
+                        paths.log("enclave").display()
+                    )));
+                }
+                let delay = restart_backoff(restarts.len());
+                eprintln!(
+                    "ekms sim: the enclave exited unexpectedly ({status}); restarting in {} ms",
+                    delay.as_millis()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    sig = signals.recv() => {
+                        println!("ekms sim: {sig}: stopping parent and kms-sim");
+                        return Ok(());
+                    }
+                }
+                restarts.push_back(Instant::now());
+                total_restarts += 1;
+                let enclave = spawn_enclave(paths, bins).await?;
+                println!("ekms sim: enclave restarted (pid {}); the parent reconnects by itself", enclave.pid);
+                procs.enclave = Some(enclave);
+                write_status(paths, bins, procs, started, total_restarts)?;
+            }
+        }
+    }
+}
+
+fn died(name: &str, status: std::io::Result<ExitStatus>, log: &Path) -> Error {
+    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    Error::Sim(format!(
+        "{name} exited unexpectedly ({status}); stopping the simulation; see {}",
+        log.display()
+    ))
+}
+
+/// `sim.json`: pids and paths, for scripts and tests.
+fn write_status(
+    paths: &SimPaths,
+    bins: &Binaries,
+    procs: &Procs,
+    started: &Started,
+    enclave_restarts: u64,
+) -> Result<(), Error> {
+    let proc_json = |p: &Option<Proc>, bin: &Path| {
+        p.as_ref().map(|p| {
+            json!({"pid": p.pid, "bin": bin, "log": p.log, "listening": p.listening})
+        })
+    };
+    let status = json!({
+        "pid": std::process::id(),
+        "state_dir": paths.state_dir,
+        "app_socket": paths.app_socket,
+        "enclave_socket": paths.enclave_socket,
+        "db": paths.db,
+        "ca_root_pem": paths.root_pem,
+        "kms_endpoint": started.kms_endpoint,
+        "kms_key_arn": started.key.arn(),
+        "pcr0": started.pcr0_hex,
+        "enclave_restarts": enclave_restarts,
+        "processes": {
+            "kms-sim": proc_json(&procs.kms, &bins.kms_sim),
+            "enclave": proc_json(&procs.enclave, &bins.enclave),
+            "parent": proc_json(&procs.parent, &bins.parent),
+        },
+    });
+    let text = serde_json::to_vec_pretty(&status).map_err(|e| Error::Sim(e.to_string()))?;
+    write_atomically(&paths.sim_json, &text)
+}
+
+fn print_summary(paths: &SimPaths, procs: &Procs, started: &Started) {
+    println!("ekms sim: running, state in {}", paths.state_dir.display());
+    for p in [&procs.kms, &procs.enclave, &procs.parent].into_iter().flatten() {
+        println!(
+            "  {:<8} pid {:<7} {}  ({}; log {})",
+            p.name,
+            p.pid,
+            if p.name == "kms-sim" {
+                started.kms_endpoint.clone()
+            } else {
+                format!("unix:{}", p.listening.trim_start_matches("unix:"))
+            },
+            p.bin.display(),
+            p.log.display()
+        );
+    }
+    println!("  KMS key  {}", started.key.arn());
+    println!("  PCR0     {}", started.pcr0_hex);
+    println!("  CA root  {}", paths.root_pem.display());
+    println!("  socket   {}", paths.app_socket.display());
+    println!(
+        "ready: export EKMS_SOCKET={} and try `ekms keys create --algorithm ed25519`; Ctrl-C stops",
+        paths.app_socket.display()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim_args(dir: &Path) -> SimArgs {
+        SimArgs {
+            state_dir: dir.to_path_buf(),
+            kms_sim_bin: None,
+            enclave_bin: None,
+            parent_bin: None,
+            health_timeout_secs: 60,
+        }
+    }
+
+    #[test]
+    fn layout_is_under_the_state_dir() {
+        let p = SimPaths::new(Path::new("/s"));
+        assert_eq!(p.app_socket, Path::new("/s/ekms.sock"));
+        assert_eq!(p.root_pem, Path::new("/s/ca/root.pem"));
+        assert_eq!(p.log("enclave"), Path::new("/s/logs/enclave.log"));
+        assert_eq!(p.arn_file, Path::new("/s/kms-key-arn"));
+    }
+
+    #[test]
+    fn resolves_binaries_next_to_ekms_or_from_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [KMS_SIM_BIN, ENCLAVE_BIN, PARENT_BIN] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let other = dir.path().join("custom-enclave");
+        std::fs::write(&other, b"").unwrap();
+        let mut args = sim_args(dir.path());
+        args.enclave_bin = Some(other.clone());
+        let bins = Binaries::resolve(&args, dir.path()).unwrap();
+        assert_eq!(bins.kms_sim, dir.path().join(KMS_SIM_BIN));
+        assert_eq!(bins.enclave, other);
+        assert_eq!(bins.parent, dir.path().join(PARENT_BIN));
+    }
+
+    #[test]
+    fn rejects_missing_binaries_with_a_build_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KMS_SIM_BIN), b"").unwrap();
+        let err = Binaries::resolve(&sim_args(dir.path()), dir.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ekms-enclave") && text.contains("cargo build"), "{text}");
+    }
+
+    #[test]
+    fn claims_missing_and_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        claim_socket_path(&path).unwrap();
+        // A bound-then-dropped listener leaves a stale socket file behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        claim_socket_path(&path).unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn rejects_a_live_socket_and_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = claim_socket_path(&path).unwrap_err();
+        assert!(err.to_string().contains("live process"), "{err}");
+        assert!(path.exists());
+        let file = dir.path().join("f.sock");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(claim_socket_path(&file).is_err());
+        assert!(file.exists());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(restart_backoff(0), Duration::from_millis(500));
+        assert_eq!(restart_backoff(1), Duration::from_secs(1));
+        assert_eq!(restart_backoff(4), Duration::from_secs(8));
+        assert_eq!(restart_backoff(100), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn writes_atomically_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!dir.path().join("f.tmp").exists());
+    }
+
+    #[test]
+    fn rejects_writing_into_a_missing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_atomically(&dir.path().join("no/such/f"), b"x").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+"""Policies are evaluated by the enclave on the decoded payload: default deny, and each
+rule refuses with 403 policy_denied naming the rule, with no signature."""
+
+from __future__ import annotations
+
+import pytest
+from solders.instruction import AccountMeta, Instruction
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from ekms_e2e import (
+    MEMO_PROGRAM,
+    ONE_ETH,
+    ONE_SOL,
+    SYSTEM_PROGRAM,
+    check_evm_signature,
+    check_solana_signature,
+    evm_eip1559,
+    evm_legacy,
+    sol_legacy,
+    sol_transfer_ix,
+    sol_v0,
+)
+
+DEST = "0x000000000000000000000000000000000000dEaD"
+OTHER = "0x1111111111111111111111111111111111111111"
+
+
+def evm_policy(chain_ids=(1,), dests=(DEST,), max_wei=ONE_ETH):
+    return {
+        "enabled": True,
+        "evm": {"chain_ids": list(chain_ids), "allowed_destinations": list(dests), "max_value_wei": str(max_wei)},
+    }
+
+
+def sol_policy(programs=(SYSTEM_PROGRAM,), max_lamports=ONE_SOL):
+    return {"enabled": True, "solana": {"allowed_programs": list(programs), "max_lamports_per_transfer": max_lamports}}
+
+
+def assert_denied(r, rule):
+    assert r.status == 403, r
+    assert r.code == "policy_denied", r
+    assert r.error.get("rule") == rule, r
+    assert r.error.get("message"), r
+    assert "signature" not in r.json and "signed_transaction" not in r.json
+
+
+@pytest.fixture(scope="module")
+def evm_key(sim):
+    return sim.client.create_key("secp256k1", evm_policy())
+
+
+@pytest.fixture(scope="module")
+def sol_key(sim):
+    return sim.client.create_key("ed25519", sol_policy())
+
+
+def test_allows_within_policy(client, evm_key):
+    unsigned = evm_eip1559(1, DEST, ONE_ETH)  # exactly the cap
+    r = client.sign_evm(evm_key["key_id"], unsigned)
+    assert r.status == 200, r
+    check_evm_signature(r.json, unsigned, evm_key["address"])
+
+
+@pytest.mark.parametrize("build", [evm_eip1559, evm_legacy], ids=["eip1559", "legacy"])
+def test_rejects_wrong_chain_id(client, evm_key, build):
+    assert_denied(client.sign_evm(evm_key["key_id"], build(5, DEST, 1)), "evm.chain_ids")
+
+
+@pytest.mark.parametrize("build", [evm_eip1559, evm_legacy], ids=["eip1559", "legacy"])
+def test_rejects_destination_not_allowed(client, evm_key, build):
+    assert_denied(client.sign_evm(evm_key["key_id"], build(1, OTHER, 1)), "evm.allowed_destinations")
+
+
+def test_rejects_contract_creation(client, evm_key):
+    r = client.sign_evm(evm_key["key_id"], evm_eip1559(1, None, 0, gas=100_000, data=b"\x60\x00"))
+    assert_denied(r, "evm.contract_creation")
+
+
+@pytest.mark.parametrize("build", [evm_eip1559, evm_legacy], ids=["eip1559", "legacy"])
+def test_rejects_value_over_cap(client, evm_key, build):
+    assert_denied(client.sign_evm(evm_key["key_id"], build(1, DEST, ONE_ETH + 1)), "evm.max_value_wei")
+
+
+def test_rejects_by_default_without_policy(client):
+    key = client.create_key("secp256k1")
+    assert_denied(client.sign_evm(key["key_id"], evm_eip1559(1, DEST, 0)), "evm")
+    sk = client.create_key("ed25519")
+    payer = Pubkey.from_string(sk["address"])
+    unsigned, _ = sol_legacy(payer, [sol_transfer_ix(payer, Keypair().pubkey(), 1)])
+    assert_denied(client.sign_solana(sk["key_id"], unsigned), "solana")
+
+
+def test_rejects_disabled_key(client):
+    policy = evm_policy()
+    policy["enabled"] = False
+    key = client.create_key("secp256k1", policy)
+    assert_denied(client.sign_evm(key["key_id"], evm_eip1559(1, DEST, 0)), "enabled")
+
+
+def test_allows_solana_within_policy(client, sol_key):
+    payer = Pubkey.from_string(sol_key["address"])
+    unsigned, message = sol_v0(payer, [sol_transfer_ix(payer, Keypair().pubkey(), ONE_SOL)])
+    r = client.sign_solana(sol_key["key_id"], unsigned)
+    assert r.status == 200, r
+    check_solana_signature(r.json, message, sol_key["address"])
+
+
+@pytest.mark.parametrize("build", [sol_legacy, sol_v0], ids=["legacy", "v0"])
+def test_rejects_program_not_allowed(client, sol_key, build):
+    payer = Pubkey.from_string(sol_key["address"])
+    memo = Instruction(Pubkey.from_string(MEMO_PROGRAM), b"hello", [AccountMeta(payer, True, False)])
+    unsigned, _ = build(payer, [sol_transfer_ix(payer, Keypair().pubkey(), 1), memo])
+    assert_denied(client.sign_solana(sol_key["key_id"], unsigned), "solana.allowed_programs")
+
+
+@pytest.mark.parametrize("build", [sol_legacy, sol_v0], ids=["legacy", "v0"])
+def test_rejects_lamports_over_cap(client, sol_key, build):
+    payer = Pubkey.from_string(sol_key["address"])
+    unsigned, _ = build(payer, [sol_transfer_ix(payer, Keypair().pubkey(), ONE_SOL + 1)])
+    assert_denied(client.sign_solana(sol_key["key_id"], unsigned), "solana.max_lamports_per_transfer")
+
+
+def test_rejects_split_transfer_over_cap_per_instruction(client, sol_key):
+    """Two transfers each under the cap pass; one of them over the cap does not."""
+    payer = Pubkey.from_string(sol_key["address"])
+    to = Keypair().pubkey()
+    ok, message = sol_legacy(payer, [sol_transfer_ix(payer, to, ONE_SOL), sol_transfer_ix(payer, to, ONE_SOL)])
+    r = client.sign_solana(sol_key["key_id"], ok)
+    assert r.status == 200, r
+    check_solana_signature(r.json, message, sol_key["address"])
+    bad, _ = sol_legacy(payer, [sol_transfer_ix(payer, to, 1), sol_transfer_ix(payer, to, ONE_SOL + 1)])
+    assert_denied(client.sign_solana(sol_key["key_id"], bad), "solana.max_lamports_per_transfer")
+
+
+def test_policy_update_through_enclave(client):
+    key = client.create_key("secp256k1", evm_policy())
+    kid = key["key_id"]
+    assert_denied(client.sign_evm(kid, evm_eip1559(10, DEST, 1)), "evm.chain_ids")
+    r = client.set_policy(kid, evm_policy(chain_ids=(1, 10)))
+    assert r.status == 200, r
+    assert r.json["policy_version"] > key["policy_version"], (r, key)
+    assert client.get_key(kid).json["policy_version"] == r.json["policy_version"]
+    unsigned = evm_eip1559(10, DEST, 1)
+    s = client.sign_evm(kid, unsigned)
+    assert s.status == 200, s
+    check_evm_signature(s.json, unsigned, key["address"])
+    # Tightening works too: value cap 0.
+    assert client.set_policy(kid, evm_policy(chain_ids=(1, 10), max_wei=0)).status == 200
+    assert_denied(client.sign_evm(kid, evm_eip1559(10, DEST, 1)), "evm.max_value_wei")
+
+
+def test_rejects_invalid_policy(client):
+    r = client.request("POST", "/v1/keys", {"algorithm": "secp256k1", "policy": {"enabled": True, "evm": {"chain_ids": [0]}}})
+    assert r.status == 400 and r.code == "invalid_policy", r
+    r = client.request("POST", "/v1/keys", {"algorithm": "secp256k1", "policy": {"enabled": True, "bogus": 1}})
+    assert r.status == 400 and r.code == "invalid_policy", r
+    key = client.create_key("secp256k1", evm_policy())
+    r = client.set_policy(key["key_id"], {"enabled": True, "evm": {"allowed_destinations": ["0x12"]}})
+    assert r.status == 400 and r.code == "invalid_policy", r
+    assert client.get_key(key["key_id"]).json["policy_version"] == key["policy_version"]

@@ -1,0 +1,576 @@
+//! One handler per request kind, dispatched by the single `match` in [`handle`]
+//! (STYLE rule 4). Handlers of key requests take the `Ready` state's [`Services`], so
+//! they cannot run before the enclave is ready (see [`crate::state`]).
+//!
+//! Rules for maintainers:
+//! - every failure to open a sealed record or to verify a policy MAC is
+//!   [`WireError::SealedStateInvalid`], whatever the cause (no oracle);
+//! - the policy is evaluated on the payload as *decoded here*, never on what the caller
+//!   says it is;
+//! - secrets are drawn from the NSM, held in zeroizing types, and dropped as soon as the
+//!   signature or the sealed record exists.
+
+use std::sync::Arc;
+
+use attestation::{AttestationRequest, NsmProvider};
+use ekms_shared::{
+    Algorithm, DekCachePolicy, KeyringRef, KmsConfig, PayloadKind, Request, ResponseBody,
+    SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo, WireError,
+};
+use ekms_signer::{
+    decode_solana, decode_unsigned, sign_evm, sign_solana, Denial, Ed25519Secret, Policy,
+    Secp256k1Secret, SignerError,
+};
+use zeroize::Zeroizing;
+
+use crate::keyring::check_keyring_name;
+use crate::sealing::{self, DataKey, SECRET_LEN};
+use crate::state::{Enclave, RequestKind, Services};
+
+/// Longest key id accepted, in bytes.
+pub const MAX_KEY_ID_LEN: usize = 128;
+/// Longest owner accepted, in bytes.
+pub const MAX_OWNER_LEN: usize = 256;
+/// Policy version of a newly generated key.
+pub const INITIAL_POLICY_VERSION: u64 = 1;
+/// Draws of 32 random bytes before giving up on a secp256k1 scalar (an honest source
+/// fails one draw with probability below 2^-127).
+const MAX_SCALAR_DRAWS: usize = 4;
+
+/// Handles one request in the enclave's current state.
+///
+/// # Errors
+/// [`WireError::NotReady`] for a request the current state does not accept; otherwise
+/// the handler's error.
+pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody, WireError> {
+    let services = enclave.admit(RequestKind::of(&request))?;
+    let ready = || services.clone().ok_or(WireError::NotReady);
+    match request {
+        Request::Configure { kms, dek_cache } => configure(enclave, kms, dek_cache).await,
+        Request::Status => Ok(status(enclave)),
+        Request::Attestation { nonce, user_data } => attestation(enclave, nonce, user_data).await,
+        Request::CreateKeyring { keyring, epoch } => {
+            create_keyring(&ready()?, keyring, epoch).await
+        }
+        Request::GenerateKey {
+            key_id,
+            algorithm,
+            owner,
+            label: _,
+            policy_json,
+            keyring,
+        } => {
+            let new = NewKey {
+                key_id,
+                algorithm,
+                owner,
+                policy_json,
+                keyring,
+            };
+            generate_key(&ready()?, enclave.nsm().as_ref(), new).await
+        }
+        Request::SetPolicy {
+            record,
+            keyring,
+            current,
+            policy_json,
+        } => set_policy(&ready()?, record, keyring, current, policy_json).await,
+        Request::Sign {
+            record,
+            keyring,
+            policy,
+            payload,
+        } => sign(&ready()?, record, keyring, policy, payload).await,
+    }
+}
+
+async fn configure(
+    enclave: &Enclave,
+    kms: KmsConfig,
+    dek_cache: DekCachePolicy,
+) -> Result<ResponseBody, WireError> {
+    enclave.configure(kms, dek_cache).await?;
+    Ok(ResponseBody::Configured)
+}
+
+fn status(enclave: &Enclave) -> ResponseBody {
+    ResponseBody::Status(StatusInfo {
+        state: enclave.state(),
+        mode: enclave.mode(),
+        pcrs: enclave.pcrs().clone(),
+    })
+}
+
+async fn attestation(
+    enclave: &Enclave,
+    nonce: Option<Vec<u8>>,
+    user_data: Option<Vec<u8>>,
+) -> Result<ResponseBody, WireError> {
+    let nsm = Arc::clone(enclave.nsm());
+    let document = tokio::task::spawn_blocking(move || {
+        nsm.attestation_document(&AttestationRequest {
+            user_data: user_data.as_deref(),
+            nonce: nonce.as_deref(),
+            public_key: None,
+        })
+    })
+    .await
+    .map_err(|_| WireError::Internal)?
+    .map_err(|e| WireError::Attestation {
+        message: e.to_string(),
+    })?;
+    Ok(ResponseBody::Attestation { document })
+}
+
+async fn create_keyring(
+    services: &Services,
+    keyring: String,
+    epoch: u32,
+) -> Result<ResponseBody, WireError> {
+    let dek_ciphertext = services.keyrings.create(&keyring, epoch).await?;
+    Ok(ResponseBody::KeyringCreated {
+        keyring,
+        epoch,
+        dek_ciphertext,
+    })
+}
+
+/// The fields of `GenerateKey` that matter here (the label is the parent's business).
+struct NewKey {
+    key_id: String,
+    algorithm: Algorithm,
+    owner: Option<String>,
+    policy_json: String,
+    keyring: KeyringRef,
+}
+
+async fn generate_key(
+    services: &Services,
+    nsm: &dyn NsmProvider,
+    new: NewKey,
+) -> Result<ResponseBody, WireError> {
+    check_key_id(&new.key_id)?;
+    if new.owner.as_ref().is_some_and(|o| o.is_empty() || o.len() > MAX_OWNER_LEN) {
+        return Err(bad_request(format!("owner must be 1-{MAX_OWNER_LEN} bytes")));
+    }
+    check_keyring_name(&new.keyring.keyring)?;
+    let policy = Policy::parse(&new.policy_json).map_err(policy_error)?;
+    let dek = services.keyrings.data_key(&new.keyring).await?;
+
+    let (secret, public_key) = new_secret(nsm, new.algorithm)?;
+    let mut salt = [0u8; 32];
+    let mut nonce = [0u8; 12];
+    nsm_random(nsm, &mut salt)?;
+    nsm_random(nsm, &mut nonce)?;
+    let record = sealing::seal(
+        &dek,
+        &new.key_id,
+        new.owner.as_deref(),
+        new.algorithm,
+        &public_key,
+        &new.keyring.keyring,
+        new.keyring.epoch,
+        salt,
+        nonce,
+        secret.as_slice(),
+    )
+    .map_err(|_| WireError::Internal)?;
+    drop(secret);
+    let policy = sealing::mac_policy(&dek, &record, INITIAL_POLICY_VERSION, policy.canonical_json());
+    Ok(ResponseBody::KeyGenerated { record, policy })
+}
+
+/// A fresh 32-byte secret from the NSM and its public key. For secp256k1 a draw that is
+/// not a scalar in `[1, n)` is discarded and redrawn.
+fn new_secret(
+    nsm: &dyn NsmProvider,
+    algorithm: Algorithm,
+) -> Result<(Zeroizing<[u8; SECRET_LEN]>, Vec<u8>), WireError> {
+    let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+    match algorithm {
+        Algorithm::Secp256k1 => {
+            for _ in 0..MAX_SCALAR_DRAWS {
+                nsm_random(nsm, secret.as_mut_slice())?;
+                if let Ok(key) = Secp256k1Secret::from_bytes(secret.as_slice()) {
+                    return Ok((secret, key.public_key()));
+                }
+            }
+            tracing::error!("NSM randomness never produced a valid secp256k1 scalar");
+            Err(WireError::Internal)
+        }
+        Algorithm::Ed25519 => {
+            nsm_random(nsm, secret.as_mut_slice())?;
+            if *secret == [0u8; SECRET_LEN] {
+                tracing::error!("NSM returned all-zero randomness");
+                return Err(WireError::Internal);
+            }
+            let key = Ed25519Secret::from_bytes(secret.as_slice()).map_err(|_| WireError::Internal)?;
+            Ok((secret, key.public_key()))
+        }
+    }
+}
+
+fn nsm_random(nsm: &dyn NsmProvider, out: &mut [u8]) -> Result<(), WireError> {
+    nsm.random(out).map_err(|e| {
+        tracing::error!(error = %e, "NSM random failed");
+        WireError::Internal
+    })
+}
+
+async fn set_policy(
+    services: &Services,
+    record: SealedKeyRecord,
+    keyring: KeyringRef,
+    current: SealedPolicy,
+    policy_json: String,
+) -> Result<ResponseBody, WireError> {
+    // Authorisation by the owner's signature and rollback protection (a monotonic
+    // counter the parent cannot reset) are the next issue's; today any caller that holds
+    // the current sealed policy can replace it, and the MAC proves only that the current
+    // policy was written by this enclave.
+    check_record_keyring(&record, &keyring)?;
+    let dek = services.keyrings.data_key(&keyring).await?;
+    open_and_verify(&dek, &record, &current)?;
+    let policy = Policy::parse(&policy_json).map_err(policy_error)?;
+    let version = current
+        .version
+        .checked_add(1)
+        .ok_or(WireError::SealedStateInvalid)?;
+    let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
+    Ok(ResponseBody::PolicySet { policy })
+}
+
+async fn sign(
+    services: &Services,
+    record: SealedKeyRecord,
+    keyring: KeyringRef,
+    policy: SealedPolicy,
+    payload: SignPayload,
+) -> Result<ResponseBody, WireError> {
+    check_record_keyring(&record, &keyring)?;
+    let algorithm_matches = matches!(
+        (payload.kind, record.algorithm),
+        (PayloadKind::EvmTransaction, Algorithm::Secp256k1)
+            | (PayloadKind::SolanaTransaction, Algorithm::Ed25519)
+    );
+    if !algorithm_matches {
+        return Err(bad_request(format!(
+            "payload kind {:?} cannot be signed by a {:?} key",
+            payload.kind, record.algorithm
+        )));
+    }
+    let dek = services.keyrings.data_key(&keyring).await?;
+    let secret = open_and_verify(&dek, &record, &policy)?;
+    drop(dek);
+    let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
+    let output = match record.algorithm {
+        Algorithm::Secp256k1 => {
+            let tx = decode_unsigned(&payload.bytes).map_err(signer_error)?;
+            policy.evaluate_evm(&tx).map_err(denied)?;
+            let key = Secp256k1Secret::from_bytes(secret.as_slice())
+                .map_err(|_| WireError::SealedStateInvalid)?;
+            drop(secret);
+            let sig = sign_evm(&tx, &key).map_err(signer_error)?;
+            SignOutput::Evm {
+                r: sig.r,
+                s: sig.s,
+                y_parity: sig.y_parity,
+                v: sig.v,
+                signed_transaction: sig.signed_transaction,
+                transaction_hash: sig.transaction_hash,
+            }
+        }
+        Algorithm::Ed25519 => {
+            let public_key: [u8; 32] = record
+                .public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| WireError::SealedStateInvalid)?;
+            let message = decode_solana(&payload.bytes).map_err(signer_error)?;
+            policy
+                .evaluate_solana(&message, &public_key)
+                .map_err(denied)?;
+            let key = Ed25519Secret::from_bytes(secret.as_slice())
+                .map_err(|_| WireError::SealedStateInvalid)?;
+            drop(secret);
+            let sig = sign_solana(&message, &key, &public_key).map_err(signer_error)?;
+            SignOutput::Solana {
+                signature: sig.signature,
+                signed_transaction: sig.signed_transaction,
+            }
+        }
+    };
+    Ok(ResponseBody::Signed(output))
+}
+
+/// Opens `record` and verifies `policy`'s MAC; both failures are the same error.
+fn open_and_verify(
+    dek: &DataKey,
+    record: &SealedKeyRecord,
+    policy: &SealedPolicy,
+) -> Result<Zeroizing<Vec<u8>>, WireError> {
+    let secret = sealing::open(dek, record).map_err(|_| WireError::SealedStateInvalid)?;
+    sealing::verify_policy(dek, record, policy).map_err(|_| WireError::SealedStateInvalid)?;
+    Ok(secret)
+}
+
+/// A record sealed under another keyring or epoch than the one sent with it cannot open;
+/// refusing it here saves a KMS call.
+fn check_record_keyring(record: &SealedKeyRecord, keyring: &KeyringRef) -> Result<(), WireError> {
+    if record.keyring != keyring.keyring || record.epoch != keyring.epoch {
+        return Err(WireError::SealedStateInvalid);
+    }
+    Ok(())
+}
+
+fn check_key_id(key_id: &str) -> Result<(), WireError> {
+    let ok = !key_id.is_empty()
+        && key_id.len() <= MAX_KEY_ID_LEN
+        && key_id.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "key_id must be 1-{MAX_KEY_ID_LEN} printable ASCII bytes"
+        )))
+    }
+}
+
+fn bad_request(message: String) -> WireError {
+    WireError::BadRequest { message }
+}
+
+fn denied(d: Denial) -> WireError {
+    WireError::PolicyDenied {
+        rule: d.rule.to_owned(),
+        message: d.message,
+    }
+}
+
+fn policy_error(e: SignerError) -> WireError {
+    WireError::InvalidPolicy {
+        message: e.to_string(),
+    }
+}
+
+/// Maps the signer's payload errors to the wire (its texts carry no key material).
+fn signer_error(e: SignerError) -> WireError {
+    match e {
+        SignerError::Malformed { .. }
+        | SignerError::InvalidPayload { .. }
+        | SignerError::Oversize { .. }
+        | SignerError::NotASigner => WireError::InvalidPayload {
+            message: e.to_string(),
+        },
+        SignerError::UnsupportedPayload { message } => WireError::UnsupportedPayload { message },
+        SignerError::InvalidPolicy { message } => WireError::InvalidPolicy { message },
+        SignerError::InvalidKey { .. } => WireError::SealedStateInvalid,
+        _ => {
+            tracing::error!(error = %e, "signer failed");
+            WireError::Internal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attestation::{SimulatedCa, SimulatedNsm};
+    use ekms_shared::{Credentials, EnclaveState, Mode};
+
+    fn enclave() -> Enclave {
+        let ca = SimulatedCa::generate().unwrap();
+        let nsm =
+            SimulatedNsm::for_executable(&ca, &std::env::current_exe().unwrap()).unwrap();
+        Enclave::new(Arc::new(nsm), Mode::Simulation).unwrap()
+    }
+
+    fn record() -> SealedKeyRecord {
+        SealedKeyRecord {
+            version: 1,
+            key_id: "k".into(),
+            owner: None,
+            algorithm: Algorithm::Secp256k1,
+            public_key: vec![2; 33],
+            keyring: "main".into(),
+            epoch: 1,
+            salt: [0; 32],
+            nonce: [0; 12],
+            ciphertext: vec![0; 48],
+        }
+    }
+
+    fn keyring() -> KeyringRef {
+        KeyringRef {
+            keyring: "main".into(),
+            epoch: 1,
+            dek_ciphertext: vec![1; 100],
+        }
+    }
+
+    fn sign_request() -> Request {
+        Request::Sign {
+            record: record(),
+            keyring: keyring(),
+            policy: SealedPolicy {
+                key_id: "k".into(),
+                version: 1,
+                policy_json: "{}".into(),
+                mac: [0; 32],
+            },
+            payload: SignPayload {
+                kind: PayloadKind::EvmTransaction,
+                bytes: vec![0x02],
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn status_and_attestation_work_while_booting() {
+        let e = enclave();
+        let ResponseBody::Status(info) = handle(&e, Request::Status).await.unwrap() else {
+            panic!("not a status");
+        };
+        assert_eq!(info.state, EnclaveState::Booting);
+        assert_eq!(info.mode, Mode::Simulation);
+        assert_eq!(info.pcrs.len(), 3);
+        assert!(info.pcrs.values().all(|p| p.len() == 48));
+        let answer = handle(
+            &e,
+            Request::Attestation {
+                nonce: Some(vec![7; 16]),
+                user_data: None,
+            },
+        )
+        .await
+        .unwrap();
+        let ResponseBody::Attestation { document } = answer else {
+            panic!("not an attestation");
+        };
+        assert!(document.len() > 1000);
+    }
+
+    #[tokio::test]
+    async fn rejects_key_requests_before_configure() {
+        let e = enclave();
+        let requests = [
+            sign_request(),
+            Request::CreateKeyring {
+                keyring: "main".into(),
+                epoch: 1,
+            },
+            Request::GenerateKey {
+                key_id: "k".into(),
+                algorithm: Algorithm::Ed25519,
+                owner: None,
+                label: None,
+                policy_json: r#"{"enabled":true}"#.into(),
+                keyring: keyring(),
+            },
+        ];
+        for request in requests {
+            assert_eq!(handle(&e, request).await, Err(WireError::NotReady));
+        }
+        assert_eq!(e.state(), EnclaveState::Booting);
+    }
+
+    #[tokio::test]
+    async fn rejects_configure_with_bad_settings_and_stays_booting() {
+        let e = enclave();
+        let kms = KmsConfig {
+            region: "Bad Region".into(),
+            endpoint_url: Some("http://127.0.0.1:1".into()),
+            kms_key_id: "k".into(),
+            credentials: Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            },
+        };
+        let dek_cache = DekCachePolicy {
+            ttl_secs: 60,
+            max_uses: 10,
+        };
+        let err = handle(&e, Request::Configure { kms, dek_cache }).await;
+        assert!(matches!(err, Err(WireError::BadRequest { .. })), "{err:?}");
+        assert_eq!(e.state(), EnclaveState::Booting);
+    }
+
+    #[tokio::test]
+    async fn rejects_unreachable_kms_and_stays_configured() {
+        let e = enclave();
+        // A port nothing listens on: connection refused, no retries can succeed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let kms = KmsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            kms_key_id: "k".into(),
+            credentials: Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            },
+        };
+        let dek_cache = DekCachePolicy {
+            ttl_secs: 60,
+            max_uses: 10,
+        };
+        let err = handle(&e, Request::Configure { kms, dek_cache }).await;
+        assert!(
+            matches!(&err, Err(WireError::Kms { code, .. }) if code == "RequestFailed"),
+            "{err:?}"
+        );
+        assert_eq!(e.state(), EnclaveState::Configured);
+        assert_eq!(handle(&e, sign_request()).await, Err(WireError::NotReady));
+    }
+
+    #[test]
+    fn maps_signer_errors() {
+        assert!(matches!(
+            signer_error(SignerError::UnsupportedPayload {
+                message: "blob".into()
+            }),
+            WireError::UnsupportedPayload { message } if message == "blob"
+        ));
+        assert!(matches!(
+            signer_error(SignerError::Malformed {
+                message: "rlp".into()
+            }),
+            WireError::InvalidPayload { .. }
+        ));
+        assert_eq!(
+            signer_error(SignerError::InvalidKey { message: "x" }),
+            WireError::SealedStateInvalid
+        );
+    }
+
+    #[test]
+    fn rejects_bad_key_ids_and_mismatched_keyrings() {
+        check_key_id("key-1").unwrap();
+        for bad in ["", "a b", "ключ", &"k".repeat(129)] {
+            assert!(check_key_id(bad).is_err(), "{bad:?}");
+        }
+        check_record_keyring(&record(), &keyring()).unwrap();
+        let mut other = keyring();
+        other.epoch = 2;
+        assert_eq!(
+            check_record_keyring(&record(), &other),
+            Err(WireError::SealedStateInvalid)
+        );
+    }
+
+    #[test]
+    fn new_secrets_have_valid_public_keys() {
+        let e = enclave();
+        let (s1, p1) = new_secret(e.nsm().as_ref(), Algorithm::Secp256k1).unwrap();
+        assert_eq!(p1.len(), 33);
+        assert_eq!(Secp256k1Secret::from_bytes(s1.as_slice()).unwrap().public_key(), p1);
+        let (s2, p2) = new_secret(e.nsm().as_ref(), Algorithm::Ed25519).unwrap();
+        assert_eq!(p2.len(), 32);
+        assert_ne!(s1.as_slice(), s2.as_slice());
+    }
+}

@@ -1,0 +1,334 @@
+//! Keyrings and their data keys (DESIGN §3): creating a keyring epoch's data key with
+//! KMS, and the bounded cache of plaintext data keys.
+//!
+//! A cached data key is found by `(keyring, epoch, SHA-256(dek_ciphertext))`, so a
+//! parent that sends another blob under a known keyring name never gets the cached key
+//! for it. Entries expire after `ttl_secs` or `max_uses` uses (`Configure`'s
+//! [`DekCachePolicy`]); `max_uses == 0` turns caching off: a KMS `Decrypt` for every
+//! request. At most [`MAX_CACHED_KEYS`] keys are held; the oldest is evicted first.
+//! Plaintext data keys live only in [`DataKey`] (zeroized when the last user drops it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ekms_shared::{DekCachePolicy, KeyringRef, WireError};
+use sha2::{Digest, Sha256};
+
+use crate::kms::Kms;
+use crate::sealing::DataKey;
+
+/// Most plaintext data keys cached at once.
+pub const MAX_CACHED_KEYS: usize = 64;
+
+/// Longest keyring name accepted, in bytes (it goes into KMS's `EncryptionContext`).
+pub const MAX_KEYRING_NAME_LEN: usize = 128;
+
+/// Largest `dek_ciphertext` accepted, in bytes (a KMS `CiphertextBlob` is at most 6144).
+pub const MAX_DEK_CIPHERTEXT_LEN: usize = 6144;
+
+/// Cache key: keyring, epoch, SHA-256 of the KMS ciphertext blob.
+type CacheKey = (String, u32, [u8; 32]);
+
+struct Entry {
+    dek: Arc<DataKey>,
+    created: Instant,
+    uses: u64,
+}
+
+/// The bounded cache of plaintext data keys.
+pub struct DekCache {
+    policy: DekCachePolicy,
+    entries: Mutex<HashMap<CacheKey, Entry>>,
+}
+
+impl std::fmt::Debug for DekCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DekCache")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DekCache {
+    /// An empty cache with these bounds.
+    pub fn new(policy: DekCachePolicy) -> Self {
+        Self {
+            policy,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.policy.max_uses > 0 && self.policy.ttl_secs > 0
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.policy.ttl_secs)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (every
+        // update is a single insert/remove), so a poisoned lock is still usable.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached key for `key` at `now`, counting one use; expired or used-up entries
+    /// are removed.
+    fn take(&self, key: &CacheKey, now: Instant) -> Option<Arc<DataKey>> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut map = self.lock();
+        let entry = map.get_mut(key)?;
+        if now.saturating_duration_since(entry.created) >= self.ttl()
+            || entry.uses >= self.policy.max_uses
+        {
+            map.remove(key);
+            return None;
+        }
+        entry.uses += 1;
+        let dek = Arc::clone(&entry.dek);
+        if entry.uses >= self.policy.max_uses {
+            map.remove(key);
+        }
+        Some(dek)
+    }
+
+    /// Caches `dek` under `key` with `uses` already counted (no-op when caching is off
+    /// or the key is already used up), evicting expired entries and then the oldest
+    /// while the cache is full.
+    fn put(&self, key: CacheKey, dek: Arc<DataKey>, now: Instant, uses: u64) {
+        if !self.enabled() || uses >= self.policy.max_uses {
+            return;
+        }
+        let ttl = self.ttl();
+        let mut map = self.lock();
+        map.retain(|_, e| now.saturating_duration_since(e.created) < ttl);
+        while map.len() >= MAX_CACHED_KEYS {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, e)| e.created)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(
+            key,
+            Entry {
+                dek,
+                created: now,
+                uses,
+            },
+        );
+    }
+
+    /// Number of cached keys (tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keyring operations against KMS, with the data-key cache in front.
+#[derive(Debug)]
+pub struct Keyrings {
+    kms: Arc<Kms>,
+    cache: DekCache,
+}
+
+impl Keyrings {
+    /// Keyrings served by `kms`, caching data keys under `policy`.
+    pub fn new(kms: Arc<Kms>, policy: DekCachePolicy) -> Self {
+        Self {
+            kms,
+            cache: DekCache::new(policy),
+        }
+    }
+
+    /// The data-key cache.
+    pub fn cache(&self) -> &DekCache {
+        &self.cache
+    }
+
+    /// `CreateKeyring`: a new data key for `(keyring, epoch)` from KMS `GenerateDataKey`;
+    /// returns its `CiphertextBlob` for the parent and caches the plaintext key.
+    ///
+    /// # Errors
+    /// [`WireError::BadRequest`] for an invalid keyring name; [`WireError::Kms`] /
+    /// [`WireError::Attestation`] from KMS.
+    pub async fn create(&self, keyring: &str, epoch: u32) -> Result<Vec<u8>, WireError> {
+        check_keyring_name(keyring)?;
+        let (dek, blob) = self
+            .kms
+            .generate_data_key(keyring, epoch)
+            .await
+            .map_err(|e| e.to_wire())?;
+        self.cache
+            .put(cache_key(keyring, epoch, &blob), Arc::new(dek), Instant::now(), 0);
+        Ok(blob)
+    }
+
+    /// The plaintext data key of `keyring`: from the cache, or KMS `Decrypt`.
+    ///
+    /// # Errors
+    /// [`WireError::BadRequest`] for an invalid name or oversized blob;
+    /// [`WireError::Kms`] / [`WireError::Attestation`] from KMS.
+    pub async fn data_key(&self, keyring: &KeyringRef) -> Result<Arc<DataKey>, WireError> {
+        check_keyring_name(&keyring.keyring)?;
+        if keyring.dek_ciphertext.is_empty() || keyring.dek_ciphertext.len() > MAX_DEK_CIPHERTEXT_LEN
+        {
+            return Err(WireError::BadRequest {
+                message: format!("dek_ciphertext must be 1-{MAX_DEK_CIPHERTEXT_LEN} bytes"),
+            });
+        }
+        let key = cache_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext);
+        if let Some(dek) = self.cache.take(&key, Instant::now()) {
+            return Ok(dek);
+        }
+        let dek = Arc::new(
+            self.kms
+                .decrypt_data_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext)
+                .await
+                .map_err(|e| e.to_wire())?,
+        );
+        // The request that fetched it is its first use.
+        self.cache.put(key, Arc::clone(&dek), Instant::now(), 1);
+        Ok(dek)
+    }
+}
+
+fn cache_key(keyring: &str, epoch: u32, blob: &[u8]) -> CacheKey {
+    (keyring.to_owned(), epoch, Sha256::digest(blob).into())
+}
+
+/// Checks a keyring name: 1..=[`MAX_KEYRING_NAME_LEN`] bytes of ASCII letters, digits,
+/// `-`, `_`, `.`, `/` (it appears in KMS `EncryptionContext` and CloudTrail).
+///
+/// # Errors
+/// [`WireError::BadRequest`] otherwise.
+pub fn check_keyring_name(name: &str) -> Result<(), WireError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_KEYRING_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::BadRequest {
+            message: format!(
+                "keyring name must be 1-{MAX_KEYRING_NAME_LEN} bytes of letters, digits, '-', '_', '.', '/'"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dek(b: u8) -> Arc<DataKey> {
+        Arc::new(DataKey::from_slice(&[b; 32]).unwrap())
+    }
+
+    fn policy(ttl_secs: u64, max_uses: u64) -> DekCachePolicy {
+        DekCachePolicy { ttl_secs, max_uses }
+    }
+
+    #[test]
+    fn caches_until_max_uses() {
+        let cache = DekCache::new(policy(60, 3));
+        let k = cache_key("main", 1, b"blob");
+        let now = Instant::now();
+        cache.put(k.clone(), dek(1), now, 0);
+        for _ in 0..3 {
+            assert!(cache.take(&k, now).is_some());
+        }
+        assert!(cache.take(&k, now).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn counts_the_fetching_use() {
+        let cache = DekCache::new(policy(60, 2));
+        let k = cache_key("main", 1, b"blob");
+        let now = Instant::now();
+        cache.put(k.clone(), dek(1), now, 1);
+        assert!(cache.take(&k, now).is_some());
+        assert!(cache.take(&k, now).is_none());
+        // With max_uses 1 a fetched key is not cached at all.
+        let single = DekCache::new(policy(60, 1));
+        single.put(k.clone(), dek(1), now, 1);
+        assert!(single.is_empty());
+    }
+
+    #[test]
+    fn rejects_expired_entries() {
+        let cache = DekCache::new(policy(10, 100));
+        let k = cache_key("main", 1, b"blob");
+        let now = Instant::now();
+        cache.put(k.clone(), dek(1), now, 0);
+        assert!(cache.take(&k, now + Duration::from_secs(9)).is_some());
+        assert!(cache.take(&k, now + Duration::from_secs(10)).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn rejects_caching_when_max_uses_is_zero() {
+        let cache = DekCache::new(policy(60, 0));
+        let k = cache_key("main", 1, b"blob");
+        cache.put(k.clone(), dek(1), Instant::now(), 0);
+        assert!(cache.is_empty());
+        assert!(cache.take(&k, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn rejects_other_blob_epoch_or_keyring() {
+        let cache = DekCache::new(policy(60, 10));
+        let now = Instant::now();
+        cache.put(cache_key("main", 1, b"blob"), dek(1), now, 0);
+        assert!(cache.take(&cache_key("main", 1, b"blob2"), now).is_none());
+        assert!(cache.take(&cache_key("main", 2, b"blob"), now).is_none());
+        assert!(cache.take(&cache_key("other", 1, b"blob"), now).is_none());
+        assert!(cache.take(&cache_key("main", 1, b"blob"), now).is_some());
+    }
+
+    #[test]
+    fn bounds_the_number_of_keys() {
+        let cache = DekCache::new(policy(600, 10));
+        let start = Instant::now();
+        for i in 0..(MAX_CACHED_KEYS + 10) {
+            let name = format!("k{i}");
+            cache.put(
+                cache_key(&name, 1, b"b"),
+                dek(1),
+                start + Duration::from_millis(i as u64),
+                0,
+            );
+        }
+        assert_eq!(cache.len(), MAX_CACHED_KEYS);
+        // The oldest were evicted, the newest kept.
+        let now = start + Duration::from_secs(1);
+        assert!(cache.take(&cache_key("k0", 1, b"b"), now).is_none());
+        let last = format!("k{}", MAX_CACHED_KEYS + 9);
+        assert!(cache.take(&cache_key(&last, 1, b"b"), now).is_some());
+    }
+
+    #[test]
+    fn keyring_names() {
+        check_keyring_name("main").unwrap();
+        check_keyring_name("team-a/prod_1.v2").unwrap();
+        for bad in ["", "a b", "ä", "x\"y", &"a".repeat(129)] {
+            assert!(check_keyring_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

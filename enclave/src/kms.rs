@@ -1,0 +1,507 @@
+//! The enclave's own AWS KMS client (DESIGN §2): `aws-sdk-kms` over rustls (ring), with
+//! static credentials handed over by `Configure`, and the attested `Recipient` flow.
+//!
+//! Every KMS call that returns key material carries a `Recipient` (an attestation
+//! document whose `public_key` is an ephemeral RSA-2048 key), and every answer goes
+//! through [`crate::recipient::open_kms_answer`], which fails closed on a `Plaintext`.
+//! The RSA key and its document form a [`RecipientSession`], reused for
+//! [`RECIPIENT_LIFETIME`] (RSA keygen costs ~94 ms, DESIGN §9) and then replaced.
+//!
+//! Data keys are bound to an `EncryptionContext` of `{"ekms:keyring": name,
+//! "ekms:epoch": "<n>"}` (never anything secret: it shows in CloudTrail, DESIGN §3).
+//!
+//! Rule for maintainers: KMS errors reach the parent as [`WireError::Kms`] with the AWS
+//! error code and message only; nothing from a request (credentials, blobs) goes into
+//! an error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attestation::{AttestationRequest, NsmProvider};
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::{BehaviorVersion, Region};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
+use ekms_shared::{KmsConfig, Mode, WireError};
+use tokio::sync::Mutex;
+
+use crate::recipient::{open_kms_answer, RecipientError, RecipientKey};
+use crate::sealing::DataKey;
+
+/// How long one recipient RSA key and its attestation document are reused (DESIGN §9).
+/// Well under the five minutes KMS accepts a document for.
+pub const RECIPIENT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Attempts per KMS call (standard retry mode: the first try and two retries).
+pub const KMS_MAX_ATTEMPTS: u32 = 3;
+
+/// Deadline of one KMS call, all attempts included.
+pub const KMS_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bytes asked of `GenerateRandom` by the readiness round trip.
+const READINESS_RANDOM_BYTES: i32 = 32;
+
+/// Length of an AES-256 data key, in bytes.
+const DATA_KEY_LEN: usize = 32;
+
+/// Longest error message passed on from KMS, in characters.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// `EncryptionContext` key naming the keyring.
+pub const CONTEXT_KEYRING: &str = "ekms:keyring";
+/// `EncryptionContext` key naming the epoch (decimal).
+pub const CONTEXT_EPOCH: &str = "ekms:epoch";
+
+/// Why a KMS call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// `Configure` gave settings the enclave refuses (the text says which).
+    #[error("invalid KMS configuration: {0}")]
+    Config(String),
+    /// KMS answered with an error (`code` is the AWS error code, e.g.
+    /// `AccessDeniedException`, `ThrottlingException`).
+    #[error("KMS error {code}: {message}")]
+    Service {
+        /// AWS error code.
+        code: String,
+        /// AWS error message.
+        message: String,
+    },
+    /// The call failed without a KMS answer (connection, timeout, dispatch).
+    #[error("KMS request failed: {0}")]
+    Transport(String),
+    /// The answer's `CiphertextForRecipient` was refused (or a `Plaintext` was present).
+    #[error("KMS answer refused: {0}")]
+    Recipient(#[from] RecipientError),
+    /// The answer lacks a field or has one of the wrong size.
+    #[error("KMS answer malformed: {0}")]
+    Answer(&'static str),
+    /// The attestation document for the `Recipient` could not be made.
+    #[error("attestation for the KMS Recipient failed: {0}")]
+    Attestation(String),
+}
+
+impl KmsError {
+    /// The error as it crosses the wire: KMS and answer failures as
+    /// [`WireError::Kms`] (code `RequestFailed`, `InvalidCiphertextForRecipient` or
+    /// `InvalidAnswer` for failures that have no AWS code), attestation failures as
+    /// [`WireError::Attestation`], configuration errors as [`WireError::BadRequest`].
+    pub fn to_wire(&self) -> WireError {
+        let kms = |code: &str, message: String| WireError::Kms {
+            code: code.to_owned(),
+            message,
+        };
+        match self {
+            KmsError::Config(m) => WireError::BadRequest {
+                message: format!("invalid KMS configuration: {m}"),
+            },
+            KmsError::Service { code, message } => kms(code, message.clone()),
+            KmsError::Transport(m) => kms("RequestFailed", m.clone()),
+            KmsError::Recipient(e) => kms("InvalidCiphertextForRecipient", e.to_string()),
+            KmsError::Answer(m) => kms("InvalidAnswer", (*m).to_owned()),
+            KmsError::Attestation(m) => WireError::Attestation { message: m.clone() },
+        }
+    }
+}
+
+/// Maps an SDK error to [`KmsError`], keeping only the AWS code and message.
+fn sdk_error<E, R>(e: SdkError<E, R>) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let clip = |s: &str| s.chars().take(MAX_MESSAGE_CHARS).collect::<String>();
+    match e.code() {
+        Some(code) => KmsError::Service {
+            code: clip(code),
+            message: clip(e.message().unwrap_or_default()),
+        },
+        None => KmsError::Transport(clip(&DisplayErrorContext(&e).to_string())),
+    }
+}
+
+/// One ephemeral recipient key and the attestation document that carries its public
+/// half. Shared by concurrent requests until it expires.
+#[derive(Debug)]
+pub struct RecipientSession {
+    key: RecipientKey,
+    document: Vec<u8>,
+    created: Instant,
+}
+
+impl RecipientSession {
+    /// Generates an RSA-2048 key and asks the NSM for a document with its SPKI DER in
+    /// `public_key`. CPU-heavy (~100 ms): call it from a blocking thread.
+    ///
+    /// # Errors
+    /// [`KmsError::Attestation`] if either step fails.
+    pub fn create(nsm: &dyn NsmProvider) -> Result<Self, KmsError> {
+        let key = RecipientKey::generate().map_err(|e| KmsError::Attestation(e.to_string()))?;
+        let document = nsm
+            .attestation_document(&AttestationRequest {
+                user_data: None,
+                nonce: None,
+                public_key: Some(key.public_key_der()),
+            })
+            .map_err(|e| KmsError::Attestation(e.to_string()))?;
+        Ok(Self {
+            key,
+            document,
+            created: Instant::now(),
+        })
+    }
+
+    fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < RECIPIENT_LIFETIME
+    }
+
+    fn recipient_info(&self) -> RecipientInfo {
+        RecipientInfo::builder()
+            .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
+            .attestation_document(Blob::new(self.document.clone()))
+            .build()
+    }
+}
+
+/// The enclave's KMS client for one `Configure`d key.
+pub struct Kms {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+    nsm: Arc<dyn NsmProvider>,
+    session: Mutex<Option<Arc<RecipientSession>>>,
+}
+
+impl std::fmt::Debug for Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kms")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kms {
+    /// Builds the client from `Configure`'s settings. Makes no network call.
+    ///
+    /// In [`Mode::Nitro`] the endpoint must be the regional KMS endpoint over HTTPS
+    /// (`None`, or `https://kms[-fips].<region>.amazonaws.com[:port]`): an endpoint the
+    /// parent picks could otherwise answer `GenerateDataKey` with a data key of its own
+    /// choosing (DESIGN §2). In simulation any `http`/`https` URL is accepted.
+    ///
+    /// # Errors
+    /// [`KmsError::Config`] for an empty or malformed region, key id or endpoint.
+    pub fn new(config: &KmsConfig, mode: Mode, nsm: Arc<dyn NsmProvider>) -> Result<Self, KmsError> {
+        check_config(config, mode)?;
+        use aws_smithy_http_client::tls;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let c = &config.credentials;
+        let credentials = aws_credential_types::Credentials::new(
+            c.access_key_id.clone(),
+            c.secret_access_key.clone(),
+            c.session_token.clone(),
+            None,
+            "ekms-configure",
+        );
+        let mut builder = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .retry_config(RetryConfig::standard().with_max_attempts(KMS_MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(KMS_OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .http_client(http);
+        if let Some(url) = &config.endpoint_url {
+            builder = builder.endpoint_url(url.clone());
+        }
+        Ok(Self {
+            client: aws_sdk_kms::Client::from_conf(builder.build()),
+            key_id: config.kms_key_id.clone(),
+            nsm,
+            session: Mutex::new(None),
+        })
+    }
+
+    /// The current recipient session, creating one (on a blocking thread) when there is
+    /// none or it is older than [`RECIPIENT_LIFETIME`]. Concurrent callers wait for one
+    /// creation instead of each generating a key.
+    ///
+    /// # Errors
+    /// [`KmsError::Attestation`] if the key or document cannot be made.
+    pub async fn recipient_session(&self) -> Result<Arc<RecipientSession>, KmsError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.is_fresh(Instant::now())) {
+            return Ok(Arc::clone(s));
+        }
+        let nsm = Arc::clone(&self.nsm);
+        let session = tokio::task::spawn_blocking(move || RecipientSession::create(&*nsm))
+            .await
+            .map_err(|e| KmsError::Attestation(format!("recipient key task failed: {e}")))??;
+        let session = Arc::new(session);
+        *slot = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// The readiness round trip: `GenerateRandom` with a `Recipient`, opened with
+    /// [`open_kms_answer`]. Proves the credentials, the endpoint, the key policy's
+    /// attestation conditions (where KMS checks them) and the recipient flow.
+    ///
+    /// # Errors
+    /// Any [`KmsError`]; [`KmsError::Answer`] if the random bytes have the wrong length.
+    pub async fn check_attested_round_trip(&self) -> Result<(), KmsError> {
+        let session = self.recipient_session().await?;
+        let out = self
+            .client
+            .generate_random()
+            .number_of_bytes(READINESS_RANDOM_BYTES)
+            .recipient(session.recipient_info())
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let bytes = open_kms_answer(
+            &session.key,
+            out.ciphertext_for_recipient().map(Blob::as_ref),
+            out.plaintext().map(Blob::as_ref),
+        )?;
+        if bytes.len() != READINESS_RANDOM_BYTES as usize {
+            return Err(KmsError::Answer("GenerateRandom returned the wrong number of bytes"));
+        }
+        Ok(())
+    }
+
+    /// `GenerateDataKey` (AES_256, the keyring's context, a `Recipient`): the plaintext
+    /// data key (opened from `CiphertextForRecipient`) and the `CiphertextBlob` the
+    /// parent stores.
+    ///
+    /// # Errors
+    /// Any [`KmsError`]; [`KmsError::Answer`] without a `CiphertextBlob` or for a data
+    /// key that is not 32 bytes.
+    pub async fn generate_data_key(
+        &self,
+        keyring: &str,
+        epoch: u32,
+    ) -> Result<(DataKey, Vec<u8>), KmsError> {
+        let session = self.recipient_session().await?;
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .encryption_context(CONTEXT_KEYRING, keyring)
+            .encryption_context(CONTEXT_EPOCH, epoch.to_string())
+            .recipient(session.recipient_info())
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let blob = out
+            .ciphertext_blob()
+            .ok_or(KmsError::Answer("GenerateDataKey returned no CiphertextBlob"))?
+            .as_ref()
+            .to_vec();
+        let plaintext = open_kms_answer(
+            &session.key,
+            out.ciphertext_for_recipient().map(Blob::as_ref),
+            out.plaintext().map(Blob::as_ref),
+        )?;
+        Ok((data_key(&plaintext)?, blob))
+    }
+
+    /// `Decrypt` of a keyring's `CiphertextBlob` (this key id, the keyring's context, a
+    /// `Recipient`): the plaintext data key.
+    ///
+    /// # Errors
+    /// Any [`KmsError`] (a blob of another keyring or epoch fails in KMS with
+    /// `InvalidCiphertextException`); [`KmsError::Answer`] for a data key that is not
+    /// 32 bytes.
+    pub async fn decrypt_data_key(
+        &self,
+        keyring: &str,
+        epoch: u32,
+        ciphertext_blob: &[u8],
+    ) -> Result<DataKey, KmsError> {
+        let session = self.recipient_session().await?;
+        let out = self
+            .client
+            .decrypt()
+            .key_id(&self.key_id)
+            .ciphertext_blob(Blob::new(ciphertext_blob.to_vec()))
+            .encryption_context(CONTEXT_KEYRING, keyring)
+            .encryption_context(CONTEXT_EPOCH, epoch.to_string())
+            .recipient(session.recipient_info())
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let plaintext = open_kms_answer(
+            &session.key,
+            out.ciphertext_for_recipient().map(Blob::as_ref),
+            out.plaintext().map(Blob::as_ref),
+        )?;
+        data_key(&plaintext)
+    }
+}
+
+fn data_key(plaintext: &[u8]) -> Result<DataKey, KmsError> {
+    if plaintext.len() != DATA_KEY_LEN {
+        return Err(KmsError::Answer("data key is not 32 bytes"));
+    }
+    DataKey::from_slice(plaintext).map_err(|_| KmsError::Answer("data key is not 32 bytes"))
+}
+
+/// Validates `Configure`'s KMS settings (see [`Kms::new`]).
+fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
+    let region_ok = !config.region.is_empty()
+        && config.region.len() <= 32
+        && config
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(KmsError::Config(
+            "region must be 1-32 lowercase letters, digits and '-'".into(),
+        ));
+    }
+    if config.kms_key_id.is_empty() || config.kms_key_id.len() > 2048 {
+        return Err(KmsError::Config("kms_key_id must be 1-2048 bytes".into()));
+    }
+    if config.credentials.access_key_id.is_empty()
+        || config.credentials.secret_access_key.is_empty()
+    {
+        return Err(KmsError::Config("credentials are empty".into()));
+    }
+    let Some(url) = &config.endpoint_url else {
+        return Ok(());
+    };
+    match mode {
+        Mode::Simulation => {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(())
+            } else {
+                Err(KmsError::Config("endpoint_url must be http:// or https://".into()))
+            }
+        }
+        Mode::Nitro => {
+            let host_port = url
+                .strip_prefix("https://")
+                .map(|r| r.strip_suffix('/').unwrap_or(r))
+                .ok_or_else(|| KmsError::Config("endpoint_url must be https:// on Nitro".into()))?;
+            let host = match host_port.split_once(':') {
+                Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+                Some(_) => return Err(KmsError::Config("endpoint_url has a bad port".into())),
+                None => host_port,
+            };
+            let allowed = [
+                format!("kms.{}.amazonaws.com", config.region),
+                format!("kms-fips.{}.amazonaws.com", config.region),
+            ];
+            if allowed.iter().any(|a| a == host) {
+                Ok(())
+            } else {
+                Err(KmsError::Config(
+                    "on Nitro, endpoint_url must be the regional KMS endpoint".into(),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ekms_shared::Credentials;
+
+    fn config(endpoint: Option<&str>) -> KmsConfig {
+        KmsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: endpoint.map(str::to_owned),
+            kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/x".into(),
+            credentials: Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "SECRET-VALUE".into(),
+                session_token: Some("TOKEN".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn accepts_regional_and_simulation_endpoints() {
+        check_config(&config(None), Mode::Nitro).unwrap();
+        check_config(&config(Some("https://kms.us-east-1.amazonaws.com")), Mode::Nitro).unwrap();
+        check_config(
+            &config(Some("https://kms-fips.us-east-1.amazonaws.com:8443/")),
+            Mode::Nitro,
+        )
+        .unwrap();
+        check_config(&config(Some("http://127.0.0.1:4566")), Mode::Simulation).unwrap();
+    }
+
+    #[test]
+    fn rejects_parent_chosen_endpoints_on_nitro() {
+        for url in [
+            "http://kms.us-east-1.amazonaws.com",
+            "https://kms.us-east-1.amazonaws.com.evil.example",
+            "https://evil.example/kms.us-east-1.amazonaws.com",
+            "https://kms.eu-west-1.amazonaws.com",
+            "https://kms.us-east-1.amazonaws.com:x",
+            "https://127.0.0.1:4566",
+        ] {
+            assert!(
+                matches!(check_config(&config(Some(url)), Mode::Nitro), Err(KmsError::Config(_))),
+                "{url}"
+            );
+        }
+        assert!(check_config(&config(Some("ftp://x")), Mode::Simulation).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_region_key_and_credentials() {
+        let mut c = config(None);
+        c.region = "US East".into();
+        assert!(check_config(&c, Mode::Simulation).is_err());
+        let mut c = config(None);
+        c.kms_key_id.clear();
+        assert!(check_config(&c, Mode::Simulation).is_err());
+        let mut c = config(None);
+        c.credentials.secret_access_key.clear();
+        assert!(check_config(&c, Mode::Simulation).is_err());
+    }
+
+    #[test]
+    fn errors_map_to_wire_without_secrets() {
+        let e = KmsError::Service {
+            code: "ThrottlingException".into(),
+            message: "slow down".into(),
+        };
+        assert_eq!(
+            e.to_wire(),
+            WireError::Kms {
+                code: "ThrottlingException".into(),
+                message: "slow down".into()
+            }
+        );
+        assert!(matches!(
+            KmsError::Recipient(RecipientError::PlaintextInAnswer).to_wire(),
+            WireError::Kms { code, .. } if code == "InvalidCiphertextForRecipient"
+        ));
+        assert!(matches!(
+            KmsError::Config("x".into()).to_wire(),
+            WireError::BadRequest { .. }
+        ));
+        let debug = format!("{:?}", config(None));
+        assert!(!debug.contains("SECRET-VALUE") && !debug.contains("TOKEN"));
+    }
+
+    #[test]
+    fn rejects_data_keys_of_wrong_length() {
+        assert!(data_key(&[1; 32]).is_ok());
+        assert!(matches!(data_key(&[1; 16]), Err(KmsError::Answer(_))));
+        assert!(matches!(data_key(&[]), Err(KmsError::Answer(_))));
+    }
+}

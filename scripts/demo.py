@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""enclave-kms quick start: runs the whole simulation and walks through it.
+
+1. starts `ekms sim` with a fresh state directory (./.demo);
+2. creates an EVM key (policy: chain 1, one destination, at most 1 ETH) and a Solana
+   key (policy: System Program only, at most 1 SOL);
+3. signs an EIP-1559 transaction and a Solana transfer, and checks both signatures
+   with independent libraries (eth-account, solders);
+4. shows a request the policy refuses (a destination not on the allow-list);
+5. verifies a fresh attestation document with `ekms attestation verify --root
+   simulation`;
+6. stops the simulation.
+
+Exits non-zero on any failure. Needs the binaries (`cargo build --workspace`) and the
+Python packages of requirements-test.txt:
+
+    python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt
+    .venv/bin/python scripts/demo.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "e2e"))
+
+try:
+    from solders.keypair import Keypair
+    from solders.pubkey import Pubkey
+
+    from ekms_e2e import (
+        ONE_ETH,
+        ONE_SOL,
+        SYSTEM_PROGRAM,
+        Sim,
+        check_evm_key,
+        check_evm_signature,
+        check_solana_signature,
+        ekms_bin,
+        evm_eip1559,
+        fresh_dir,
+        sol_transfer_ix,
+        sol_v0,
+    )
+except ImportError as e:  # pragma: no cover - environment problem, not a demo step
+    sys.exit(
+        f"demo: missing Python package ({e}).\n"
+        "  python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt\n"
+        "  .venv/bin/python scripts/demo.py"
+    )
+
+ALLOWED = "0x000000000000000000000000000000000000dEaD"
+NOT_ALLOWED = "0x1111111111111111111111111111111111111111"
+
+
+class DemoFailure(Exception):
+    pass
+
+
+def step(n: int, title: str) -> None:
+    print(f"\n== {n}. {title}", flush=True)
+
+
+def show(label: str, value: object) -> None:
+    print(f"   {label:<22} {value}", flush=True)
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise DemoFailure(what)
+
+
+def run(state_dir: Path) -> None:
+    step(1, f"start the simulation (kms-sim, enclave, parent) in {state_dir}")
+    fresh_dir(state_dir)
+    sim = Sim(state_dir, log_path=state_dir.parent / (state_dir.name + ".log")).start()
+    try:
+        started = time.monotonic()
+        health = sim.wait_ready(90)
+        show("ready after", f"{time.monotonic() - started:.1f} s")
+        show("mode", health["mode"])
+        show("PCR0", health["pcrs"].get("0", "?")[:32] + "…")
+        show("API socket", sim.socket_path)
+        client = sim.client
+        demo(sim, client)
+    except BaseException:
+        print("\n-- last lines of the logs --", file=sys.stderr)
+        print(sim.log_tail(30), file=sys.stderr)
+        raise
+    finally:
+        step(7, "stop the simulation")
+        sim.stop()
+        leftover = sim.leftover_pids()
+        expect(not leftover, f"processes still running after stop: {leftover}")
+        show("stopped", "all processes exited")
+
+
+def demo(sim: Sim, client) -> None:
+    step(2, "create keys, each with its policy (evaluated inside the enclave)")
+    evm_policy = {
+        "enabled": True,
+        "evm": {"chain_ids": [1], "allowed_destinations": [ALLOWED], "max_value_wei": str(ONE_ETH)},
+    }
+    sol_policy = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL}}
+    evm_key = client.create_key("secp256k1", evm_policy, label="demo treasury (EVM)")
+    check_evm_key(evm_key)
+    show("EVM key", evm_key["key_id"])
+    show("  address", evm_key["address"])
+    show("  policy", json.dumps(evm_policy["evm"]))
+    sol_key = client.create_key("ed25519", sol_policy, label="demo hot wallet (Solana)")
+    show("Solana key", sol_key["key_id"])
+    show("  address", sol_key["address"])
+    show("  policy", json.dumps(sol_policy["solana"]))
+
+    step(3, "sign an EIP-1559 transaction: 0.5 ETH to the allowed address on chain 1")
+    unsigned = evm_eip1559(1, ALLOWED, ONE_ETH // 2, nonce=0, max_priority_fee=2 * 10**9, max_fee=40 * 10**9)
+    show("unsigned", "0x" + unsigned.hex()[:60] + "…")
+    r = client.sign_evm(evm_key["key_id"], unsigned)
+    expect(r.status == 200, f"EVM signing failed: {r}")
+    recovered = check_evm_signature(r.json, unsigned, evm_key["address"])
+    show("signed transaction", r.json["signed_transaction"][:60] + "…")
+    show("transaction hash", r.json["transaction_hash"])
+    show("eth-account recovers", f"{recovered}  ✓ the key's address")
+
+    step(4, "sign a Solana transfer (v0 message): 0.25 SOL through the System Program")
+    payer = Pubkey.from_string(sol_key["address"])
+    to = Keypair().pubkey()
+    unsigned_sol, message = sol_v0(payer, [sol_transfer_ix(payer, to, ONE_SOL // 4)])
+    r = client.sign_solana(sol_key["key_id"], unsigned_sol)
+    expect(r.status == 200, f"Solana signing failed: {r}")
+    tx = check_solana_signature(r.json, message, sol_key["address"])
+    expect(tx.verify_with_results() == [True], "solders does not verify the signed transaction")
+    show("signature", r.json["signature"])
+    show("signed transaction", r.json["signed_transaction"][:60] + "…")
+    show("solders verifies", "✓ signature by the key over the message, in the fee payer's slot")
+
+    step(5, "a request outside the policy: 0.1 ETH to an address not on the allow-list")
+    bad = evm_eip1559(1, NOT_ALLOWED, ONE_ETH // 10, nonce=1)
+    r = client.sign_evm(evm_key["key_id"], bad)
+    expect(r.status == 403 and r.code == "policy_denied", f"expected a policy refusal, got {r}")
+    expect("signature" not in r.json, "a refused request carried a signature")
+    show("answer", f"HTTP {r.status} {r.code}")
+    show("rule", r.error.get("rule"))
+    show("message", r.error.get("message"))
+
+    step(6, "verify a fresh attestation document (simulation root)")
+    pcr0 = sim.sim_json().get("pcr0")
+    cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), "attestation", "verify",
+           "--root", "simulation", "--state-dir", str(sim.state_dir)]
+    if pcr0:
+        cmd += ["--pcr0", pcr0]
+    show("command", " ".join(["ekms", *cmd[1:]]))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    for line in (out.stdout + out.stderr).strip().splitlines():
+        print(f"   | {line}")
+    expect(out.returncode == 0, f"ekms attestation verify exited with {out.returncode}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".demo",
+                        help="state directory, emptied first (default: ./.demo in the repository)")
+    args = parser.parse_args()
+    if not ekms_bin().exists():
+        print(f"demo: {ekms_bin()} not found: run `cargo build --workspace` first", file=sys.stderr)
+        return 1
+    try:
+        run(args.state_dir.resolve())
+    except (DemoFailure, AssertionError, OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as e:
+        print(f"\ndemo FAILED: {e}", file=sys.stderr)
+        return 1
+    print("\ndemo OK: keys created, both signatures verified independently, the policy refused "
+          "the out-of-policy request, and the attestation document verified.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
