@@ -9,6 +9,7 @@ run fails).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ekms_e2e import Client, Sim, ekms_bin  # noqa: E402
 
+#: Seconds a sim may take to become healthy ($EKMS_E2E_START_TIMEOUT, default 90).
+START_TIMEOUT = float(os.environ.get("EKMS_E2E_START_TIMEOUT", "90"))
+
 
 def _start(tmp: Path) -> Sim:
     if not ekms_bin().exists():
         pytest.fail(f"{ekms_bin()} not found: run `cargo build --workspace` (or set EKMS_BIN_DIR)")
     sim = Sim(tmp / "state").start()
     try:
-        sim.wait_ready(90)
+        sim.wait_ready(START_TIMEOUT)
     except BaseException:
         sim.stop()
         raise

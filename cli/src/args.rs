@@ -220,8 +220,7 @@ pub fn check_evm_payload(payload: &str) -> Result<&str, Error> {
     if digits.is_empty() {
         return Err(Error::Usage("the EVM payload is empty".into()));
     }
-    hex::decode(digits)
-        .map_err(|e| Error::Usage(format!("the EVM payload is not hex: {e}")))?;
+    hex::decode(digits).map_err(|e| Error::Usage(format!("the EVM payload is not hex: {e}")))?;
     Ok(payload)
 }
 
@@ -342,14 +341,7 @@ mod tests {
 
     #[test]
     fn parses_sim_and_verify_flags() {
-        let cli = parse(&[
-            "sim",
-            "--state-dir",
-            "/tmp/s",
-            "--enclave-bin",
-            "/bin/e",
-        ])
-        .unwrap();
+        let cli = parse(&["sim", "--state-dir", "/tmp/s", "--enclave-bin", "/bin/e"]).unwrap();
         match cli.command {
             Command::Sim(sim) => {
                 assert_eq!(sim.state_dir, PathBuf::from("/tmp/s"));
@@ -359,7 +351,15 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let cli = parse(&["attestation", "verify", "--root", "simulation", "--nonce", "ab"]).unwrap();
+        let cli = parse(&[
+            "attestation",
+            "verify",
+            "--root",
+            "simulation",
+            "--nonce",
+            "ab",
+        ])
+        .unwrap();
         match cli.command {
             Command::Attestation(AttestationCommand::Verify(v)) => {
                 assert_eq!(v.root, Root::Simulation);
@@ -419,7 +419,13 @@ mod tests {
         for n in ["", "0x", "abc", "xy", too_long.as_str()] {
             assert!(matches!(parse_nonce(n), Err(Error::Usage(_))), "{n:?}");
         }
-        for p in ["", "ab", &"ab".repeat(47), &"ab".repeat(49), &"zz".repeat(48)] {
+        for p in [
+            "",
+            "ab",
+            &"ab".repeat(47),
+            &"ab".repeat(49),
+            &"zz".repeat(48),
+        ] {
             assert!(parse_pcr(p).is_err(), "{p:?}");
         }
     }

@@ -214,8 +214,14 @@ mod tests {
         assert_eq!(response.status, StatusCode::CREATED);
         assert_eq!(response.clone().into_result().unwrap()["key_id"], "k1");
         let request = server.await.unwrap();
-        assert!(request.starts_with("POST /v1/keys HTTP/1.1\r\n"), "{request}");
-        assert!(request.ends_with("{\"algorithm\":\"ed25519\"}"), "{request}");
+        assert!(
+            request.starts_with("POST /v1/keys HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with("{\"algorithm\":\"ed25519\"}"),
+            "{request}"
+        );
     }
 
     #[tokio::test]
@@ -293,6 +299,9 @@ mod tests {
             .request(Method::GET, "/v1/health", None)
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Http(ref m) if m.contains("within")), "{err}");
+        assert!(
+            matches!(err, Error::Http(ref m) if m.contains("within")),
+            "{err}"
+        );
     }
 }

@@ -83,13 +83,19 @@ mod tests {
     #[test]
     fn rejects_inline_json_that_is_broken() {
         let err = load_json_object(r#"{"enabled": tru"#).unwrap_err();
-        assert!(matches!(&err, Error::Usage(m) if m.contains("inline JSON")), "{err}");
+        assert!(
+            matches!(&err, Error::Usage(m) if m.contains("inline JSON")),
+            "{err}"
+        );
     }
 
     #[test]
     fn rejects_a_missing_file() {
         let err = load_json_object("/nonexistent/ekms/policy.json").unwrap_err();
-        assert!(matches!(&err, Error::Usage(m) if m.contains("cannot open")), "{err}");
+        assert!(
+            matches!(&err, Error::Usage(m) if m.contains("cannot open")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -99,7 +105,10 @@ mod tests {
             let path = dir.path().join(format!("p{i}.json"));
             std::fs::write(&path, text).unwrap();
             let err = load_json_object(path.to_str().unwrap()).unwrap_err();
-            assert!(matches!(&err, Error::Usage(m) if m.contains("object")), "{text}: {err}");
+            assert!(
+                matches!(&err, Error::Usage(m) if m.contains("object")),
+                "{text}: {err}"
+            );
         }
     }
 
@@ -110,7 +119,10 @@ mod tests {
         let big = format!("{{\"pad\": \"{}\"}}", "a".repeat(MAX_JSON_INPUT));
         std::fs::write(&path, &big).unwrap();
         let err = load_json_object(path.to_str().unwrap()).unwrap_err();
-        assert!(matches!(&err, Error::Usage(m) if m.contains("more than")), "{err}");
+        assert!(
+            matches!(&err, Error::Usage(m) if m.contains("more than")),
+            "{err}"
+        );
         assert!(load_json_object(&big).is_err());
     }
 

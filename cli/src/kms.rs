@@ -115,7 +115,9 @@ pub fn sim_client(endpoint_url: &str) -> Client {
     use aws_smithy_http_client::tls;
     // One TLS stack (rustls + ring, DESIGN §8), even though kms-sim speaks plain HTTP.
     let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https();
     let config = aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
@@ -151,7 +153,11 @@ where
 /// # Errors
 /// [`Error::Kms`] if a KMS call fails or the remembered key is unknown to kms-sim;
 /// [`Error::Io`] if `arn_file` cannot be read or written.
-pub async fn ensure_key(client: &Client, arn_file: &Path, pcr0_hex: &str) -> Result<KeySetup, Error> {
+pub async fn ensure_key(
+    client: &Client,
+    arn_file: &Path,
+    pcr0_hex: &str,
+) -> Result<KeySetup, Error> {
     let policy = key_policy(pcr0_hex, SIM_ACCOUNT_ID);
     let remembered = match std::fs::read_to_string(arn_file) {
         Ok(text) => Some(text.trim().to_owned()),
@@ -217,7 +223,8 @@ pub async fn ensure_key(client: &Client, arn_file: &Path, pcr0_hex: &str) -> Res
 mod tests {
     use super::*;
 
-    const PCR0: &str = "9f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a1aa";
+    const PCR0: &str =
+        "9f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a1aa";
 
     #[test]
     fn policy_has_the_documented_nitro_shape() {
@@ -236,7 +243,10 @@ mod tests {
         );
         let admin = statements.iter().find(|s| s["Sid"] != ENCLAVE_SID).unwrap();
         assert!(admin.get("Condition").is_none());
-        assert!(admin["Action"].as_array().unwrap().contains(&json!("kms:PutKeyPolicy")));
+        assert!(admin["Action"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("kms:PutKeyPolicy")));
         assert_eq!(policy_pcr0(&text).as_deref(), Some(PCR0));
     }
 

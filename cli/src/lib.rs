@@ -156,8 +156,16 @@ async fn get(client: &ApiClient, path: &str) -> Result<Value, Error> {
     client.request(Method::GET, path, None).await?.into_result()
 }
 
-async fn send(client: &ApiClient, method: Method, path: &str, body: &Value) -> Result<Value, Error> {
-    client.request(method, path, Some(body)).await?.into_result()
+async fn send(
+    client: &ApiClient,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Result<Value, Error> {
+    client
+        .request(method, path, Some(body))
+        .await?
+        .into_result()
 }
 
 fn print_json(value: &Value) -> Result<(), Error> {

@@ -208,7 +208,12 @@ struct Proc {
 impl Proc {
     /// Spawns `cmd` (stdin closed, stdout and stderr appended to `log`, own process
     /// group) and waits for its first stdout line `listening on ADDR`.
-    async fn spawn(name: &'static str, bin: &Path, mut cmd: Command, log: PathBuf) -> Result<Self, Error> {
+    async fn spawn(
+        name: &'static str,
+        bin: &Path,
+        mut cmd: Command,
+        log: PathBuf,
+    ) -> Result<Self, Error> {
         let open_log = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -241,7 +246,11 @@ impl Proc {
         };
         let Some(listening) = listening else {
             let _ = child.start_kill();
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            let status = child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             return Err(Error::Sim(format!(
                 "{name} did not announce its address (first line {:?}; {status}); see {}",
                 line.trim(),
@@ -303,7 +312,10 @@ struct Procs {
 impl Procs {
     /// Stops parent, enclave and kms-sim, in that order.
     async fn stop_all(&mut self) {
-        for p in [&mut self.parent, &mut self.enclave, &mut self.kms].into_iter().flatten() {
+        for p in [&mut self.parent, &mut self.enclave, &mut self.kms]
+            .into_iter()
+            .flatten()
+        {
             p.stop().await;
         }
     }
@@ -430,7 +442,12 @@ async fn start(
         .arg(&paths.kms_dir)
         .arg("--attestation-root")
         .arg(&paths.root_pem)
-        .args(["--region", kms::SIM_REGION, "--account-id", kms::SIM_ACCOUNT_ID]);
+        .args([
+            "--region",
+            kms::SIM_REGION,
+            "--account-id",
+            kms::SIM_ACCOUNT_ID,
+        ]);
     let kms_proc = Proc::spawn("kms-sim", &bins.kms_sim, cmd, paths.log("kms-sim")).await?;
     let kms_endpoint = format!("http://{}", kms_proc.listening);
     procs.kms = Some(kms_proc);
@@ -494,7 +511,10 @@ async fn wait_healthy(paths: &SimPaths, procs: &mut Procs, timeout: Duration) ->
     let client = ApiClient::new(&paths.app_socket).with_timeout(Duration::from_secs(2));
     let deadline = Instant::now() + timeout;
     loop {
-        for p in [&mut procs.kms, &mut procs.enclave, &mut procs.parent].into_iter().flatten() {
+        for p in [&mut procs.kms, &mut procs.enclave, &mut procs.parent]
+            .into_iter()
+            .flatten()
+        {
             if let Ok(Some(status)) = p.child.try_wait() {
                 return Err(Error::Sim(format!(
                     "{} exited during start ({status}); see {}",
@@ -579,7 +599,9 @@ async fn supervise(
 }
 
 fn died(name: &str, status: std::io::Result<ExitStatus>, log: &Path) -> Error {
-    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let status = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
     Error::Sim(format!(
         "{name} exited unexpectedly ({status}); stopping the simulation; see {}",
         log.display()
@@ -595,9 +617,8 @@ fn write_status(
     enclave_restarts: u64,
 ) -> Result<(), Error> {
     let proc_json = |p: &Option<Proc>, bin: &Path| {
-        p.as_ref().map(|p| {
-            json!({"pid": p.pid, "bin": bin, "log": p.log, "listening": p.listening})
-        })
+        p.as_ref()
+            .map(|p| json!({"pid": p.pid, "bin": bin, "log": p.log, "listening": p.listening}))
     };
     let status = json!({
         "pid": std::process::id(),
@@ -622,7 +643,10 @@ fn write_status(
 
 fn print_summary(paths: &SimPaths, procs: &Procs, started: &Started) {
     println!("ekms sim: running, state in {}", paths.state_dir.display());
-    for p in [&procs.kms, &procs.enclave, &procs.parent].into_iter().flatten() {
+    for p in [&procs.kms, &procs.enclave, &procs.parent]
+        .into_iter()
+        .flatten()
+    {
         println!(
             "  {:<8} pid {:<7} {}  ({}; log {})",
             p.name,
@@ -691,7 +715,10 @@ mod tests {
         std::fs::write(dir.path().join(KMS_SIM_BIN), b"").unwrap();
         let err = Binaries::resolve(&sim_args(dir.path()), dir.path()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("ekms-enclave") && text.contains("cargo build"), "{text}");
+        assert!(
+            text.contains("ekms-enclave") && text.contains("cargo build"),
+            "{text}"
+        );
     }
 
     #[test]

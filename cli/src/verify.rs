@@ -46,7 +46,10 @@ pub fn verifier(args: &VerifyArgs, socket: &Path) -> Result<Verifier, Error> {
         Root::Simulation => {
             let path = sim_root_path(args, socket);
             let pem = std::fs::read_to_string(&path).map_err(|e| {
-                Error::Usage(format!("cannot read the simulation root {}: {e}", path.display()))
+                Error::Usage(format!(
+                    "cannot read the simulation root {}: {e}",
+                    path.display()
+                ))
             })?;
             Verifier::danger_trust_simulation_root_pem(&pem)
                 .map_err(|e| Error::Attestation(format!("{}: {e}", path.display())))
@@ -108,7 +111,10 @@ pub fn report(doc: &AttestationDoc, simulation: bool) -> Value {
     let timestamp = i128::from(doc.timestamp)
         .checked_mul(1_000_000)
         .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
     let mut out = json!({
         "verified": true,
         "root": if simulation { "simulation" } else { "aws-nitro-enclaves-root-g1" },
@@ -162,7 +168,7 @@ mod tests {
         let doc = nsm
             .attestation_document(&AttestationRequest {
                 user_data: None,
-                nonce: Some(vec![7; 32]),
+                nonce: Some(&[7; 32]),
                 public_key: None,
             })
             .unwrap();
@@ -188,11 +194,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(Root::Simulation);
         a.sim_root = Some(dir.path().join("none.pem"));
-        assert!(matches!(verifier(&a, Path::new("/x")), Err(Error::Usage(_))));
+        assert!(matches!(
+            verifier(&a, Path::new("/x")),
+            Err(Error::Usage(_))
+        ));
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
         a.sim_root = Some(bad);
-        assert!(matches!(verifier(&a, Path::new("/x")), Err(Error::Attestation(_))));
+        assert!(matches!(
+            verifier(&a, Path::new("/x")),
+            Err(Error::Attestation(_))
+        ));
     }
 
     #[test]

@@ -44,13 +44,13 @@ const MAX_SCALAR_DRAWS: usize = 4;
 /// the handler's error.
 pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody, WireError> {
     let services = enclave.admit(RequestKind::of(&request))?;
-    let ready = || services.clone().ok_or(WireError::NotReady);
+    let ready = || services.as_deref().ok_or(WireError::NotReady);
     match request {
         Request::Configure { kms, dek_cache } => configure(enclave, kms, dek_cache).await,
         Request::Status => Ok(status(enclave)),
         Request::Attestation { nonce, user_data } => attestation(enclave, nonce, user_data).await,
         Request::CreateKeyring { keyring, epoch } => {
-            create_keyring(&ready()?, keyring, epoch).await
+            create_keyring(ready()?, keyring, epoch).await
         }
         Request::GenerateKey {
             key_id,
@@ -67,20 +67,20 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
                 policy_json,
                 keyring,
             };
-            generate_key(&ready()?, enclave.nsm().as_ref(), new).await
+            generate_key(ready()?, enclave.nsm().as_ref(), new).await
         }
         Request::SetPolicy {
             record,
             keyring,
             current,
             policy_json,
-        } => set_policy(&ready()?, record, keyring, current, policy_json).await,
+        } => set_policy(ready()?, record, keyring, current, policy_json).await,
         Request::Sign {
             record,
             keyring,
             policy,
             payload,
-        } => sign(&ready()?, record, keyring, policy, payload).await,
+        } => sign(ready()?, record, keyring, policy, payload).await,
     }
 }
 

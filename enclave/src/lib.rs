@@ -4,6 +4,124 @@
 //! Modules:
 //! - [`recipient`]: the ephemeral RSA key whose public half goes into the attestation
 //!   document, and the opening of KMS's `CiphertextForRecipient` (CMS EnvelopedData).
+//! - [`sealing`]: sealing of execution keys and MACs of policies under a keyring's
+//!   data key.
+//! - [`state`]: the boot state machine (Booting → Configured → Ready) and which
+//!   requests each state accepts.
+//! - [`kms`]: the enclave's own `aws-sdk-kms` client and the attested `Recipient` flow.
+//! - [`keyring`]: keyring data keys and their bounded cache.
+//! - [`handlers`]: one handler per request kind.
+//! - [`server`]: connections, frames, per-request tasks, limits, graceful shutdown.
+//! - [`io`]: every socket (Unix, vsock, the TCP→vsock KMS forwarder).
+//! - [`hardening`]: no core dumps, not dumpable, memory locked.
+//!
+//! Build features: `simulation` (default) compiles the simulated NSM for
+//! `--nsm simulation`. A production EIF is built with `--no-default-features`, so the
+//! simulated NSM and its CA are not in the image and `--nsm simulation` fails at start
+//! ([`EnclaveError::SimulationUnavailable`]).
 
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use attestation::NsmProvider;
+use ekms_shared::Mode;
+
+pub mod handlers;
+pub mod hardening;
+pub mod io;
+pub mod keyring;
+pub mod kms;
 pub mod recipient;
 pub mod sealing;
+pub mod server;
+pub mod state;
+
+pub use server::Limits;
+pub use state::Enclave;
+
+/// Errors that stop the enclave from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnclaveError {
+    /// The NSM could not be opened or could not describe the PCRs.
+    #[error("NSM: {0}")]
+    Nsm(#[source] attestation::NsmError),
+    /// The simulated NSM could not be set up (CA directory, measuring the binary).
+    #[error("simulated NSM: {0}")]
+    Simulation(String),
+    /// `--nsm simulation` in a build without the `simulation` feature.
+    #[error("this build has no simulated NSM (built without the `simulation` feature)")]
+    SimulationUnavailable,
+    /// A socket could not be bound or a system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which NSM to use (`--nsm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsmKind {
+    /// `/dev/nsm` of a real Nitro Enclave.
+    Nitro,
+    /// The simulated NSM (feature `simulation`), PCRs measured from this executable.
+    Simulation,
+}
+
+/// Opens the NSM of `kind` and returns it with the matching [`Mode`].
+///
+/// For [`NsmKind::Simulation`], `sim_ca_dir` holds the simulation CA
+/// (`SimulatedCa::load_or_create`) and PCR0..2 are measured from
+/// `std::env::current_exe()`.
+///
+/// # Errors
+/// [`EnclaveError::Nsm`] if `/dev/nsm` cannot be opened; [`EnclaveError::Simulation`] for
+/// a CA or measurement failure; [`EnclaveError::SimulationUnavailable`] when the
+/// feature is off.
+pub fn open_nsm(
+    kind: NsmKind,
+    sim_ca_dir: &Path,
+) -> Result<(Arc<dyn NsmProvider>, Mode), EnclaveError> {
+    match kind {
+        NsmKind::Nitro => {
+            let nsm = attestation::NitroNsm::open().map_err(EnclaveError::Nsm)?;
+            Ok((Arc::new(nsm), Mode::Nitro))
+        }
+        NsmKind::Simulation => open_simulated_nsm(sim_ca_dir),
+    }
+}
+
+#[cfg(feature = "simulation")]
+fn open_simulated_nsm(dir: &Path) -> Result<(Arc<dyn NsmProvider>, Mode), EnclaveError> {
+    let ca = attestation::SimulatedCa::load_or_create(dir)
+        .map_err(|e| EnclaveError::Simulation(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|source| EnclaveError::Io {
+        context: "cannot locate the enclave executable".into(),
+        source,
+    })?;
+    let nsm = attestation::SimulatedNsm::for_executable(&ca, &exe)
+        .map_err(|e| EnclaveError::Simulation(e.to_string()))?;
+    Ok((Arc::new(nsm), Mode::Simulation))
+}
+
+#[cfg(not(feature = "simulation"))]
+fn open_simulated_nsm(_dir: &Path) -> Result<(Arc<dyn NsmProvider>, Mode), EnclaveError> {
+    Err(EnclaveError::SimulationUnavailable)
+}
+
+/// Serves the parent↔enclave protocol on `listener` until `shutdown` resolves, then
+/// stops accepting, drains in-flight requests and returns (dropping `listener`
+/// removes a Unix socket file).
+pub async fn run(
+    listener: io::Listener,
+    enclave: Arc<Enclave>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    server::serve(listener, enclave, limits, shutdown).await;
+}

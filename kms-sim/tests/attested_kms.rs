@@ -264,6 +264,15 @@ async fn attested_decrypt(
 
 /// GenerateDataKey with the given recipient (or none); the KMS error code.
 async fn gdk_error(client: &Client, key_arn: &str, recipient: Option<RecipientInfo>) -> String {
+    gdk_refusal(client, key_arn, recipient).await.0
+}
+
+/// GenerateDataKey with the given recipient (or none); the KMS error code and message.
+async fn gdk_refusal(
+    client: &Client,
+    key_arn: &str,
+    recipient: Option<RecipientInfo>,
+) -> (String, String) {
     let out = client
         .generate_data_key()
         .key_id(key_arn)
@@ -273,10 +282,19 @@ async fn gdk_error(client: &Client, key_arn: &str, recipient: Option<RecipientIn
         .send()
         .await;
     match out {
-        Ok(_) => "<success>".into(),
-        Err(e) => e.code().unwrap_or("<no code>").to_owned(),
+        Ok(_) => ("<success>".into(), String::new()),
+        Err(e) => (
+            e.code().unwrap_or("<no code>").to_owned(),
+            e.message().unwrap_or_default().to_owned(),
+        ),
     }
 }
+
+/// The refusal an unverifiable document gets (same for every cause: no oracle).
+const BAD_DOCUMENT: (&str, &str) = (
+    "AccessDeniedException",
+    "The attestation document in the Recipient parameter is not valid",
+);
 
 #[tokio::test]
 async fn attested_generate_and_decrypt_round_trip() {
@@ -354,9 +372,11 @@ async fn rejects_bad_recipients() {
     other_pcrs.insert(0, vec![0x42; 48]);
     let other_image = SimulatedNsm::new(&fx.ca, other_pcrs).unwrap();
     let doc = other_image.attestation_document(&request).unwrap();
-    assert_eq!(
-        gdk_error(&client, &key_arn, Some(recipient(doc))).await,
-        "AccessDeniedException"
+    let (code, message) = gdk_refusal(&client, &key_arn, Some(recipient(doc))).await;
+    assert_eq!(code, "AccessDeniedException");
+    assert!(
+        message.contains("not authorized to perform: kms:GenerateDataKey"),
+        "{message}"
     );
 
     // Signed by another CA (same measurements).
@@ -364,27 +384,21 @@ async fn rejects_bad_recipients() {
     let foreign =
         SimulatedNsm::for_executable(&other_ca, &std::env::current_exe().unwrap()).unwrap();
     let doc = foreign.attestation_document(&request).unwrap();
-    assert_eq!(
-        gdk_error(&client, &key_arn, Some(recipient(doc))).await,
-        "AccessDeniedException"
-    );
+    let (code, message) = gdk_refusal(&client, &key_arn, Some(recipient(doc))).await;
+    assert_eq!((code.as_str(), message.as_str()), BAD_DOCUMENT);
 
     // Older than the allowed 300 s.
     let old = SystemTime::now() - Duration::from_secs(3600);
     let doc = fx.nsm.attestation_document_at(&request, old).unwrap();
-    assert_eq!(
-        gdk_error(&client, &key_arn, Some(recipient(doc))).await,
-        "AccessDeniedException"
-    );
+    let (code, message) = gdk_refusal(&client, &key_arn, Some(recipient(doc))).await;
+    assert_eq!((code.as_str(), message.as_str()), BAD_DOCUMENT);
 
     // One changed byte (in the signature at the end of the COSE_Sign1).
     let mut doc = fx.nsm.attestation_document(&request).unwrap();
     let last = doc.len() - 1;
     doc[last] ^= 0x01;
-    assert_eq!(
-        gdk_error(&client, &key_arn, Some(recipient(doc))).await,
-        "AccessDeniedException"
-    );
+    let (code, message) = gdk_refusal(&client, &key_arn, Some(recipient(doc))).await;
+    assert_eq!((code.as_str(), message.as_str()), BAD_DOCUMENT);
 
     // No Recipient at all: the attestation condition key is absent.
     assert_eq!(

@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ekms_shared::{
-    Algorithm, Mode, PayloadKind, Request as EnclaveRequest, ResponseBody, SignOutput,
-    SignPayload, MAX_ATTESTATION_NONCE_LEN,
+    Algorithm, Mode, PayloadKind, Request as EnclaveRequest, ResponseBody, SignOutput, SignPayload,
+    MAX_ATTESTATION_NONCE_LEN,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -92,7 +92,8 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
         )
         .into_response();
     };
-    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
     next.run(request).instrument(span).await
 }
 
@@ -361,7 +362,11 @@ async fn get_key(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
-    let row = state.store.key(id).await?.ok_or_else(ApiError::key_not_found)?;
+    let row = state
+        .store
+        .key(id)
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
     let mut out = key_json(&row.summary);
     // The stored document is unauthenticated here (the enclave checks its MAC on use).
     let policy: Value = serde_json::from_str(&row.policy.policy_json)
@@ -377,7 +382,11 @@ async fn set_policy(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     let policy = policy_json(&body.policy)?;
-    let row = state.store.key(id.clone()).await?.ok_or_else(ApiError::key_not_found)?;
+    let row = state
+        .store
+        .key(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
     let keyring = state
         .store
         .keyring(row.record.keyring.clone(), row.record.epoch)
@@ -421,7 +430,11 @@ async fn sign(
             ))
         }
     };
-    let row = state.store.key(id).await?.ok_or_else(ApiError::key_not_found)?;
+    let row = state
+        .store
+        .key(id)
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
     let expected = match row.record.algorithm {
         Algorithm::Secp256k1 => PayloadKind::EvmTransaction,
         Algorithm::Ed25519 => PayloadKind::SolanaTransaction,
@@ -529,4 +542,529 @@ async fn attestation(
         return Err(Error::UnexpectedResponse("Attestation").into());
     };
     Ok(Json(json!({ "document": format::to_base64(&document) })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::SEALED_STATE_INVALID_MESSAGE;
+    use crate::testing::{relay_config, Harness, G_ADDRESS, G_COMPRESSED};
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    fn app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
+        router(AppState {
+            relay: h.relay.clone(),
+            store: h.store.clone(),
+            in_flight: Arc::new(Semaphore::new(in_flight)),
+            read_timeout: Duration::from_secs(2),
+            max_body_bytes,
+        })
+    }
+
+    async fn send(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    fn code(v: &Value) -> &str {
+        v["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+
+    async fn create(app: &Router, body: &str) -> Value {
+        let (s, v) = send(app, "POST", "/v1/keys", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    #[tokio::test]
+    async fn health_reports_mode_and_pcrs() {
+        let h = Harness::start(1).await;
+        let (s, v) = send(&app(&h, 1024, 8), "GET", "/v1/health", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["mode"], "simulation");
+        assert_eq!(v["pcrs"]["0"], hex::encode([0xaa; 48]));
+    }
+
+    #[tokio::test]
+    async fn rejects_health_before_ready_and_requests_without_enclave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let relay = Relay::start(
+            relay_config(&dir.path().join("none.sock"), 1),
+            store.clone(),
+        );
+        let app = router(AppState {
+            relay: relay.clone(),
+            store,
+            in_flight: Arc::new(Semaphore::new(8)),
+            read_timeout: Duration::from_secs(2),
+            max_body_bytes: 1024,
+        });
+        let (s, v) = send(&app, "GET", "/v1/health", None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+        );
+        let (s, v) = send(&app, "POST", "/v1/keys", Some(r#"{"algorithm":"ed25519"}"#)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable")
+        );
+        let (s, v) = send(&app, "GET", "/v1/attestation", None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable")
+        );
+        relay.shutdown();
+    }
+
+    #[tokio::test]
+    async fn creates_lists_and_gets_keys() {
+        let h = Harness::start(2).await;
+        let app = app(&h, 4096, 8);
+        let evm = create(&app, r#"{"algorithm":"secp256k1","label":"bot"}"#).await;
+        assert_eq!(evm["algorithm"], "secp256k1");
+        assert_eq!(evm["public_key"], format!("0x{G_COMPRESSED}"));
+        assert_eq!(evm["address"], G_ADDRESS);
+        assert_eq!(evm["policy_version"], 1);
+        assert_eq!(evm["label"], "bot");
+        assert!(evm["created_at"].as_str().unwrap().ends_with('Z'));
+        let id = evm["key_id"].as_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+
+        let sol = create(
+            &app,
+            r#"{"algorithm":"ed25519","policy":{"enabled":true,"solana":{}}}"#,
+        )
+        .await;
+        let sol_key = format::to_base58(&[0x11; 32]);
+        assert_eq!(sol["public_key"], sol_key);
+        assert_eq!(sol["address"], sol_key);
+
+        let (s, v) = send(&app, "GET", "/v1/keys?limit=10", None).await;
+        assert_eq!(s, StatusCode::OK);
+        let keys = v["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["key_id"], sol["key_id"], "newest first");
+
+        let (s, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["policy"], json!({"enabled": true}), "default policy");
+        assert_eq!(v["address"], G_ADDRESS);
+    }
+
+    #[tokio::test]
+    async fn rejects_malformed_requests() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 256, 8);
+        let cases: &[(&str, &str, Option<&str>, StatusCode, &str)] = &[
+            (
+                "POST",
+                "/v1/keys",
+                Some("{not json"),
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+            ),
+            (
+                "POST",
+                "/v1/keys",
+                Some(r#"{"algorithm":"ed25519","x":1}"#),
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+            ),
+            (
+                "POST",
+                "/v1/keys",
+                Some(r#"{"algorithm":"rsa"}"#),
+                StatusCode::BAD_REQUEST,
+                "unknown_algorithm",
+            ),
+            (
+                "POST",
+                "/v1/keys",
+                Some(r#"{"algorithm":"ed25519","policy":[1]}"#),
+                StatusCode::BAD_REQUEST,
+                "invalid_policy",
+            ),
+            (
+                "POST",
+                "/v1/keys",
+                None,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            ),
+            (
+                "GET",
+                "/v1/keys?limit=0",
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            ),
+            (
+                "GET",
+                "/v1/keys?limit=1001",
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            ),
+            (
+                "GET",
+                "/v1/keys?limit=1&limit=2",
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            ),
+            (
+                "GET",
+                "/v1/keys?cursor=1",
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            ),
+            (
+                "GET",
+                "/v1/keys/not-a-uuid",
+                None,
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+            ),
+            (
+                "GET",
+                "/v1/keys/6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10",
+                None,
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+            ),
+            (
+                "POST",
+                "/v1/keys/6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10/sign",
+                Some(r#"{"kind":"evm_transaction","payload":"0x02"}"#),
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+            ),
+            (
+                "PUT",
+                "/v1/keys/6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10/policy",
+                Some(r#"{"policy":{}}"#),
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+            ),
+            (
+                "GET",
+                "/v1/nothing",
+                None,
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                "DELETE",
+                "/v1/keys",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                "GET",
+                "/v1/attestation?nonce=zz",
+                None,
+                StatusCode::BAD_REQUEST,
+                "invalid_nonce",
+            ),
+        ];
+        for (method, uri, body, status, want) in cases {
+            let (s, v) = send(&app, method, uri, *body).await;
+            assert_eq!(
+                (s, code(&v)),
+                (*status, *want),
+                "{method} {uri} {body:?}: {v}"
+            );
+            assert!(v["error"]["message"].is_string(), "{v}");
+        }
+        let big = format!(r#"{{"algorithm":"ed25519","label":"{}"}}"#, "a".repeat(300));
+        let (s, v) = send(&app, "POST", "/v1/keys", Some(&big)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        );
+        let long_nonce = format!("/v1/attestation?nonce={}", "ab".repeat(513));
+        let (s, v) = send(&app, "GET", &long_nonce, None).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_nonce"));
+        assert!(
+            h.store.list_keys(10).await.unwrap().is_empty(),
+            "nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_key_creation_the_enclave_refuses_and_stores_nothing() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let (s, v) = send(
+            &app,
+            "POST",
+            "/v1/keys",
+            Some(r#"{"algorithm":"secp256k1","policy":{"kms_fail":1}}"#),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_GATEWAY, "kms_error"));
+        let (s, v) = send(
+            &app,
+            "POST",
+            "/v1/keys",
+            Some(r#"{"algorithm":"secp256k1","policy":{"bad_rule":1}}"#),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_policy"));
+        assert!(h.store.list_keys(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn signs_evm_and_solana_transactions() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let evm = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", evm["key_id"].as_str().unwrap());
+        let (s, v) = send(
+            &app,
+            "POST",
+            &uri,
+            Some(r#"{"kind":"evm_transaction","payload":"0x02f8"}"#),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["signature"]["r"], format::to_0x_hex(&[1; 32]));
+        assert_eq!(v["signature"]["s"], format::to_0x_hex(&[2; 32]));
+        assert_eq!(v["signature"]["y_parity"], 1);
+        assert_eq!(v["signature"]["v"], 38);
+        assert_eq!(v["signed_transaction"], "0x02f8ee");
+        assert_eq!(v["transaction_hash"], format::to_0x_hex(&[3; 32]));
+
+        let sol = create(&app, r#"{"algorithm":"ed25519"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", sol["key_id"].as_str().unwrap());
+        let body =
+            json!({"kind": "solana_transaction", "payload": format::to_base64(b"tx")}).to_string();
+        let (s, v) = send(&app, "POST", &uri, Some(&body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["signature"], format::to_base58(&[4; 64]));
+        assert_eq!(v["signed_transaction"], format::to_base64(b"\xeetx"));
+    }
+
+    #[tokio::test]
+    async fn rejects_signing_requests_with_each_error_code() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let evm = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", evm["key_id"].as_str().unwrap());
+        let evm_body = |payload: &[u8]| {
+            json!({"kind": "evm_transaction", "payload": format::to_0x_hex(payload)}).to_string()
+        };
+        let cases = [
+            (
+                r#"{"kind":"eip712","payload":"0x00"}"#.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "unknown_kind",
+            ),
+            (
+                r#"{"kind":"solana_transaction","payload":"AA=="}"#.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "kind_mismatch",
+            ),
+            (
+                r#"{"kind":"evm_transaction","payload":"02f8"}"#.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+            ),
+            (
+                r#"{"kind":"evm_transaction","payload":"0x"}"#.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+            ),
+            (
+                evm_body(&[0x00]),
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+            ),
+            (
+                evm_body(&[0xff, 1]),
+                StatusCode::BAD_REQUEST,
+                "unsupported_payload",
+            ),
+            (evm_body(b"kms"), StatusCode::BAD_GATEWAY, "kms_error"),
+            (evm_body(b"deny"), StatusCode::FORBIDDEN, "policy_denied"),
+        ];
+        for (body, status, want) in cases {
+            let (s, v) = send(&app, "POST", &uri, Some(&body)).await;
+            assert_eq!((s, code(&v)), (status, want), "{body}: {v}");
+        }
+        let (_, v) = send(&app, "POST", &uri, Some(&evm_body(b"deny"))).await;
+        assert_eq!(v["error"]["rule"], "evm.chain_ids");
+        assert_eq!(v["error"]["message"], "chain id 5 is not allowed");
+
+        let sol = create(&app, r#"{"algorithm":"ed25519"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", sol["key_id"].as_str().unwrap());
+        let (s, v) = send(
+            &app,
+            "POST",
+            &uri,
+            Some(r#"{"kind":"solana_transaction","payload":"!!"}"#),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_payload"));
+        let (s, v) = send(
+            &app,
+            "POST",
+            &uri,
+            Some(r#"{"kind":"evm_transaction","payload":"0x02"}"#),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "kind_mismatch"));
+    }
+
+    #[tokio::test]
+    async fn rejects_tampered_policy_as_sealed_state_invalid() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(
+            &app,
+            r#"{"algorithm":"secp256k1","policy":{"enabled":true}}"#,
+        )
+        .await;
+        let id = key["key_id"].as_str().unwrap();
+        // A DB admin loosens the policy behind the enclave's back.
+        rusqlite::Connection::open(h.db_path())
+            .unwrap()
+            .execute(
+                "UPDATE policies SET policy_json = '{\"enabled\":true,\"allow_all\":true}' WHERE key_id = ?1",
+                [id],
+            )
+            .unwrap();
+        let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
+        let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
+        );
+        assert_eq!(v["error"]["message"], SEALED_STATE_INVALID_MESSAGE);
+        // A corrupt record blob gives the same answer, before reaching the enclave.
+        rusqlite::Connection::open(h.db_path())
+            .unwrap()
+            .execute(
+                "UPDATE keys SET sealed_record = x'a0' WHERE key_id = ?1",
+                [id],
+            )
+            .unwrap();
+        let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
+        );
+    }
+
+    #[tokio::test]
+    async fn updates_policy_with_a_new_version() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let id = key["key_id"].as_str().unwrap();
+        let uri = format!("/v1/keys/{id}/policy");
+        let (s, v) = send(
+            &app,
+            "PUT",
+            &uri,
+            Some(r#"{"policy":{"enabled":true,"evm":{"chain_ids":[1]}}}"#),
+        )
+        .await;
+        assert_eq!((s, &v), (StatusCode::OK, &json!({"policy_version": 2})));
+        let (_, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(v["policy_version"], 2);
+        assert_eq!(v["policy"]["evm"]["chain_ids"], json!([1]));
+        // The new MAC is stored with it: signing still passes the integrity check.
+        let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
+        let (s, _) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn rejects_policy_update_that_is_not_an_object_or_invalid() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let uri = format!("/v1/keys/{}/policy", key["key_id"].as_str().unwrap());
+        let (s, v) = send(&app, "PUT", &uri, Some(r#"{"policy":"allow"}"#)).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_policy"));
+        let (s, v) = send(&app, "PUT", &uri, Some(r#"{"policy":{"bad_rule":true}}"#)).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_policy"));
+        let (s, v) = send(&app, "PUT", &uri, Some(r#"{}"#)).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_json"));
+        let (_, v) = send(
+            &app,
+            "GET",
+            &format!("/v1/keys/{}", key["key_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(v["policy_version"], 1, "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn attestation_returns_the_document_as_base64() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let (s, v) = send(&app, "GET", "/v1/attestation?nonce=0a0b", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["document"], format::to_base64(b"doc:\x0a\x0b"));
+    }
+
+    #[tokio::test]
+    async fn rejects_sign_when_the_enclave_drops_mid_request() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", key["key_id"].as_str().unwrap());
+        let drop =
+            json!({"kind": "evm_transaction", "payload": format::to_0x_hex(b"drop")}).to_string();
+        let (s, v) = send(&app, "POST", &uri, Some(&drop)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable")
+        );
+        let ok = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..100 {
+            status = send(&app, "POST", &uri, Some(ok)).await.0;
+            if status == StatusCode::OK {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, StatusCode::OK, "works again after the reconnect");
+    }
+
+    #[tokio::test]
+    async fn rejects_requests_over_the_in_flight_cap() {
+        let h = Harness::start(1).await;
+        let (s, v) = send(&app(&h, 4096, 0), "GET", "/v1/health", None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+        );
+    }
 }

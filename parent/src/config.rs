@@ -84,7 +84,11 @@ pub struct AwsCredentials {
 
 impl AwsCredentials {
     /// Credentials from explicit values.
-    pub fn new(access_key_id: String, secret_access_key: String, session_token: Option<String>) -> Self {
+    pub fn new(
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    ) -> Self {
         AwsCredentials {
             access_key_id,
             secret_access_key: Zeroizing::new(secret_access_key),
@@ -182,7 +186,11 @@ pub struct Config {
 
 /// Command-line flags of `ekms-parent`.
 #[derive(Debug, Parser)]
-#[command(name = "ekms-parent", version, about = "enclave-kms parent: API, key store and enclave relay")]
+#[command(
+    name = "ekms-parent",
+    version,
+    about = "enclave-kms parent: API, key store and enclave relay"
+)]
 pub struct Args {
     /// Directory for the default socket and database (created 0700 if missing).
     #[arg(long, env = "EKMS_STATE_DIR", default_value = "/var/lib/ekms")]
@@ -308,7 +316,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_or_public_listen_addresses() {
-        for s in ["unix:", "tcp://0.0.0.0:80", "tcp://10.0.0.1:80", "tcp://x", "/tmp/s", "http://127.0.0.1:1"] {
+        for s in [
+            "unix:",
+            "tcp://0.0.0.0:80",
+            "tcp://10.0.0.1:80",
+            "tcp://x",
+            "/tmp/s",
+            "http://127.0.0.1:1",
+        ] {
             assert!(s.parse::<ListenAddr>().is_err(), "{s}");
         }
     }

@@ -111,7 +111,11 @@ impl ApiError {
 
     /// 404 `key_not_found`.
     pub fn key_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "key_not_found", "no key with this id")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "no key with this id",
+        )
     }
 
     /// 500 `sealed_state_invalid` with [`SEALED_STATE_INVALID_MESSAGE`].
@@ -137,9 +141,11 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::Enclave(wire) => wire.into(),
-            Error::EnclaveUnavailable(message) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable", message)
-            }
+            Error::EnclaveUnavailable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enclave_unavailable",
+                message,
+            ),
             Error::EnclaveTimeout(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "enclave_timeout",
@@ -186,11 +192,9 @@ impl From<WireError> for ApiError {
                 "kms_error",
                 format!("KMS error {code}: {message}"),
             ),
-            WireError::Attestation { message } => ApiError::new(
-                S::INTERNAL_SERVER_ERROR,
-                "attestation_error",
-                message,
-            ),
+            WireError::Attestation { message } => {
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "attestation_error", message)
+            }
             WireError::NotReady => ApiError::new(
                 S::SERVICE_UNAVAILABLE,
                 "enclave_unavailable",
@@ -264,13 +268,26 @@ mod tests {
     #[test]
     fn maps_enclave_and_kms_failures() {
         let e: ApiError = Error::EnclaveUnavailable("gone".into()).into();
-        assert_eq!((e.status, e.code), (StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable")
+        );
         let e: ApiError = WireError::Kms {
             code: "AccessDeniedException".into(),
             message: "no".into(),
         }
         .into();
         assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "kms_error"));
+        let e: ApiError = Error::PolicyConflict { expected: 3 }.into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::CONFLICT, "policy_conflict")
+        );
+        let e: ApiError = Error::EnclaveTimeout(30).into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::GATEWAY_TIMEOUT, "enclave_timeout")
+        );
     }
 
     #[test]

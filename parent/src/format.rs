@@ -65,7 +65,11 @@ pub fn public_key_text(algorithm: Algorithm, public_key: &[u8]) -> String {
 pub fn address(algorithm: Algorithm, public_key: &[u8]) -> Option<String> {
     match algorithm {
         Algorithm::Secp256k1 => {
-            if public_key.len() != SECP256K1_COMPRESSED_LEN {
+            // Compressed points only (tag 0x02 or 0x03): SEC1 also parses a 33-byte
+            // "compact" (0x05, x only) encoding, which the enclave never produces.
+            if public_key.len() != SECP256K1_COMPRESSED_LEN
+                || !matches!(public_key.first(), Some(0x02 | 0x03))
+            {
                 return None;
             }
             let key = k256::PublicKey::from_sec1_bytes(public_key).ok()?;
@@ -87,7 +91,9 @@ pub fn address(algorithm: Algorithm, public_key: &[u8]) -> Option<String> {
 pub fn timestamp_text(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
@@ -146,8 +152,10 @@ mod tests {
     fn rejects_invalid_secp256k1_public_keys() {
         let mut pk = hex::decode(G_COMPRESSED).unwrap();
         assert!(address(Algorithm::Secp256k1, &pk[..32]).is_none());
-        pk[0] = 0x08; // not a SEC1 tag (0x05 is "compact", x only)
-        assert!(address(Algorithm::Secp256k1, &pk).is_none());
+        for tag in [0x00, 0x04, 0x05, 0x08] {
+            pk[0] = tag; // not a compressed-point tag
+            assert!(address(Algorithm::Secp256k1, &pk).is_none(), "{tag}");
+        }
         // x = 5 is not on secp256k1 (5³ + 7 = 132 is not a square mod p).
         let mut off = vec![0x02];
         off.extend_from_slice(&[0; 31]);
@@ -173,7 +181,10 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        assert_eq!(timestamp_text(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            timestamp_text(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
         assert_eq!(timestamp_text(0), "1970-01-01T00:00:00Z");
     }
 

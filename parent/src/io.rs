@@ -57,6 +57,15 @@ pub fn ensure_private_dir(dir: &std::path::Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
 
+/// Sets `path` to mode 0600 (owner read/write only).
+///
+/// # Errors
+/// [`Error::Io`] if the file is missing or chmod fails.
+pub fn restrict_file(path: &std::path::Path) -> Result<(), Error> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}
+
 /// The bound application socket.
 #[derive(Debug)]
 pub enum AppListener {
@@ -101,8 +110,8 @@ impl AppListener {
                     std::fs::remove_file(path)
                         .map_err(|e| Error::io(format!("removing stale {addr}"), e))?;
                 }
-                let listener =
-                    UnixListener::bind(path).map_err(|e| Error::io(format!("binding {addr}"), e))?;
+                let listener = UnixListener::bind(path)
+                    .map_err(|e| Error::io(format!("binding {addr}"), e))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
                     .map_err(|e| Error::io(format!("chmod {addr}"), e))?;
                 Ok(AppListener::Unix {
@@ -313,7 +322,9 @@ mod tests {
         let path = dir.path().join("api.sock");
         // A stale socket: bound, then the listener dropped without unlinking.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let l = AppListener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
+        let l = AppListener::bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, SOCKET_MODE);
         l.close();
@@ -324,13 +335,23 @@ mod tests {
     async fn rejects_socket_path_in_use_or_not_a_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
-        let first = AppListener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
-        assert!(AppListener::bind(&ListenAddr::Unix(path.clone())).await.is_err());
+        let first = AppListener::bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .unwrap();
+        assert!(AppListener::bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .is_err());
         drop(first);
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        assert!(AppListener::bind(&ListenAddr::Unix(file.clone())).await.is_err());
-        assert_eq!(std::fs::read(&file).unwrap(), b"x", "a regular file is never removed");
+        assert!(AppListener::bind(&ListenAddr::Unix(file.clone()))
+            .await
+            .is_err());
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"x",
+            "a regular file is never removed"
+        );
     }
 
     #[tokio::test]
@@ -345,6 +366,8 @@ mod tests {
     #[tokio::test]
     async fn rejects_connect_to_missing_enclave() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(connect_enclave(&Address::Unix(dir.path().join("none"))).await.is_err());
+        assert!(connect_enclave(&Address::Unix(dir.path().join("none")))
+            .await
+            .is_err());
     }
 }

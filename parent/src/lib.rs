@@ -51,6 +51,8 @@ impl Server {
             io::ensure_private_dir(dir)?;
         }
         let store = Store::open(&config.db)?;
+        // Sealed blobs are useless without the enclave, but still the operator's only.
+        io::restrict_file(&config.db)?;
         let listener = AppListener::bind(&config.listen).await?;
         Ok(Server {
             config,
@@ -89,7 +91,8 @@ impl Server {
             relay: relay.clone(),
             store: self.store,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
-                c.max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+                c.max_in_flight
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             read_timeout: c.read_timeout,
             max_body_bytes: c.max_body_bytes,
@@ -117,4 +120,120 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AwsCredentials, KmsSettings};
+    use crate::testing::FakeEnclave;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn config(dir: &std::path::Path, enclave: &std::path::Path) -> Config {
+        Config {
+            listen: ListenAddr::Unix(dir.join("api.sock")),
+            enclave: ekms_shared::Address::Unix(enclave.to_owned()),
+            db: dir.join("state/ekms.db"),
+            kms: KmsSettings {
+                region: "us-east-1".into(),
+                endpoint_url: None,
+                kms_key_id: "k".into(),
+                credentials: AwsCredentials::new("AKIA".into(), "s".into(), None),
+            },
+            dek_cache: ekms_shared::DekCachePolicy {
+                ttl_secs: 1,
+                max_uses: 1,
+            },
+            keyring: "default".into(),
+            enclave_connections: 2,
+            max_body_bytes: 4096,
+            max_in_flight: 16,
+            max_connections: 4,
+            enclave_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// One HTTP/1.1 request over the Unix socket; returns the status line and body.
+    async fn http(sock: &std::path::Path, request: &str) -> (String, String) {
+        let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out.lines().next().unwrap_or_default().to_owned();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn serves_on_a_unix_socket_and_cleans_up_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let server = Server::bind(config(dir.path(), &fake.path)).await.unwrap();
+        let sock = dir.path().join("api.sock");
+        assert_eq!(server.local_addr().unwrap(), ListenAddr::Unix(sock.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        let get = "GET /v1/health HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\r\n";
+        let mut last = (String::new(), String::new());
+        for _ in 0..200 {
+            last = http(&sock, get).await;
+            if last.0.contains(" 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(last.0.contains(" 200 "), "{last:?}");
+        assert!(last.1.contains(r#""mode":"simulation""#), "{last:?}");
+        let post = "POST /v1/keys HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\
+                    Content-Type: application/json\r\nContent-Length: 23\r\n\r\n{\"algorithm\":\"ed25519\"}";
+        let (status, body) = http(&sock, post).await;
+        assert!(status.contains(" 201 "), "{status} {body}");
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!sock.exists(), "the socket file is removed");
+        let mode = std::fs::metadata(dir.path().join("state/ekms.db"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        // The key is durable: a new store sees it.
+        let store = Store::open(&dir.path().join("state/ekms.db")).unwrap();
+        assert_eq!(store.list_keys(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rejects_requests_whose_headers_never_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut cfg = config(dir.path(), &fake.path);
+        cfg.read_timeout = Duration::from_millis(200);
+        let server = Server::bind(cfg).await.unwrap();
+        let sock = dir.path().join("api.sock");
+        let task = tokio::spawn(server.run(std::future::pending()));
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: e")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        // hyper closes the connection at the header deadline.
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+            .await
+            .expect("closed by the header read deadline")
+            .unwrap();
+        assert!(
+            n == 0 || String::from_utf8_lossy(&buf).contains("408"),
+            "{buf:?}"
+        );
+        task.abort();
+    }
 }

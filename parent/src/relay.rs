@@ -352,7 +352,10 @@ async fn read_loop(
             }
             Ok(frame) => (
                 frame.request_id,
-                Err(Error::Internal(format!("response version {}", frame.version))),
+                Err(Error::Internal(format!(
+                    "response version {}",
+                    frame.version
+                ))),
             ),
             // The header was readable: fail that request, keep the connection.
             Err(e) => match e.request_id() {
@@ -496,7 +499,12 @@ mod tests {
         assert_eq!(h.fake.state.configures.load(SeqCst), 1);
         assert_eq!(h.fake.state.keyrings_created.load(SeqCst), 1);
         assert_eq!(h.fake.state.connections.load(SeqCst), 3);
-        let stored = h.store.latest_keyring("default".into()).await.unwrap().unwrap();
+        let stored = h
+            .store
+            .latest_keyring("default".into())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.dek_ciphertext, b"dek-ciphertext");
         assert_eq!(h.relay.current_keyring().await.unwrap(), stored);
         let health = h.relay.health().unwrap();
@@ -509,10 +517,11 @@ mod tests {
         }
     }
 
-    /// `join_all` without the futures crate: spawn-free, sequential await of
-    /// concurrently started futures via a JoinSet would need 'static; this keeps them
-    /// concurrent by polling through `tokio::join!`-like select.
-    async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    /// Awaits all futures concurrently (a `join_all` without the futures crate), so the
+    /// requests are in flight on the connections at the same time.
+    async fn futures_join_all<F: std::future::Future>(
+        fs: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
         let mut pinned: Vec<_> = fs.map(Box::pin).collect();
         let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
         std::future::poll_fn(|cx| {
@@ -620,7 +629,10 @@ mod tests {
             Err(Error::EnclaveTimeout(_))
         ));
         let conn = relay.pick().unwrap();
-        assert!(lock(&conn.pending).waiters.is_empty(), "the waiter was removed");
+        assert!(
+            lock(&conn.pending).waiters.is_empty(),
+            "the waiter was removed"
+        );
         relay.shutdown();
     }
 }

@@ -209,13 +209,22 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] if `(name, epoch)` is stored; [`Error::Store`].
-    pub async fn insert_keyring(&self, keyring: KeyringRef, created_at_ms: i64) -> Result<(), Error> {
+    pub async fn insert_keyring(
+        &self,
+        keyring: KeyringRef,
+        created_at_ms: i64,
+    ) -> Result<(), Error> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute(
                 "INSERT INTO keyrings (name, epoch, dek_ciphertext, created_at)
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![keyring.keyring, keyring.epoch, keyring.dek_ciphertext, created_at_ms],
+                params![
+                    keyring.keyring,
+                    keyring.epoch,
+                    keyring.dek_ciphertext,
+                    created_at_ms
+                ],
             )?;
             if n == 0 {
                 return Err(Error::AlreadyExists(format!(
@@ -271,7 +280,12 @@ impl Store {
             }
             tx.execute(
                 "INSERT INTO policies (key_id, version, policy_json, mac) VALUES (?1, ?2, ?3, ?4)",
-                params![r.key_id, version, key.policy.policy_json, key.policy.mac.as_slice()],
+                params![
+                    r.key_id,
+                    version,
+                    key.policy.policy_json,
+                    key.policy.mac.as_slice()
+                ],
             )?;
             tx.commit()?;
             Ok(())
@@ -481,8 +495,8 @@ impl RawSummary {
 }
 
 fn keyring_ref(name: String, epoch: i64, dek_ciphertext: Vec<u8>) -> Result<KeyringRef, Error> {
-    let epoch =
-        u32::try_from(epoch).map_err(|_| Error::StoreCorrupt("keyring epoch out of range".into()))?;
+    let epoch = u32::try_from(epoch)
+        .map_err(|_| Error::StoreCorrupt("keyring epoch out of range".into()))?;
     Ok(KeyringRef {
         keyring: name,
         epoch,
@@ -676,8 +690,11 @@ mod tests {
         s.insert_key(new_key("k3", 12)).await.unwrap();
         {
             let c = s.conn.lock().unwrap();
-            c.execute("UPDATE keys SET sealed_record = x'ff00' WHERE key_id = 'k1'", [])
-                .unwrap();
+            c.execute(
+                "UPDATE keys SET sealed_record = x'ff00' WHERE key_id = 'k1'",
+                [],
+            )
+            .unwrap();
             c.execute("UPDATE keys SET public_key = x'03' WHERE key_id = 'k2'", [])
                 .unwrap();
             c.execute("UPDATE policies SET mac = x'00' WHERE key_id = 'k3'", [])
@@ -700,7 +717,10 @@ mod tests {
             s.insert_keyring(other, 2).await,
             Err(Error::AlreadyExists(_))
         ));
-        assert_eq!(s.keyring("default".into(), 1).await.unwrap(), Some(keyring()));
+        assert_eq!(
+            s.keyring("default".into(), 1).await.unwrap(),
+            Some(keyring())
+        );
         assert_eq!(s.keyring("default".into(), 2).await.unwrap(), None);
     }
 

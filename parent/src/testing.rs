@@ -227,6 +227,11 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             ..
         } => {
             check(&record, &current)?;
+            if policy_json.contains("bad_rule") {
+                return Err(WireError::InvalidPolicy {
+                    message: "unknown rule bad_rule".into(),
+                });
+            }
             Ok(ResponseBody::PolicySet {
                 policy: seal(SealedPolicy {
                     key_id: record.key_id,

@@ -1,0 +1,439 @@
+//! End-to-end test of `ekms sim` and the API subcommands: the real `ekms`, `kms-sim`,
+//! `ekms-enclave` and `ekms-parent` binaries on a temporary state directory. Covers
+//! start, health, key creation (both algorithms), attestation verification against the
+//! simulation root, enclave restart after a kill, refusal of a second start, a clean
+//! stop on SIGTERM (all three children gone), and a restart that finds the keys again.
+//!
+//! The sibling binaries are built by `cargo build --workspace` (the Makefile's `test`
+//! target builds every target first); the test fails with that hint if they are missing.
+
+// The whole file is test code: clippy's `allow-unwrap-in-tests` covers only `#[test]`
+// functions, not the helpers beside them, where a panic is just as much a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EKMS: &str = env!("CARGO_BIN_EXE_ekms");
+
+fn bin_dir() -> PathBuf {
+    Path::new(EKMS).parent().unwrap().to_path_buf()
+}
+
+fn require_siblings() {
+    let missing: Vec<String> = ["kms-sim", "ekms-enclave", "ekms-parent"]
+        .iter()
+        .map(|name| bin_dir().join(name))
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing sibling binaries {missing:?}: run `cargo build --workspace` (or `make test`) \
+         before this test"
+    );
+}
+
+/// A running `ekms sim`, killed on drop together with the children it reported.
+struct SimGuard {
+    child: Option<Child>,
+    state_dir: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+}
+
+impl SimGuard {
+    fn start(state_dir: &Path) -> Self {
+        let stderr_path = state_dir.with_extension(format!("stderr.{}", now_ms()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(EKMS)
+            .arg("sim")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ekms sim");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child: Some(child),
+            state_dir: state_dir.to_path_buf(),
+            stdout: lines,
+            stderr_path,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.state_dir.join("ekms.sock")
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut text = format!(
+            "--- ekms sim stdout:\n{}\n--- stderr:\n{}\n",
+            self.stdout.lock().unwrap().join("\n"),
+            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        );
+        for log in ["kms-sim", "enclave", "parent"] {
+            let path = self.state_dir.join("logs").join(format!("{log}.log"));
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = content.lines().rev().take(30).collect();
+            text.push_str(&format!(
+                "--- {log}.log (last lines, newest first):\n{}\n",
+                tail.join("\n")
+            ));
+        }
+        text
+    }
+
+    /// Polls `ekms health` until it succeeds.
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ekms sim exited early ({status})\n{}", self.diagnostics());
+            }
+            let out = ekms(&self.socket(), &["health"]);
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(v["status"], "ok");
+                assert_eq!(v["mode"], "simulation");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not healthy within {timeout:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn status(&self) -> Value {
+        let text = std::fs::read_to_string(self.state_dir.join("sim.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn child_pids(&self) -> Vec<i32> {
+        let Ok(text) = std::fs::read_to_string(self.state_dir.join("sim.json")) else {
+            return Vec::new();
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            return Vec::new();
+        };
+        ["kms-sim", "enclave", "parent"]
+            .iter()
+            .filter_map(|n| v["processes"][n]["pid"].as_i64())
+            .map(|p| i32::try_from(p).unwrap())
+            .collect()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn terminate(&mut self, timeout: Duration) {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "ekms sim exited with {status}\n{}",
+                    self.diagnostics()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ekms sim did not stop within {timeout:?}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SimGuard {
+    fn drop(&mut self) {
+        let pids = self.child_pids();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in pids {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// True if `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn ekms(socket: &Path, args: &[&str]) -> Output {
+    Command::new(EKMS)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ekms")
+}
+
+fn ok_json(socket: &Path, args: &[&str]) -> Value {
+    let out = ekms(socket, args);
+    assert!(
+        out.status.success(),
+        "ekms {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn sim_runs_serves_restarts_the_enclave_stops_and_keeps_keys() {
+    require_siblings();
+    let tmp = tempfile::tempdir().unwrap();
+    let state_dir = tmp.path().join("state");
+
+    // --- first start ---------------------------------------------------------------
+    let mut sim = SimGuard::start(&state_dir);
+    sim.wait_healthy(Duration::from_secs(120));
+    let socket = sim.socket();
+    let status = sim.status();
+    let pcr0 = status["pcr0"].as_str().unwrap().to_owned();
+    assert_eq!(pcr0.len(), 96);
+    assert!(status["kms_key_arn"]
+        .as_str()
+        .unwrap()
+        .starts_with("arn:aws:kms:us-east-1:"));
+    let arn_before = std::fs::read_to_string(state_dir.join("kms-key-arn")).unwrap();
+    let root_before = std::fs::read_to_string(state_dir.join("ca/root.pem")).unwrap();
+
+    // Health reports the PCRs of the enclave binary that ekms sim measured.
+    let health = ok_json(&socket, &["health"]);
+    assert_eq!(health["pcrs"]["0"], pcr0.as_str());
+
+    // Keys of both algorithms.
+    let evm = ok_json(
+        &socket,
+        &[
+            "keys",
+            "create",
+            "--algorithm",
+            "secp256k1",
+            "--label",
+            "evm-bot",
+        ],
+    );
+    assert_eq!(evm["algorithm"], "secp256k1");
+    assert!(evm["address"].as_str().unwrap().starts_with("0x"), "{evm}");
+    let sol = ok_json(
+        &socket,
+        &[
+            "keys",
+            "create",
+            "--algorithm",
+            "ed25519",
+            "--policy",
+            r#"{"enabled":true}"#,
+        ],
+    );
+    assert_eq!(sol["algorithm"], "ed25519");
+    let evm_id = evm["key_id"].as_str().unwrap().to_owned();
+    let sol_id = sol["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(evm_id, sol_id);
+    let shown = ok_json(&socket, &["keys", "show", &evm_id]);
+    assert_eq!(shown["public_key"], evm["public_key"]);
+
+    // Refusals: usage errors exit 2, server refusals exit 1 with the server's code.
+    let bad = ekms(&socket, &["keys", "create", "--algorithm", "rsa"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let unknown = ekms(
+        &socket,
+        &["keys", "show", "00000000-0000-4000-8000-000000000000"],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).starts_with("ekms: "));
+
+    // Attestation: verified against the simulation root, refused against AWS's.
+    let state = state_dir.to_str().unwrap();
+    let out = ekms(
+        &socket,
+        &[
+            "attestation",
+            "verify",
+            "--root",
+            "simulation",
+            "--state-dir",
+            state,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: simulation root"));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["root"], "simulation");
+    assert_eq!(report["pcrs"]["0"], pcr0.as_str());
+    assert_eq!(report["nonce"].as_str().unwrap().len(), 64);
+    let aws = ekms(&socket, &["attestation", "verify", "--root", "aws"]);
+    assert_eq!(
+        aws.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&aws.stdout)
+    );
+    let wrong_pcr = "00".repeat(48);
+    let out = ekms(
+        &socket,
+        &[
+            "attestation",
+            "verify",
+            "--root",
+            "simulation",
+            "--state-dir",
+            state,
+            "--pcr0",
+            &wrong_pcr,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // A second start on the served directory is refused.
+    let second = Command::new(EKMS)
+        .args(["sim", "--state-dir", state])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("live process"));
+
+    // Killing the enclave: the supervisor restarts it and the parent reconnects.
+    let old_enclave = status["processes"]["enclave"]["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(old_enclave).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = sim.status();
+        let pid = now["processes"]["enclave"]["pid"].as_i64().unwrap();
+        if pid != old_enclave {
+            assert_eq!(now["enclave_restarts"], 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enclave not restarted\n{}",
+            sim.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Key creation goes through the enclave: it works again once the parent reconnected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after_restart = loop {
+        let out = ekms(&socket, &["keys", "create", "--algorithm", "ed25519"]);
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no key creation after the enclave restart: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sim.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let restart_id = after_restart["key_id"].as_str().unwrap().to_owned();
+
+    // --- clean stop ------------------------------------------------------------------
+    let pids = sim.child_pids();
+    assert_eq!(pids.len(), 3);
+    sim.terminate(Duration::from_secs(45));
+    for pid in &pids {
+        assert!(!alive(*pid), "child {pid} survived SIGTERM of ekms sim");
+    }
+    assert!(!state_dir.join("sim.json").exists());
+    drop(sim);
+
+    // --- second start: same CA, same KMS key, same key store ---------------------------
+    let mut sim = SimGuard::start(&state_dir);
+    sim.wait_healthy(Duration::from_secs(120));
+    assert_eq!(
+        std::fs::read_to_string(state_dir.join("kms-key-arn")).unwrap(),
+        arn_before
+    );
+    assert_eq!(
+        std::fs::read_to_string(state_dir.join("ca/root.pem")).unwrap(),
+        root_before
+    );
+    let list = ok_json(&socket, &["keys", "list"]);
+    let ids: Vec<&str> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["key_id"].as_str())
+        .collect();
+    for id in [&evm_id, &sol_id, &restart_id] {
+        assert!(ids.contains(&id.as_str()), "{id} missing from {list}");
+    }
+    sim.terminate(Duration::from_secs(45));
+}
+
+#[test]
+fn rejects_a_start_without_the_enclave_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(EKMS)
+        .arg("sim")
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--enclave-bin")
+        .arg(tmp.path().join("no-such-enclave"))
+        // Existing files for the other two, so only the enclave is missing.
+        .args(["--kms-sim-bin", EKMS, "--parent-bin", EKMS])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-enclave") && stderr.contains("--enclave-bin"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,125 @@
+//! `ekms-enclave`: the enclave binary. Parses flags, hardens the process, sets up
+//! tracing (stderr), opens the NSM, binds the listener, prints `listening on ADDR` on
+//! stdout and serves until SIGTERM/SIGINT (then drains and removes a Unix socket).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use ekms_enclave::{io, open_nsm, Enclave, Limits, NsmKind};
+use ekms_shared::{Address, KMS_PROXY_PORT, PARENT_CID};
+
+/// The enclave side of enclave-kms.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Where to serve the parent: `vsock://4294967295:5000` on Nitro, `unix:/path` in
+    /// simulation.
+    #[arg(long, env = "EKMS_ENCLAVE_LISTEN", default_value = ekms_shared::SIM_ENCLAVE_ADDRESS)]
+    listen: Address,
+    /// Which NSM: `nitro` (/dev/nsm) or `simulation` (needs the `simulation` feature).
+    #[arg(long, value_enum, default_value_t = NsmArg::Nitro)]
+    nsm: NsmArg,
+    /// Directory of the simulation CA (created if missing); simulation only.
+    #[arg(long, default_value = "/tmp/ekms-sim-ca")]
+    sim_ca_dir: PathBuf,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_connections: u32,
+    /// Requests executing at once (more are answered `Busy`).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_in_flight: u32,
+    /// Nitro only: listen on this TCP address inside the enclave and forward each
+    /// connection to vsock-proxy on the parent (CID 3, port 8000), for the KMS client's
+    /// TLS. See `io::forward_tcp_to_vsock` for the full setup.
+    #[arg(long)]
+    kms_forward: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NsmArg {
+    Nitro,
+    Simulation,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match start(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ekms-enclave: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(args: Args) -> Result<(), String> {
+    let hardened = ekms_enclave::hardening::apply()
+        .map_err(|e| format!("cannot harden the process: {e}"))?;
+    tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
+
+    let kind = match args.nsm {
+        NsmArg::Nitro => NsmKind::Nitro,
+        NsmArg::Simulation => NsmKind::Simulation,
+    };
+    let (nsm, mode) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
+    let enclave = Arc::new(Enclave::new(nsm, mode).map_err(|e| e.to_string())?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.kms_forward {
+        let listener = io::bind_tcp(addr)
+            .await
+            .map_err(|e| format!("cannot bind the KMS forwarder on {addr}: {e}"))?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(io::forward_tcp_to_vsock(
+            listener,
+            PARENT_CID,
+            KMS_PROXY_PORT,
+            async move {
+                let _ = stop.changed().await;
+            },
+        ));
+        tracing::info!(%addr, "forwarding KMS TLS to vsock://{PARENT_CID}:{KMS_PROXY_PORT}");
+    }
+
+    let listener = io::Listener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let bound = listener.local_address();
+    tracing::info!(address = %bound, ?mode, "listening");
+    println!("listening on {bound}");
+
+    let limits = Limits {
+        max_connections: args.max_connections as usize,
+        max_in_flight: args.max_in_flight as usize,
+    };
+    let shutdown = shutdown_signal().await?;
+    ekms_enclave::run(listener, enclave, limits, shutdown).await;
+    let _ = stop_tx.send(true);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A future that resolves on SIGTERM or SIGINT (handlers installed before serving).
+async fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
