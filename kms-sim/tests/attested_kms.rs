@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use attestation::{AttestationRequest, NsmProvider, SimulatedCa, SimulatedNsm};
@@ -124,8 +125,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let ca = SimulatedCa::generate().unwrap();
         std::fs::write(dir.path().join("root.pem"), ca.root_pem()).unwrap();
-        let exe = std::env::current_exe().unwrap();
-        let nsm = SimulatedNsm::for_executable(&ca, &exe).unwrap();
+        let nsm = SimulatedNsm::new(&ca, enclave_pcrs().clone()).unwrap();
         Self { dir, ca, nsm }
     }
 
@@ -144,6 +144,16 @@ impl Fixture {
     fn pcr0_hex(&self) -> String {
         hex_encode(self.nsm.pcrs().get(&0).expect("PCR0"))
     }
+}
+
+/// PCRs of the stand-in enclave executable (this test binary), measured once: the
+/// binary is large and hashing it is the slow part of each test.
+fn enclave_pcrs() -> &'static BTreeMap<u16, Vec<u8>> {
+    static PCRS: OnceLock<BTreeMap<u16, Vec<u8>>> = OnceLock::new();
+    PCRS.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        attestation::measure_executable(&exe).unwrap()
+    })
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
@@ -381,8 +391,7 @@ async fn rejects_bad_recipients() {
 
     // Signed by another CA (same measurements).
     let other_ca = SimulatedCa::generate().unwrap();
-    let foreign =
-        SimulatedNsm::for_executable(&other_ca, &std::env::current_exe().unwrap()).unwrap();
+    let foreign = SimulatedNsm::new(&other_ca, enclave_pcrs().clone()).unwrap();
     let doc = foreign.attestation_document(&request).unwrap();
     let (code, message) = gdk_refusal(&client, &key_arn, Some(recipient(doc))).await;
     assert_eq!((code.as_str(), message.as_str()), BAD_DOCUMENT);
