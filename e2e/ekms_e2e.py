@@ -272,8 +272,8 @@ class Sim:
             if self.socket_path.exists():
                 try:
                     r = self.client.health(timeout=5)
-                    if r.status == 200:
-                        self.remember_pids()
+                    # The sim writes sim.json once it has seen the parent healthy.
+                    if r.status == 200 and self.remember_pids().keys() >= {"kms-sim", "enclave", "parent"}:
                         return r.json
                     last = r
                 except OSError as e:

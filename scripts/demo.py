@@ -157,9 +157,26 @@ def demo(sim: Sim, client) -> None:
         cmd += ["--pcr0", pcr0]
     show("command", " ".join(["ekms", *cmd[1:]]))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    for line in (out.stdout + out.stderr).strip().splitlines():
-        print(f"   | {line}")
-    expect(out.returncode == 0, f"ekms attestation verify exited with {out.returncode}")
+    if out.returncode != 0:
+        for line in (out.stdout + out.stderr).strip().splitlines():
+            print(f"   | {line}")
+        raise DemoFailure(f"ekms attestation verify exited with {out.returncode}")
+    try:
+        doc = json.loads(out.stdout)
+    except ValueError:
+        doc = {}
+    if not doc:
+        print("   | " + out.stdout.strip().replace("\n", "\n   | "))
+        return
+    expect(doc.get("verified") is True, f"the document did not verify: {doc}")
+    expect(not pcr0 or doc.get("pcrs", {}).get("0") == pcr0, "PCR0 of the document is not the enclave's")
+    show("verified", f"{doc['verified']} (root: {doc.get('root')})")
+    show("module", doc.get("module_id"))
+    show("timestamp", doc.get("timestamp"))
+    show("nonce", doc.get("nonce"))
+    show("PCR0", doc.get("pcrs", {}).get("0", "?")[:32] + "…  = the enclave binary's measurement")
+    if doc.get("warning"):
+        show("note", doc["warning"])
 
 
 def main() -> int:

@@ -49,9 +49,7 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
         Request::Configure { kms, dek_cache } => configure(enclave, kms, dek_cache).await,
         Request::Status => Ok(status(enclave)),
         Request::Attestation { nonce, user_data } => attestation(enclave, nonce, user_data).await,
-        Request::CreateKeyring { keyring, epoch } => {
-            create_keyring(ready()?, keyring, epoch).await
-        }
+        Request::CreateKeyring { keyring, epoch } => create_keyring(ready()?, keyring, epoch).await,
         Request::GenerateKey {
             key_id,
             algorithm,
@@ -150,8 +148,14 @@ async fn generate_key(
     new: NewKey,
 ) -> Result<ResponseBody, WireError> {
     check_key_id(&new.key_id)?;
-    if new.owner.as_ref().is_some_and(|o| o.is_empty() || o.len() > MAX_OWNER_LEN) {
-        return Err(bad_request(format!("owner must be 1-{MAX_OWNER_LEN} bytes")));
+    if new
+        .owner
+        .as_ref()
+        .is_some_and(|o| o.is_empty() || o.len() > MAX_OWNER_LEN)
+    {
+        return Err(bad_request(format!(
+            "owner must be 1-{MAX_OWNER_LEN} bytes"
+        )));
     }
     check_keyring_name(&new.keyring.keyring)?;
     let policy = Policy::parse(&new.policy_json).map_err(policy_error)?;
@@ -176,7 +180,12 @@ async fn generate_key(
     )
     .map_err(|_| WireError::Internal)?;
     drop(secret);
-    let policy = sealing::mac_policy(&dek, &record, INITIAL_POLICY_VERSION, policy.canonical_json());
+    let policy = sealing::mac_policy(
+        &dek,
+        &record,
+        INITIAL_POLICY_VERSION,
+        policy.canonical_json(),
+    );
     Ok(ResponseBody::KeyGenerated { record, policy })
 }
 
@@ -204,7 +213,8 @@ fn new_secret(
                 tracing::error!("NSM returned all-zero randomness");
                 return Err(WireError::Internal);
             }
-            let key = Ed25519Secret::from_bytes(secret.as_slice()).map_err(|_| WireError::Internal)?;
+            let key =
+                Ed25519Secret::from_bytes(secret.as_slice()).map_err(|_| WireError::Internal)?;
             Ok((secret, key.public_key()))
         }
     }
@@ -375,14 +385,10 @@ fn signer_error(e: SignerError) -> WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attestation::{SimulatedCa, SimulatedNsm};
     use ekms_shared::{Credentials, EnclaveState, Mode};
 
     fn enclave() -> Enclave {
-        let ca = SimulatedCa::generate().unwrap();
-        let nsm =
-            SimulatedNsm::for_executable(&ca, &std::env::current_exe().unwrap()).unwrap();
-        Enclave::new(Arc::new(nsm), Mode::Simulation).unwrap()
+        crate::state::test_enclave()
     }
 
     fn record() -> SealedKeyRecord {
@@ -568,7 +574,12 @@ mod tests {
         let e = enclave();
         let (s1, p1) = new_secret(e.nsm().as_ref(), Algorithm::Secp256k1).unwrap();
         assert_eq!(p1.len(), 33);
-        assert_eq!(Secp256k1Secret::from_bytes(s1.as_slice()).unwrap().public_key(), p1);
+        assert_eq!(
+            Secp256k1Secret::from_bytes(s1.as_slice())
+                .unwrap()
+                .public_key(),
+            p1
+        );
         let (s2, p2) = new_secret(e.nsm().as_ref(), Algorithm::Ed25519).unwrap();
         assert_eq!(p2.len(), 32);
         assert_ne!(s1.as_slice(), s2.as_slice());

@@ -37,7 +37,8 @@ pub fn apply() -> Result<Hardening, nix::Error> {
 
 fn lock_memory() -> bool {
     let privileged = nix::unistd::geteuid().is_root();
-    let unlimited = matches!(getrlimit(Resource::RLIMIT_MEMLOCK), Ok((soft, _)) if soft == RLIM_INFINITY);
+    let unlimited =
+        matches!(getrlimit(Resource::RLIMIT_MEMLOCK), Ok((soft, _)) if soft == RLIM_INFINITY);
     if !privileged && !unlimited {
         tracing::warn!("not locking memory: no CAP_IPC_LOCK and RLIMIT_MEMLOCK is limited (secrets may be swapped)");
         return false;

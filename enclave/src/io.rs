@@ -246,7 +246,9 @@ mod tests {
         drop(first);
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let err = Listener::bind(&Address::Unix(file.clone())).await.unwrap_err();
+        let err = Listener::bind(&Address::Unix(file.clone()))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
         assert!(file.exists(), "a regular file is never removed");
     }

@@ -172,8 +172,12 @@ impl Keyrings {
             .generate_data_key(keyring, epoch)
             .await
             .map_err(|e| e.to_wire())?;
-        self.cache
-            .put(cache_key(keyring, epoch, &blob), Arc::new(dek), Instant::now(), 0);
+        self.cache.put(
+            cache_key(keyring, epoch, &blob),
+            Arc::new(dek),
+            Instant::now(),
+            0,
+        );
         Ok(blob)
     }
 
@@ -184,7 +188,8 @@ impl Keyrings {
     /// [`WireError::Kms`] / [`WireError::Attestation`] from KMS.
     pub async fn data_key(&self, keyring: &KeyringRef) -> Result<Arc<DataKey>, WireError> {
         check_keyring_name(&keyring.keyring)?;
-        if keyring.dek_ciphertext.is_empty() || keyring.dek_ciphertext.len() > MAX_DEK_CIPHERTEXT_LEN
+        if keyring.dek_ciphertext.is_empty()
+            || keyring.dek_ciphertext.len() > MAX_DEK_CIPHERTEXT_LEN
         {
             return Err(WireError::BadRequest {
                 message: format!("dek_ciphertext must be 1-{MAX_DEK_CIPHERTEXT_LEN} bytes"),

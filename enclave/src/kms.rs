@@ -192,7 +192,11 @@ impl Kms {
     ///
     /// # Errors
     /// [`KmsError::Config`] for an empty or malformed region, key id or endpoint.
-    pub fn new(config: &KmsConfig, mode: Mode, nsm: Arc<dyn NsmProvider>) -> Result<Self, KmsError> {
+    pub fn new(
+        config: &KmsConfig,
+        mode: Mode,
+        nsm: Arc<dyn NsmProvider>,
+    ) -> Result<Self, KmsError> {
         check_config(config, mode)?;
         use aws_smithy_http_client::tls;
         let http = aws_smithy_http_client::Builder::new()
@@ -272,7 +276,9 @@ impl Kms {
             out.plaintext().map(Blob::as_ref),
         )?;
         if bytes.len() != READINESS_RANDOM_BYTES as usize {
-            return Err(KmsError::Answer("GenerateRandom returned the wrong number of bytes"));
+            return Err(KmsError::Answer(
+                "GenerateRandom returned the wrong number of bytes",
+            ));
         }
         Ok(())
     }
@@ -303,7 +309,9 @@ impl Kms {
             .map_err(sdk_error)?;
         let blob = out
             .ciphertext_blob()
-            .ok_or(KmsError::Answer("GenerateDataKey returned no CiphertextBlob"))?
+            .ok_or(KmsError::Answer(
+                "GenerateDataKey returned no CiphertextBlob",
+            ))?
             .as_ref()
             .to_vec();
         let plaintext = open_kms_answer(
@@ -384,7 +392,9 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
             if url.starts_with("http://") || url.starts_with("https://") {
                 Ok(())
             } else {
-                Err(KmsError::Config("endpoint_url must be http:// or https://".into()))
+                Err(KmsError::Config(
+                    "endpoint_url must be http:// or https://".into(),
+                ))
             }
         }
         Mode::Nitro => {
@@ -393,7 +403,11 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
                 .map(|r| r.strip_suffix('/').unwrap_or(r))
                 .ok_or_else(|| KmsError::Config("endpoint_url must be https:// on Nitro".into()))?;
             let host = match host_port.split_once(':') {
-                Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+                Some((host, port))
+                    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    host
+                }
                 Some(_) => return Err(KmsError::Config("endpoint_url has a bad port".into())),
                 None => host_port,
             };
@@ -433,7 +447,11 @@ mod tests {
     #[test]
     fn accepts_regional_and_simulation_endpoints() {
         check_config(&config(None), Mode::Nitro).unwrap();
-        check_config(&config(Some("https://kms.us-east-1.amazonaws.com")), Mode::Nitro).unwrap();
+        check_config(
+            &config(Some("https://kms.us-east-1.amazonaws.com")),
+            Mode::Nitro,
+        )
+        .unwrap();
         check_config(
             &config(Some("https://kms-fips.us-east-1.amazonaws.com:8443/")),
             Mode::Nitro,
@@ -453,7 +471,10 @@ mod tests {
             "https://127.0.0.1:4566",
         ] {
             assert!(
-                matches!(check_config(&config(Some(url)), Mode::Nitro), Err(KmsError::Config(_))),
+                matches!(
+                    check_config(&config(Some(url)), Mode::Nitro),
+                    Err(KmsError::Config(_))
+                ),
                 "{url}"
             );
         }

@@ -65,8 +65,8 @@ async fn main() -> ExitCode {
 }
 
 async fn start(args: Args) -> Result<(), String> {
-    let hardened = ekms_enclave::hardening::apply()
-        .map_err(|e| format!("cannot harden the process: {e}"))?;
+    let hardened =
+        ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
     tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
 
     let kind = match args.nsm {

@@ -162,7 +162,10 @@ impl Connection {
                 Err(e) => match e.request_id() {
                     Some(id) => {
                         tracing::info!(request_id = id, error = %e, "bad request frame");
-                        if send(&tx, &ResponseFrame::err(id, e.to_wire())).await.is_err() {
+                        if send(&tx, &ResponseFrame::err(id, e.to_wire()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                         continue;
@@ -175,7 +178,10 @@ impl Connection {
             };
             let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
                 tracing::warn!(request_id = frame.request_id, "busy");
-                if send(&tx, &ResponseFrame::err(frame.request_id, WireError::Busy)).await.is_err() {
+                if send(&tx, &ResponseFrame::err(frame.request_id, WireError::Busy))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -208,7 +214,10 @@ impl Connection {
 
     /// Reads one frame body. Waits without deadline (but stops on shutdown) for the
     /// first byte, then reads the rest within [`FRAME_DEADLINE`].
-    async fn read_frame(&mut self, reader: &mut ReadHalf<Box<dyn Duplex>>) -> Result<Vec<u8>, ReadEnd> {
+    async fn read_frame(
+        &mut self,
+        reader: &mut ReadHalf<Box<dyn Duplex>>,
+    ) -> Result<Vec<u8>, ReadEnd> {
         let mut prefix = [0u8; FRAME_PREFIX_LEN];
         if *self.stop.borrow() {
             return Err(ReadEnd::Closed);
@@ -227,9 +236,8 @@ impl Connection {
         }
         let rest = async {
             reader.read_exact(&mut prefix[1..]).await?;
-            let len = frame_len(prefix).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-            })?;
+            let len = frame_len(prefix)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             let mut body = vec![0u8; len];
             reader.read_exact(&mut body).await?;
             Ok::<_, std::io::Error>(body)
@@ -277,9 +285,8 @@ async fn write_loop(mut writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiv
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attestation::{SimulatedCa, SimulatedNsm};
     use ekms_shared::{
-        decode_response, encode_request, Address, EnclaveState, Mode, Request, RequestFrame,
+        decode_response, encode_request, Address, EnclaveState, Request, RequestFrame,
         ResponseBody, MAX_FRAME_LEN,
     };
     use tokio::net::UnixStream;
@@ -294,9 +301,7 @@ mod tests {
     async fn start(limits: Limits) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("enclave.sock");
-        let ca = SimulatedCa::generate().unwrap();
-        let nsm = SimulatedNsm::for_executable(&ca, &std::env::current_exe().unwrap()).unwrap();
-        let enclave = Arc::new(Enclave::new(Arc::new(nsm), Mode::Simulation).unwrap());
+        let enclave = Arc::new(crate::state::test_enclave());
         let listener = Listener::bind(&Address::Unix(path.clone())).await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, enclave, limits, async {
@@ -379,7 +384,11 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 1];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 0, "closed without an answer");
+        assert_eq!(
+            s.read(&mut buf).await.unwrap(),
+            0,
+            "closed without an answer"
+        );
         // Garbage with no readable request id also closes.
         let mut s = UnixStream::connect(&server.path).await.unwrap();
         s.write_all(&[0, 0, 0, 2, 0xff, 0xff]).await.unwrap();

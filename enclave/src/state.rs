@@ -252,9 +252,37 @@ impl Enclave {
     }
 }
 
+/// A `Booting` simulated enclave for unit tests. Its PCRs are derived from a fixed
+/// digest: measuring the ~200 MB debug test binary would take half a minute.
+#[cfg(test)]
+pub(crate) fn test_enclave() -> Enclave {
+    let ca = attestation::SimulatedCa::generate().expect("simulation CA");
+    let pcrs = attestation::pcrs_from_digest(b"ekms-enclave unit tests");
+    let nsm = attestation::SimulatedNsm::new(&ca, pcrs).expect("simulated NSM");
+    Enclave::new(Arc::new(nsm), Mode::Simulation).expect("enclave")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_enclave_is_booting_with_three_pcrs() {
+        let e = test_enclave();
+        assert_eq!(e.state(), EnclaveState::Booting);
+        assert_eq!(e.pcrs().keys().copied().collect::<Vec<_>>(), STATUS_PCRS);
+        assert!(e.admit(RequestKind::Status).unwrap().is_none());
+    }
+
+    #[test]
+    fn rejects_sign_before_ready() {
+        let e = test_enclave();
+        assert_eq!(e.admit(RequestKind::Sign).unwrap_err(), WireError::NotReady);
+        assert_eq!(
+            e.admit(RequestKind::CreateKeyring).unwrap_err(),
+            WireError::NotReady
+        );
+    }
 
     const ALL: [RequestKind; 7] = [
         RequestKind::Configure,

@@ -4,7 +4,7 @@
 //! SIMULATION-ONLY admin endpoint `GET`/`POST /_sim/faults`.
 //!
 //! One handler per operation, dispatched by a single `match` on [`Operation`]. SigV4
-//! headers are accepted and not checked: the emulator has one caller, and key
+//! headers and `Content-Type` are accepted and not checked: the emulator has one caller, and key
 //! policies' `Principal` is not evaluated (see [`crate::policy`]).
 //!
 //! Bodies are bounded ([`MAX_BODY_BYTES`]) and read under a deadline before any JSON
@@ -767,6 +767,152 @@ async fn post_faults(State(state): State<Arc<AppState>>, body: Body) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_state(dir: &std::path::Path) -> Arc<AppState> {
+        let ca = attestation::SimulatedCa::generate().unwrap();
+        let root = dir.join("root.pem");
+        std::fs::write(&root, ca.root_pem()).unwrap();
+        crate::load(&crate::Config::new(dir.join("state"), Some(root))).unwrap()
+    }
+
+    async fn call(state: &Arc<AppState>, operation: &str, body: &str) -> Result<Value, ApiError> {
+        handle(
+            state,
+            &format!("TrentService.{operation}"),
+            Body::from(body.to_owned()),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn plaintext_data_key_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let created = call(&state, "CreateKey", "{}").await.unwrap();
+        let arn = created["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+        let generated = call(
+            &state,
+            "GenerateDataKey",
+            &json!({"KeyId": arn, "NumberOfBytes": 24, "EncryptionContext": {"a": "b"}})
+                .to_string(),
+        )
+        .await
+        .unwrap();
+        assert!(generated.get("CiphertextForRecipient").is_none());
+        let plaintext = B64
+            .decode(generated["Plaintext"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(plaintext.len(), 24);
+        let decrypted = call(
+            &state,
+            "Decrypt",
+            &json!({"CiphertextBlob": generated["CiphertextBlob"], "EncryptionContext": {"a": "b"}})
+                .to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(decrypted["Plaintext"], generated["Plaintext"]);
+        assert_eq!(decrypted["KeyId"], json!(arn));
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_bodies_and_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = test_state(dir.path());
+        let kind = |r: Result<Value, ApiError>| r.unwrap_err().kind;
+        let huge = format!("{{\"NumberOfBytes\":1{}}}", " ".repeat(MAX_BODY_BYTES));
+        assert_eq!(
+            kind(call(&state, "GenerateRandom", &huge).await),
+            ErrorKind::Validation
+        );
+        assert_eq!(
+            kind(call(&state, "GenerateRandom", "{nope").await),
+            ErrorKind::Serialization
+        );
+        assert_eq!(
+            kind(call(&state, "GenerateRandom", "[]").await),
+            ErrorKind::Serialization
+        );
+        assert_eq!(
+            kind(call(&state, "GenerateRandom", r#"{"NumberOfBytes":"8"}"#).await),
+            ErrorKind::Serialization
+        );
+        assert_eq!(
+            kind(call(&state, "GenerateRandom", "{}").await),
+            ErrorKind::Validation
+        );
+        assert_eq!(
+            kind(call(&state, "ListKeys", "{}").await),
+            ErrorKind::UnknownOperation
+        );
+        assert_eq!(
+            kind(
+                call(
+                    &state,
+                    "Encrypt",
+                    r#"{"KeyId":"alias/x","Plaintext":"AA=="}"#
+                )
+                .await
+            ),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(call(&state, "CreateKey", r#"{"KeySpec":"RSA_2048"}"#).await),
+            ErrorKind::UnsupportedOperation
+        );
+        assert_eq!(
+            kind(call(&state, "CreateKey", r#"{"Policy":"{}"}"#).await),
+            ErrorKind::MalformedPolicyDocument
+        );
+        assert_eq!(
+            kind(call(&state, "Decrypt", r#"{"CiphertextBlob":"AAAA"}"#).await),
+            ErrorKind::InvalidCiphertext
+        );
+        assert_eq!(
+            kind(
+                call(
+                    &state,
+                    "GenerateRandom",
+                    r#"{"NumberOfBytes":8,"Recipient":{}}"#
+                )
+                .await
+            ),
+            ErrorKind::Validation
+        );
+    }
+
+    #[tokio::test]
+    async fn run_serves_in_process_and_shuts_down() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = attestation::SimulatedCa::generate().unwrap();
+        let root = dir.path().join("root.pem");
+        std::fs::write(&root, ca.root_pem()).unwrap();
+        let config = crate::Config::new(dir.path().join("state"), Some(root));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+
+        let body = r#"{"NumberOfBytes":16}"#;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: TrentService.GenerateRandom\r\n\
+             Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("\"Plaintext\""), "{response}");
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn maps_targets_to_operations() {

@@ -3,6 +3,9 @@
 //! simulation CA per test), and the enclave's `RecipientKey` opening
 //! `CiphertextForRecipient`.
 
+// Test helpers outside `#[test]` functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
