@@ -173,3 +173,28 @@ def test_rejects_policy_mac_changed(sim, client):
     mac[-1] ^= 0x80
     write(sim, "UPDATE policies SET mac = ? WHERE key_id = ?", (bytes(mac), key["key_id"]))
     failed_sign_changes_nothing(sim, key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the enclave keeps no state, so an older policy row with its valid "
+    "MAC (a rollback by the parent) is accepted; needs an enclave-verifiable version floor",
+)
+def test_rejects_policy_rollback_to_older_version(sim, client):
+    """The owner tightens the policy; the parent puts the previous (looser, validly
+    MAC'd) row back. DESIGN §1: the parent must not silently loosen a policy."""
+    loose = {**POLICY, "evm": {**POLICY["evm"], "max_value_wei": str(10 * ONE_ETH)}}
+    key = client.create_key("secp256k1", loose)
+    conn = db_connect(sim.db_path)
+    try:
+        old = conn.execute("SELECT version, policy_json, mac FROM policies WHERE key_id = ?", (key["key_id"],)).fetchone()
+    finally:
+        conn.close()
+    tight = {**loose, "evm": {**loose["evm"], "max_value_wei": "0"}}
+    assert client.set_policy(key["key_id"], tight).status == 200
+    five_eth = evm_eip1559(1, DEST, 5 * ONE_ETH)
+    r = client.sign_evm(key["key_id"], five_eth)
+    assert r.status == 403 and r.error.get("rule") == "evm.max_value_wei", r
+    write(sim, "UPDATE policies SET version = ?, policy_json = ?, mac = ? WHERE key_id = ?", (*old, key["key_id"]))
+    r = client.sign_evm(key["key_id"], five_eth)
+    assert r.status != 200 and "signature" not in r.json, f"the rolled-back policy signed: {r}"

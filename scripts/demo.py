@@ -79,7 +79,7 @@ def expect(condition: bool, what: str) -> None:
 def run(state_dir: Path) -> None:
     step(1, f"start the simulation (kms-sim, enclave, parent) in {state_dir}")
     fresh_dir(state_dir)
-    sim = Sim(state_dir, log_path=state_dir.parent / (state_dir.name + ".log")).start()
+    sim = Sim(state_dir, log_path=state_dir / "ekms-sim.out").start()
     try:
         started = time.monotonic()
         health = sim.wait_ready(90)

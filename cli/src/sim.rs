@@ -44,8 +44,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub const MAX_RESTARTS: usize = 5;
 /// Window over which [`MAX_RESTARTS`] is counted.
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
-/// How long a child may take to print its `listening on …` line.
-pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child may take to print its `listening on …` line (a debug build of the
+/// enclave hashes its own executable first, which takes tens of seconds).
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Executable names expected next to `ekms`.
 pub const KMS_SIM_BIN: &str = "kms-sim";
@@ -430,12 +431,13 @@ async fn start(
 ) -> Result<Started, Error> {
     attestation::SimulatedCa::load_or_create(&paths.ca_dir)
         .map_err(|e| Error::Sim(format!("simulated CA in {}: {e}", paths.ca_dir.display())))?;
-    let pcrs = attestation::measure_executable(&bins.enclave)
-        .map_err(|e| Error::io(format!("measuring {}", bins.enclave.display()), e))?;
-    let pcr0_hex = pcrs
-        .get(&0)
-        .map(hex::encode)
-        .ok_or_else(|| Error::Sim("the measurement has no PCR0".into()))?;
+    // Hashing the enclave executable takes seconds (tens of seconds for an unoptimised
+    // debug build), and the enclave measures itself the same way at start: do ours in the
+    // background while kms-sim and the enclave start. The enclave needs no KMS key until
+    // the parent configures it, and the parent starts only once the key policy is right.
+    let enclave_bin = bins.enclave.clone();
+    let measurement =
+        tokio::task::spawn_blocking(move || attestation::measure_executable(&enclave_bin));
 
     let mut cmd = Command::new(&bins.kms_sim);
     cmd.args(["--listen", "127.0.0.1:0", "--state-dir"])
@@ -451,7 +453,16 @@ async fn start(
     let kms_proc = Proc::spawn("kms-sim", &bins.kms_sim, cmd, paths.log("kms-sim")).await?;
     let kms_endpoint = format!("http://{}", kms_proc.listening);
     procs.kms = Some(kms_proc);
+    procs.enclave = Some(spawn_enclave(paths, bins).await?);
 
+    let pcrs = measurement
+        .await
+        .map_err(|e| Error::Sim(format!("measuring the enclave: {e}")))?
+        .map_err(|e| Error::io(format!("measuring {}", bins.enclave.display()), e))?;
+    let pcr0_hex = pcrs
+        .get(&0)
+        .map(hex::encode)
+        .ok_or_else(|| Error::Sim("the measurement has no PCR0".into()))?;
     let client = kms::sim_client(&kms_endpoint);
     let key = kms::ensure_key(&client, &paths.arn_file, &pcr0_hex).await?;
     match &key {
@@ -463,8 +474,6 @@ async fn start(
             old_pcr0.as_deref().unwrap_or("none")
         ),
     }
-
-    procs.enclave = Some(spawn_enclave(paths, bins).await?);
 
     let mut cmd = Command::new(&bins.parent);
     cmd.arg("--state-dir")
@@ -589,7 +598,15 @@ async fn supervise(
                 }
                 restarts.push_back(Instant::now());
                 total_restarts += 1;
-                let enclave = spawn_enclave(paths, bins).await?;
+                // A signal while the new enclave boots drops the half-started child,
+                // which kill_on_drop then kills: it serves nothing yet.
+                let enclave = tokio::select! {
+                    r = spawn_enclave(paths, bins) => r?,
+                    sig = signals.recv() => {
+                        println!("ekms sim: {sig}: stopping parent and kms-sim");
+                        return Ok(());
+                    }
+                };
                 println!("ekms sim: enclave restarted (pid {}); the parent reconnects by itself", enclave.pid);
                 procs.enclave = Some(enclave);
                 write_status(paths, bins, procs, started, total_restarts)?;

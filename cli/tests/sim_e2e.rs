@@ -279,6 +279,38 @@ fn sim_runs_serves_restarts_the_enclave_stops_and_keeps_keys() {
     let shown = ok_json(&socket, &["keys", "show", &evm_id]);
     assert_eq!(shown["public_key"], evm["public_key"]);
 
+    // Policy and signing: an EIP-1559 transfer of 0 wei on chain 1 to 0x11…11
+    // (hand-encoded RLP: 0x02 || [1, 0, 1, 1, 21000, to, 0, "", []]).
+    let to = "11".repeat(20);
+    let tx_on = |chain: &str| format!("0x02df{chain}80010182520894{to}8080c0");
+    let policy = format!(
+        r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["0x{to}"],"max_value_wei":"0"}}}}"#
+    );
+    let before_sign = ekms(&socket, &["sign", "evm", &evm_id, &tx_on("01")]);
+    assert_eq!(
+        before_sign.status.code(),
+        Some(1),
+        "default policy must refuse"
+    );
+    let set = ok_json(&socket, &["policy", "set", &evm_id, &policy]);
+    assert!(set["policy_version"].as_u64().unwrap() >= 1, "{set}");
+    let signed = ok_json(&socket, &["sign", "evm", &evm_id, &tx_on("01")]);
+    assert!(
+        signed["signed_transaction"]
+            .as_str()
+            .unwrap()
+            .starts_with("0x02"),
+        "{signed}"
+    );
+    assert!(signed["signature"]["r"].is_string(), "{signed}");
+    let refused = ekms(&socket, &["sign", "evm", &evm_id, &tx_on("05")]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).starts_with("ekms: "));
+    let bad_sol = ekms(&socket, &["sign", "solana", &sol_id, "AQID"]);
+    assert_eq!(bad_sol.status.code(), Some(1));
+    let bad_hex = ekms(&socket, &["sign", "evm", &evm_id, "02df"]);
+    assert_eq!(bad_hex.status.code(), Some(2));
+
     // Refusals: usage errors exit 2, server refusals exit 1 with the server's code.
     let bad = ekms(&socket, &["keys", "create", "--algorithm", "rsa"]);
     assert_eq!(bad.status.code(), Some(2));
