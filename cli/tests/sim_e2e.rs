@@ -97,7 +97,7 @@ impl SimGuard {
         text
     }
 
-    /// Polls `ekms health` until it succeeds.
+    /// Polls `ekms health` until it succeeds and `sim.json` exists.
     fn wait_healthy(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -105,7 +105,8 @@ impl SimGuard {
                 panic!("ekms sim exited early ({status})\n{}", self.diagnostics());
             }
             let out = ekms(&self.socket(), &["health"]);
-            if out.status.success() {
+            // sim.json is written just after health first answers 200.
+            if out.status.success() && self.state_dir.join("sim.json").exists() {
                 let v: Value = serde_json::from_slice(&out.stdout).unwrap();
                 assert_eq!(v["status"], "ok");
                 assert_eq!(v["mode"], "simulation");

@@ -584,4 +584,48 @@ mod tests {
         assert_eq!(p2.len(), 32);
         assert_ne!(s1.as_slice(), s2.as_slice());
     }
+
+    /// An NSM whose entropy source is broken: it returns only zeros.
+    struct ZeroNsm;
+
+    impl NsmProvider for ZeroNsm {
+        fn attestation_document(
+            &self,
+            _req: &AttestationRequest<'_>,
+        ) -> Result<Vec<u8>, attestation::NsmError> {
+            Err(attestation::NsmError::NoEntropy)
+        }
+        fn random(&self, out: &mut [u8]) -> Result<(), attestation::NsmError> {
+            out.fill(0);
+            Ok(())
+        }
+        fn describe_pcr(&self, _index: u16) -> Result<Vec<u8>, attestation::NsmError> {
+            Ok(vec![0; 48])
+        }
+    }
+
+    #[test]
+    fn rejects_secrets_from_a_broken_random_source() {
+        for algorithm in [Algorithm::Secp256k1, Algorithm::Ed25519] {
+            assert_eq!(
+                new_secret(&ZeroNsm, algorithm).unwrap_err(),
+                WireError::Internal,
+                "{algorithm:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_attestation_when_the_nsm_fails() {
+        let e = Enclave::new(Arc::new(ZeroNsm), Mode::Nitro).unwrap();
+        let r = handle(
+            &e,
+            Request::Attestation {
+                nonce: None,
+                user_data: None,
+            },
+        )
+        .await;
+        assert!(matches!(r, Err(WireError::Attestation { .. })), "{r:?}");
+    }
 }

@@ -143,6 +143,9 @@ impl DekCache {
 pub struct Keyrings {
     kms: Arc<Kms>,
     cache: DekCache,
+    /// One lock per data key being fetched, so that concurrent misses for the same key
+    /// make one KMS `Decrypt` (only when caching is on).
+    fetching: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Keyrings {
@@ -151,6 +154,7 @@ impl Keyrings {
         Self {
             kms,
             cache: DekCache::new(policy),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -199,14 +203,40 @@ impl Keyrings {
         if let Some(dek) = self.cache.take(&key, Instant::now()) {
             return Ok(dek);
         }
+        if !self.cache.enabled() {
+            return self.fetch(keyring).await;
+        }
+        let lock = {
+            let mut map = self
+                .fetching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(key.clone()).or_default())
+        };
+        let _single_flight = lock.lock().await;
+        // Another request may have fetched it while this one waited.
+        if let Some(dek) = self.cache.take(&key, Instant::now()) {
+            return Ok(dek);
+        }
+        let fetched = self.fetch(keyring).await;
+        self.fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        let dek = fetched?;
+        // The request that fetched it is its first use.
+        self.cache.put(key, Arc::clone(&dek), Instant::now(), 1);
+        Ok(dek)
+    }
+
+    /// KMS `Decrypt` of `keyring`'s blob, bypassing the cache.
+    async fn fetch(&self, keyring: &KeyringRef) -> Result<Arc<DataKey>, WireError> {
         let dek = Arc::new(
             self.kms
                 .decrypt_data_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext)
                 .await
                 .map_err(|e| e.to_wire())?,
         );
-        // The request that fetched it is its first use.
-        self.cache.put(key, Arc::clone(&dek), Instant::now(), 1);
         Ok(dek)
     }
 }
