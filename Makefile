@@ -1,9 +1,13 @@
 # enclave-kms: one command each (STYLE.md rule 15).
 # Every cargo call uses --locked: the committed Cargo.lock is what CI and releases build.
+# CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
 
-CARGO ?= cargo
+CARGO  ?= cargo
+PYTHON ?= python3
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+VENV   := $(CURDIR)/.venv
 
-.PHONY: all build test lint fmt kms-sim
+.PHONY: all build test test-rust test-e2e lint fmt demo sim bench eif venv clean-sim
 
 all: build
 
@@ -11,12 +15,30 @@ all: build
 build:
 	$(CARGO) build --workspace --locked --all-targets
 
-# The test command (README, .ci/run): unit tests of every crate, the attestation test
-# vectors, the CMS fixture made by OpenSSL, and the integration tests that start the real
-# kms-sim binary and talk to it with the real aws-sdk-kms client.
-test:
+# The test command (README, .ci/run): every Rust test (units, the real AWS attestation
+# vectors, the OpenSSL CMS fixtures, kms-sim driven by the real aws-sdk-kms, the `ekms
+# sim` smoke test), the production build without the simulated NSM, and the Python
+# end-to-end interoperability tests (eth-account, solders, PyNaCl) against the real
+# binaries.
+test: test-rust test-e2e
+
+test-rust: build
 	$(CARGO) test --workspace --locked --all-targets
 	$(CARGO) test --workspace --locked --doc
+	# The production attestation crate (no simulation feature) and a production enclave
+	# image (no simulated NSM compiled in) must build and pass on their own.
+	$(CARGO) test --locked -p attestation
+	$(CARGO) build --locked -p ekms-enclave --no-default-features
+
+test-e2e: build venv
+	cd e2e && EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/pytest -q
+
+# Python environment for the interop tests and the demo (packages from PyPI, pinned).
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
 
 # Lint floor (STYLE.md rule 2): formatting and clippy with warnings as errors.
 lint:
@@ -27,7 +49,30 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Runs the KMS emulator in the foreground on 127.0.0.1:4566 with state under ./.sim
-# (a fresh simulated Nitro CA is created there on first use).
-kms-sim:
-	$(CARGO) run --locked -p kms-sim --bin kms-sim -- --listen 127.0.0.1:4566 --state-dir .sim/kms --attestation-root .sim/ca/root.pem
+# The quick start: builds, starts the simulation in ./.demo, creates an EVM and a Solana
+# key with policies, signs a real EIP-1559 transaction and a Solana transfer, shows a
+# refused out-of-policy request, verifies the signatures with eth-account and solders and
+# the attestation document with `ekms attestation verify`, and stops.
+demo: build venv
+	EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/python scripts/demo.py
+
+# Runs the whole simulation in the foreground with state in ./.sim (Ctrl-C stops it);
+# talk to it with `ekms --socket .sim/ekms.sock ...`.
+sim: build
+	$(TARGET_DIR)/debug/ekms sim --state-dir .sim
+
+# End-to-end signatures per second (EVM, Solana; 1 and 64 in flight) beside the raw
+# in-process signing rates of the same run, release build. Results: docs/bench.md.
+bench:
+	$(CARGO) build --release --workspace --locked
+	$(TARGET_DIR)/release/ekms-bench --bin-dir $(TARGET_DIR)/release
+
+# Builds the enclave image file (EIF) for AWS Nitro Enclaves. Needs a Docker engine and
+# nitro-cli (an EC2 host with Nitro Enclaves enabled); see docs/nitro.md. Prints the
+# PCR0/1/2 that the KMS key policy must require.
+eif:
+	docker build -f Dockerfile.enclave -t enclave-kms-enclave:latest .
+	nitro-cli build-enclave --docker-uri enclave-kms-enclave:latest --output-file ekms-enclave.eif
+
+clean-sim:
+	rm -rf .sim .demo

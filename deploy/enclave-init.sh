@@ -1,0 +1,12 @@
+#!/bin/sh
+# Init of the enclave image (Dockerfile.enclave). A Nitro Enclave has no network and its
+# loopback interface starts down: bring it up, point the regional KMS host name at the
+# in-enclave TCP->vsock forwarder (which pipes TLS bytes to vsock-proxy on the parent,
+# CID 3 port 8000), and serve the parent on vsock port 5000.
+set -eu
+ip link set dev lo up
+echo "127.0.0.1 kms.${KMS_REGION}.amazonaws.com" >> /etc/hosts
+exec /usr/local/bin/ekms-enclave \
+  --nsm nitro \
+  --listen vsock://4294967295:5000 \
+  --kms-forward 127.0.0.1:443
