@@ -125,3 +125,38 @@ pub async fn run(
 ) {
     server::serve(listener, enclave, limits, shutdown).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "simulation"))]
+    #[test]
+    fn rejects_simulation_without_the_feature() {
+        let r = open_nsm(NsmKind::Simulation, Path::new("/tmp"));
+        assert!(matches!(r, Err(EnclaveError::SimulationUnavailable)));
+    }
+
+    #[cfg(feature = "simulation")]
+    #[test]
+    fn rejects_an_unusable_simulation_ca_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let r = open_nsm(NsmKind::Simulation, &file);
+        assert!(
+            matches!(r, Err(EnclaveError::Simulation(_))),
+            "{:?}",
+            r.err()
+        );
+    }
+
+    #[test]
+    fn rejects_nitro_without_the_device() {
+        if Path::new(attestation::NSM_DEVICE_PATH).exists() {
+            return; // on real hardware the device opens
+        }
+        let r = open_nsm(NsmKind::Nitro, Path::new("/tmp"));
+        assert!(matches!(r, Err(EnclaveError::Nsm(_))), "{:?}", r.err());
+    }
+}
