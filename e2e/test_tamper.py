@@ -175,14 +175,11 @@ def test_rejects_policy_mac_changed(sim, client):
     failed_sign_changes_nothing(sim, key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the enclave keeps no state, so an older policy row with its valid "
-    "MAC (a rollback by the parent) is accepted; needs an enclave-verifiable version floor",
-)
 def test_rejects_policy_rollback_to_older_version(sim, client):
     """The owner tightens the policy; the parent puts the previous (looser, validly
-    MAC'd) row back. DESIGN §1: the parent must not silently loosen a policy."""
+    MAC'd) row back. DESIGN §1: the parent must not silently loosen a policy. The
+    enclave refuses a version below the newest it has issued or used (in memory: an
+    enclave restart forgets the floor, see enclave/src/floor.rs)."""
     loose = {**POLICY, "evm": {**POLICY["evm"], "max_value_wei": str(10 * ONE_ETH)}}
     key = client.create_key("secp256k1", loose)
     conn = db_connect(sim.db_path)
@@ -198,3 +195,4 @@ def test_rejects_policy_rollback_to_older_version(sim, client):
     write(sim, "UPDATE policies SET version = ?, policy_json = ?, mac = ? WHERE key_id = ?", (*old, key["key_id"]))
     r = client.sign_evm(key["key_id"], five_eth)
     assert r.status != 200 and "signature" not in r.json, f"the rolled-back policy signed: {r}"
+    assert r.status == 500 and r.error.get("code") == "sealed_state_invalid", r

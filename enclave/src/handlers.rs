@@ -234,19 +234,19 @@ async fn set_policy(
     current: SealedPolicy,
     policy_json: String,
 ) -> Result<ResponseBody, WireError> {
-    // Authorisation by the owner's signature and rollback protection (a monotonic
-    // counter the parent cannot reset) are the next issue's; today any caller that holds
-    // the current sealed policy can replace it, and the MAC proves only that the current
-    // policy was written by this enclave.
+    // Authorisation by the owner's signature is the next issue's: today any caller that
+    // holds the current sealed policy can replace it. Rollback of the stored row is
+    // refused while this enclave runs (crate::floor); a persistent anchor is future work.
     check_record_keyring(&record, &keyring)?;
     let dek = services.keyrings.data_key(&keyring).await?;
-    open_and_verify(&dek, &record, &current)?;
+    open_and_verify(services, &dek, &record, &current)?;
     let policy = Policy::parse(&policy_json).map_err(policy_error)?;
     let version = current
         .version
         .checked_add(1)
         .ok_or(WireError::SealedStateInvalid)?;
     let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
+    services.policy_floors.raise(&record.key_id, version);
     Ok(ResponseBody::PolicySet { policy })
 }
 
@@ -270,7 +270,7 @@ async fn sign(
         )));
     }
     let dek = services.keyrings.data_key(&keyring).await?;
-    let secret = open_and_verify(&dek, &record, &policy)?;
+    let secret = open_and_verify(services, &dek, &record, &policy)?;
     drop(dek);
     let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
     let output = match record.algorithm {
@@ -313,14 +313,20 @@ async fn sign(
     Ok(ResponseBody::Signed(output))
 }
 
-/// Opens `record` and verifies `policy`'s MAC; both failures are the same error.
+/// Opens `record`, verifies `policy`'s MAC and that its version is not below the key's
+/// floor (a rolled-back row); all three failures are the same error.
 fn open_and_verify(
+    services: &Services,
     dek: &DataKey,
     record: &SealedKeyRecord,
     policy: &SealedPolicy,
 ) -> Result<Zeroizing<Vec<u8>>, WireError> {
     let secret = sealing::open(dek, record).map_err(|_| WireError::SealedStateInvalid)?;
     sealing::verify_policy(dek, record, policy).map_err(|_| WireError::SealedStateInvalid)?;
+    services
+        .policy_floors
+        .check_and_raise(&record.key_id, policy.version)
+        .map_err(|_| WireError::SealedStateInvalid)?;
     Ok(secret)
 }
 

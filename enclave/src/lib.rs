@@ -27,6 +27,7 @@ use std::sync::Arc;
 use attestation::NsmProvider;
 use ekms_shared::Mode;
 
+pub mod floor;
 pub mod handlers;
 pub mod hardening;
 pub mod io;

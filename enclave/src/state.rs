@@ -23,6 +23,7 @@ use attestation::NsmProvider;
 use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, Mode, Request, WireError};
 use serde_bytes::ByteBuf;
 
+use crate::floor::PolicyFloors;
 use crate::keyring::Keyrings;
 use crate::kms::Kms;
 use crate::EnclaveError;
@@ -100,6 +101,8 @@ pub struct Services {
     pub kms: Arc<Kms>,
     /// Keyrings and the data-key cache.
     pub keyrings: Keyrings,
+    /// Per-key policy version floors (rollback defence while the enclave runs).
+    pub policy_floors: PolicyFloors,
 }
 
 #[derive(Debug)]
@@ -247,6 +250,7 @@ impl Enclave {
         self.set_phase(Phase::Ready(Arc::new(Services {
             kms: client,
             keyrings,
+            policy_floors: PolicyFloors::default(),
         })));
         Ok(())
     }

@@ -605,6 +605,27 @@ async fn configure_create_generate_sign_and_refuse() {
         )
         .await
         .unwrap();
+    // The parent puts version 1 (validly MAC'd, but older) back: refused, for signing
+    // and as the base of another update.
+    let rolled_back = parent
+        .sign(
+            &evm_record,
+            &evm_policy_v1,
+            &main,
+            PayloadKind::EvmTransaction,
+            tx.clone(),
+        )
+        .await;
+    assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
+    let rolled_back = parent
+        .call(Request::SetPolicy {
+            record: evm_record.clone(),
+            keyring: main.clone(),
+            current: evm_policy_v1.clone(),
+            policy_json: evm_policy(),
+        })
+        .await;
+    assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
     let refused = parent
         .call(Request::SetPolicy {
             record: evm_record.clone(),
@@ -621,7 +642,7 @@ async fn configure_create_generate_sign_and_refuse() {
     let r = parent
         .sign(
             &evm_record,
-            &evm_policy_v1,
+            &evm_policy_v2,
             &bad_ring,
             PayloadKind::EvmTransaction,
             tx.clone(),
