@@ -117,6 +117,10 @@ mod tests {
         f.raise("k", 2);
         assert_eq!(f.check_and_raise("k", 1), Err(RolledBack));
         f.raise("k", 1);
-        assert_eq!(f.check_and_raise("k", 1), Err(RolledBack), "raise never lowers");
+        assert_eq!(
+            f.check_and_raise("k", 1),
+            Err(RolledBack),
+            "raise never lowers"
+        );
     }
 }
