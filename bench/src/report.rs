@@ -198,7 +198,7 @@ impl Report {
         if !self.cpu.is_empty() {
             let _ = writeln!(
                 s,
-                "\nCPU time per signature (user + system, from /proc/PID/stat over the measured rounds; 10 ms tick granularity):\n"
+                "\nCPU time per signature (user + system, from /proc/PID/stat over warm-up + measured rounds, divided by the signatures of that window; 10 ms tick granularity):\n"
             );
             let names: Vec<String> = self.cpu[0]
                 .per_signature
