@@ -175,6 +175,32 @@ pub fn claim_socket_path(path: &Path) -> Result<(), Error> {
     }
 }
 
+/// Creates the state directory (mode 0700) or, if it exists, tightens it to 0700, and
+/// returns its canonical path. `DirBuilder::mode` applies only to directories it
+/// creates: an existing `--state-dir` left group- or world-accessible would expose the
+/// simulated CA's private key and the sockets. Changing the mode of a directory owned
+/// by another user fails, so such a directory is refused.
+///
+/// # Errors
+/// [`Error::Io`] if the directory cannot be created, resolved or restricted;
+/// [`Error::Sim`] if the path is not a directory.
+pub fn prepare_state_dir(dir: &Path) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+    if !dir.is_dir() {
+        return Err(Error::Sim(format!("{} is not a directory", dir.display())));
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("restricting {} to mode 0700", dir.display()), e))?;
+    Ok(dir)
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers see the
 /// old or the new content, never a torn one.
 ///
@@ -369,13 +395,7 @@ struct Started {
 /// than [`MAX_RESTARTS`] times within [`RESTART_WINDOW`].
 pub async fn run(args: SimArgs) -> Result<(), Error> {
     let mut signals = Signals::install()?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&args.state_dir)
-        .map_err(|e| Error::io(format!("creating {}", args.state_dir.display()), e))?;
-    let state_dir = std::fs::canonicalize(&args.state_dir)
-        .map_err(|e| Error::io(format!("resolving {}", args.state_dir.display()), e))?;
+    let state_dir = prepare_state_dir(&args.state_dir)?;
     let paths = SimPaths::new(&state_dir);
     let exe = std::env::current_exe().map_err(|e| Error::io("locating the ekms executable", e))?;
     let exe_dir = exe
@@ -762,6 +782,31 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         assert!(claim_socket_path(&file).is_err());
         assert!(file.exists());
+    }
+
+    #[test]
+    fn prepares_a_new_state_dir_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = prepare_state_dir(&tmp.path().join("a/b")).unwrap();
+        assert!(dir.is_absolute());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn rejects_leaving_an_existing_state_dir_open() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = prepare_state_dir(&open).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "an existing directory is tightened");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(prepare_state_dir(&file).is_err());
     }
 
     #[test]

@@ -1025,6 +1025,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rejects_policy_too_large_for_a_frame_with_413() {
+        // A body limit above the frame limit: the body is read, but the enclave request
+        // cannot be encoded. That is the caller's request being too large, not a 500.
+        let h = Harness::start(1).await;
+        let app = app(&h, 2 * ekms_shared::MAX_FRAME_LEN, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let id = key["key_id"].as_str().unwrap();
+        let uri = format!("/v1/keys/{id}/policy");
+        let big = json!({"policy": {"note": "x".repeat(ekms_shared::MAX_FRAME_LEN)}});
+        let (s, v) = send(&app, "PUT", &uri, Some(&big.to_string())).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        );
+        let (_, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(v["policy_version"], 1, "nothing was written");
+        // Positive twin: a policy that fits goes through.
+        let small = json!({"policy": {"enabled": true}});
+        let (s, _) = send(&app, "PUT", &uri, Some(&small.to_string())).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
     async fn attestation_returns_the_document_as_base64() {
         let h = Harness::start(1).await;
         let app = app(&h, 4096, 8);

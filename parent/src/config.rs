@@ -184,6 +184,11 @@ pub struct Config {
     pub read_timeout: Duration,
 }
 
+/// Largest accepted timeout flag, in seconds (one hour). Bounded because hyper adds the
+/// header deadline to `Instant::now()` without overflow checking: a value near
+/// `u64::MAX` would panic every connection task.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
 /// Command-line flags of `ekms-parent`.
 #[derive(Debug, Parser)]
 #[command(
@@ -236,11 +241,14 @@ pub struct Args {
     /// Most open API connections.
     #[arg(long, env = "EKMS_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
-    /// Deadline for one enclave request, in seconds.
-    #[arg(long, env = "EKMS_ENCLAVE_TIMEOUT_SECS", default_value_t = 30)]
+    /// Deadline for one enclave request, in seconds (1 to 3600).
+    #[arg(long, env = "EKMS_ENCLAVE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub enclave_timeout_secs: u64,
-    /// Deadline for reading a request's headers (and, separately, its body), in seconds.
-    #[arg(long, env = "EKMS_READ_TIMEOUT_SECS", default_value_t = 10)]
+    /// Deadline for reading a request's headers (and, separately, its body), in seconds
+    /// (1 to 3600).
+    #[arg(long, env = "EKMS_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub read_timeout_secs: u64,
 }
 
@@ -271,8 +279,13 @@ impl Args {
                 return Err(Error::Config(format!("{name} must be at least 1")));
             }
         }
-        if self.enclave_timeout_secs == 0 || self.read_timeout_secs == 0 {
-            return Err(Error::Config("timeouts must be at least 1 s".into()));
+        // Also enforced by clap; repeated for `Args` built in code.
+        for t in [self.enclave_timeout_secs, self.read_timeout_secs] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&t) {
+                return Err(Error::Config(format!(
+                    "timeouts must be 1 to {MAX_TIMEOUT_SECS} s"
+                )));
+            }
         }
         Ok(Config {
             listen,
@@ -361,6 +374,27 @@ mod tests {
             "0",
         ])
         .is_err());
+    }
+
+    #[test]
+    fn rejects_timeouts_out_of_range() {
+        let parse = |flag: &str, v: &str| {
+            Args::try_parse_from([
+                "ekms-parent",
+                "--kms-region",
+                "r",
+                "--kms-key-id",
+                "k",
+                flag,
+                v,
+            ])
+        };
+        for flag in ["--read-timeout-secs", "--enclave-timeout-secs"] {
+            for v in ["0", "3601", "18446744073709551615"] {
+                assert!(parse(flag, v).is_err(), "{flag} {v}");
+            }
+            assert!(parse(flag, "3600").is_ok(), "{flag}");
+        }
     }
 
     #[test]

@@ -155,6 +155,13 @@ impl From<Error> for ApiError {
                 tracing::warn!(%detail, "stored key row is invalid");
                 ApiError::sealed_state_invalid()
             }
+            // Only encoding produces this here (an oversize answer from the enclave drops
+            // the connection instead): the caller's request does not fit in one frame.
+            Error::Protocol(ProtocolError::FrameTooLarge { max, .. }) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request does not fit in one enclave frame of {max} bytes"),
+            ),
             Error::PolicyConflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "policy_conflict", error.to_string())
             }

@@ -57,6 +57,21 @@ pub fn ensure_private_dir(dir: &std::path::Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
 
+/// Creates `path` with mode 0600 if it is missing, and sets an existing file to 0600.
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be opened or chmod fails.
+pub fn create_private_file(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    restrict_file(path)
+}
+
 /// Sets `path` to mode 0600 (owner read/write only).
 ///
 /// # Errors
@@ -167,6 +182,10 @@ pub struct ServeLimits {
     pub max_connections: usize,
     /// Deadline for receiving a request's headers (hyper `header_read_timeout`).
     pub header_read_timeout: Duration,
+    /// Longest a write to the client may make no progress (a client that never reads
+    /// its answers would otherwise hold a connection slot for ever); then the
+    /// connection is closed.
+    pub write_stall_timeout: Duration,
 }
 
 /// Serves `router` on `listener` with HTTP/1.1 until `shutdown` resolves, then stops
@@ -214,6 +233,7 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout);
+            let stream = WriteDeadline::new(stream, limits.write_stall_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = pin!(conn);
             let draining = async move {
@@ -252,6 +272,94 @@ pub async fn serve(
 enum AppStream {
     Unix(UnixStream),
     Tcp(TcpStream),
+}
+
+/// An application connection whose writes fail with `TimedOut` once they have made no
+/// progress for `timeout` (hyper has no write deadline of its own). Reads pass through:
+/// hyper's header deadline and the handlers' body deadline bound them.
+struct WriteDeadline {
+    inner: AppStream,
+    timeout: Duration,
+    /// Armed while a write or flush is pending; cleared on progress.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(inner: AppStream, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            stall: None,
+        }
+    }
+
+    /// Maps a write-side poll: progress disarms the deadline, `Pending` arms it (once)
+    /// and turns into `TimedOut` when it expires.
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stall = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, poll)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// A connection to the enclave.

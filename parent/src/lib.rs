@@ -50,9 +50,20 @@ impl Server {
         if let Some(dir) = config.db.parent().filter(|d| !d.as_os_str().is_empty()) {
             io::ensure_private_dir(dir)?;
         }
-        let store = Store::open(&config.db)?;
         // Sealed blobs are useless without the enclave, but still the operator's only.
-        io::restrict_file(&config.db)?;
+        // SQLite gives its `-wal` and `-shm` files the mode of the database file, so the
+        // file is made 0600 before SQLite opens (and writes the schema into the WAL);
+        // files of an earlier run are restricted too.
+        io::create_private_file(&config.db)?;
+        let store = Store::open(&config.db)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = config.db.clone().into_os_string();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                io::restrict_file(&side)?;
+            }
+        }
         let listener = AppListener::bind(&config.listen).await?;
         Ok(Server {
             config,
@@ -100,6 +111,7 @@ impl Server {
         let limits = ServeLimits {
             max_connections: c.max_connections,
             header_read_timeout: c.read_timeout,
+            write_stall_timeout: c.read_timeout,
         };
         let result = io::serve(self.listener, router, limits, shutdown).await;
         relay.shutdown();
@@ -209,6 +221,64 @@ mod tests {
         // The key is durable: a new store sees it.
         let store = Store::open(&dir.path().join("state/ekms.db")).unwrap();
         assert_eq!(store.list_keys(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rejects_clients_that_never_read_their_answers() {
+        // One connection slot. A client pipelines requests and never reads: hyper's
+        // writes stall once the socket buffers fill. Without a write deadline that
+        // connection holds the only slot for ever and nobody else is served.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut cfg = config(dir.path(), &fake.path);
+        cfg.max_connections = 1;
+        cfg.read_timeout = Duration::from_millis(300);
+        let server = Server::bind(cfg).await.unwrap();
+        let sock = dir.path().join("api.sock");
+        let task = tokio::spawn(server.run(std::future::pending()));
+        let get = "GET /v1/health HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\r\n";
+        for _ in 0..200 {
+            if http(&sock, get).await.0.contains(" 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut hog = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let pipelined = "GET /v1/keys?limit=1000 HTTP/1.1\r\nHost: ekms\r\n\r\n".repeat(64);
+        let writer = tokio::spawn(async move {
+            // Keeps writing until the server gives up on this connection.
+            while hog.write_all(pipelined.as_bytes()).await.is_ok() {}
+            hog
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), http(&sock, get))
+            .await
+            .expect("a second client is served once the stalled one is dropped");
+        assert!(status.contains(" 200 "), "{status} {body}");
+        writer.abort();
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn rejects_readable_database_files_even_in_an_open_directory() {
+        // The state directory already exists and is world-readable (packaging created
+        // it): the database and its WAL/SHM files must still be the owner's only.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let server = Server::bind(config(dir.path(), &fake.path)).await.unwrap();
+        let mut seen = 0;
+        for name in ["ekms.db", "ekms.db-wal", "ekms.db-shm"] {
+            if let Ok(meta) = std::fs::metadata(state.join(name)) {
+                seen += 1;
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+        }
+        assert!(seen >= 2, "the database and its WAL exist");
+        drop(server);
     }
 
     #[tokio::test]

@@ -157,7 +157,7 @@ impl Store {
             // A poisoned lock means a panic mid-call; SQLite rolled back any open
             // transaction when its guard dropped, so the connection is still sound.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            f(&mut guard).map_err(corrupt_on_wrong_type)
         })
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))?
@@ -324,8 +324,14 @@ impl Store {
                 return Ok(None);
             };
             let summary = summary.check()?;
-            let record: SealedKeyRecord = ciborium::from_reader(blob.as_slice())
-                .map_err(|_| Error::StoreCorrupt("sealed record does not decode".into()))?;
+            let mut rest = blob.as_slice();
+            let record: SealedKeyRecord = ciborium::de::from_reader_with_recursion_limit(
+                &mut rest,
+                ekms_shared::MAX_CBOR_DEPTH,
+            )
+            .ok()
+            .filter(|_| rest.is_empty())
+            .ok_or_else(|| Error::StoreCorrupt("sealed record does not decode".into()))?;
             if record.key_id != summary.key_id
                 || record.algorithm != summary.algorithm
                 || record.public_key != summary.public_key
@@ -418,6 +424,22 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+/// SQLite columns are dynamically typed: a row edited outside the parent can hold TEXT
+/// where a BLOB belongs, or an integer out of range. rusqlite reports that as a type
+/// error while reading the row; it is a corrupt row (answered `sealed_state_invalid`),
+/// not an internal failure of the store.
+fn corrupt_on_wrong_type(error: Error) -> Error {
+    use rusqlite::Error as E;
+    match error {
+        Error::Store(
+            e @ (E::InvalidColumnType(..)
+            | E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)),
+        ) => Error::StoreCorrupt(format!("a column has the wrong type: {e}")),
+        other => other,
     }
 }
 
@@ -706,6 +728,61 @@ mod tests {
                 "{id}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn rejects_rows_with_wrong_column_types_as_corrupt() {
+        let s = store_with_keyring().await;
+        let tamper = [
+            "UPDATE keys SET public_key = 'text' WHERE key_id = 'k1'",
+            "UPDATE policies SET mac = 'text' WHERE key_id = 'k2'",
+            "UPDATE keys SET sealed_record = 'text' WHERE key_id = 'k3'",
+            "UPDATE policies SET policy_json = x'00ff' WHERE key_id = 'k4'",
+            "UPDATE keys SET epoch = 99999999999 WHERE key_id = 'k5'",
+        ];
+        for (i, _) in tamper.iter().enumerate() {
+            s.insert_key(new_key(&format!("k{}", i + 1), 10))
+                .await
+                .unwrap();
+        }
+        // Positive twin: untouched rows read back.
+        assert!(s.key("k1".into()).await.unwrap().is_some());
+        {
+            let c = s.conn.lock().unwrap();
+            c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+            for sql in tamper {
+                c.execute(sql, []).unwrap();
+            }
+        }
+        for i in 1..=tamper.len() {
+            let got = s.key(format!("k{i}")).await;
+            assert!(matches!(got, Err(Error::StoreCorrupt(_))), "k{i}: {got:?}");
+        }
+        assert!(matches!(s.list_keys(10).await, Err(Error::StoreCorrupt(_))));
+        {
+            let c = s.conn.lock().unwrap();
+            c.execute("UPDATE keyrings SET dek_ciphertext = 'text'", [])
+                .unwrap();
+        }
+        assert!(matches!(
+            s.keyring("default".into(), 1).await,
+            Err(Error::StoreCorrupt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rejects_sealed_record_with_trailing_bytes() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        {
+            let c = s.conn.lock().unwrap();
+            c.execute("UPDATE keys SET sealed_record = sealed_record || x'00'", [])
+                .unwrap();
+        }
+        assert!(matches!(
+            s.key("k1".into()).await,
+            Err(Error::StoreCorrupt(_))
+        ));
     }
 
     #[tokio::test]
