@@ -363,6 +363,40 @@ fn data_key(plaintext: &[u8]) -> Result<DataKey, KmsError> {
     DataKey::from_slice(plaintext).map_err(|_| KmsError::Answer("data key is not 32 bytes"))
 }
 
+/// Checks a KMS key ARN given to pin the enclave's key
+/// ([`crate::Enclave::with_pinned_kms_key`]): `arn:<partition>:kms:<region>:<account>:key/<id>`
+/// with a 12-digit account. An alias is refused: whoever administers the account can
+/// point an alias at another key.
+///
+/// # Errors
+/// [`KmsError::Config`] for anything else.
+pub fn check_pinned_key_arn(arn: &str) -> Result<(), KmsError> {
+    let bad = || KmsError::Config("the pinned KMS key must be a full key ARN".into());
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("kms"), Some(region), Some(account), Some(key)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad());
+    };
+    let id = key.strip_prefix("key/").ok_or_else(bad)?;
+    let ok = !partition.is_empty()
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
 /// Validates `Configure`'s KMS settings (see [`Kms::new`]).
 fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
     let region_ok = !config.region.is_empty()
@@ -492,6 +526,31 @@ mod tests {
         let mut c = config(None);
         c.credentials.secret_access_key.clear();
         assert!(check_config(&c, Mode::Simulation).is_err());
+    }
+
+    #[test]
+    fn accepts_key_arns_as_pins() {
+        check_pinned_key_arn(
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        )
+        .unwrap();
+        check_pinned_key_arn("arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/mrk-1").unwrap();
+    }
+
+    #[test]
+    fn rejects_aliases_and_malformed_pins() {
+        for bad in [
+            "",
+            "alias/ekms",
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:111122223333:alias/ekms",
+            "arn:aws:kms:us-east-1:1111:key/x",
+            "arn:aws:s3:us-east-1:111122223333:key/x",
+            "arn:aws:kms:us-east-1:111122223333:key/",
+            "arn:aws:kms:us-east-1:111122223333:key/x:y",
+        ] {
+            assert!(check_pinned_key_arn(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

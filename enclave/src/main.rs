@@ -36,6 +36,11 @@ struct Args {
     /// TLS. See `io::forward_tcp_to_vsock` for the full setup.
     #[arg(long)]
     kms_forward: Option<SocketAddr>,
+    /// The only KMS key `Configure` may name (a full key ARN). Set it in the enclave
+    /// image, where it is measured: unpinned, a compromised parent can configure a key
+    /// of its own whose policy lets it decrypt new keyrings' data keys.
+    #[arg(long, env = "EKMS_KMS_KEY_ARN")]
+    kms_key_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,7 +79,20 @@ async fn start(args: Args) -> Result<(), String> {
         NsmArg::Simulation => NsmKind::Simulation,
     };
     let (nsm, mode) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
-    let enclave = Arc::new(Enclave::new(nsm, mode).map_err(|e| e.to_string())?);
+    let mut enclave = Enclave::new(nsm, mode).map_err(|e| e.to_string())?;
+    match args.kms_key_arn {
+        Some(arn) => {
+            ekms_enclave::kms::check_pinned_key_arn(&arn).map_err(|e| e.to_string())?;
+            tracing::info!(kms_key = %arn, "KMS key pinned");
+            enclave = enclave.with_pinned_kms_key(arn);
+        }
+        None if mode == ekms_shared::Mode::Nitro => tracing::warn!(
+            "no --kms-key-arn: the parent chooses the KMS key, and a compromised parent \
+             could choose one it can decrypt with"
+        ),
+        None => {}
+    }
+    let enclave = Arc::new(enclave);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = args.kms_forward {

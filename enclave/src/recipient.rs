@@ -452,6 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn rejects_deeply_nested_indefinite_length_ber() {
+        // ContentInfo { id-envelopedData, [0] { SEQUENCE(indef) { SEQUENCE(indef) ... } } }
+        // nested as deep as the size limit allows: refused, without exhausting the
+        // stack of the (small) thread that parses it.
+        let depth = (MAX_ENVELOPE_LEN - 64) / 4;
+        let mut inner = Vec::with_capacity(4 * depth);
+        inner.extend(std::iter::repeat_n([0x30u8, 0x80], depth).flatten());
+        inner.extend(std::iter::repeat_n([0u8, 0], depth).flatten());
+        let mut envelope = vec![0x30, 0x80, 0x06, 0x09];
+        envelope.extend_from_slice(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03]);
+        envelope.extend_from_slice(&[0xa0, 0x80]);
+        envelope.extend_from_slice(&inner);
+        envelope.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(envelope.len() <= MAX_ENVELOPE_LEN);
+        let key = fixture_key();
+        let result = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || key.open(&envelope).is_err())
+            .unwrap()
+            .join();
+        assert_eq!(result.ok(), Some(true), "panicked or overflowed the stack");
+    }
+
+    #[test]
     fn generates_rsa_2048_spki() {
         let key = RecipientKey::generate().unwrap();
         let spki = spki::SubjectPublicKeyInfoRef::from_der(key.public_key_der()).unwrap();

@@ -130,6 +130,8 @@ pub struct Enclave {
     phase: RwLock<Phase>,
     /// Serialises `Configure` handling (each holds it across its KMS round trip).
     configuring: tokio::sync::Mutex<()>,
+    /// The only KMS key `Configure` may name, when the image pins one.
+    pinned_kms_key: Option<String>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -160,7 +162,28 @@ impl Enclave {
             pcrs,
             phase: RwLock::new(Phase::Booting),
             configuring: tokio::sync::Mutex::new(()),
+            pinned_kms_key: None,
         })
+    }
+
+    /// Pins the KMS key: `Configure` is then refused unless its `kms_key_id` is exactly
+    /// `key_arn` (a full key ARN, `arn:aws:kms:<region>:<account>:key/<id>`; see
+    /// [`crate::kms::check_pinned_key_arn`]).
+    ///
+    /// Why: the parent chooses the key and the credentials. Unpinned, a compromised
+    /// parent can configure a key in its own account whose policy lets it `Decrypt`
+    /// without a `Recipient`, and so read the data key of every keyring created
+    /// afterwards, and every execution key sealed under it. The pin must come from the
+    /// measured image (the enclave's command line or environment in the EIF), never
+    /// from the parent.
+    pub fn with_pinned_kms_key(mut self, key_arn: String) -> Self {
+        self.pinned_kms_key = Some(key_arn);
+        self
+    }
+
+    /// The pinned KMS key ARN, if any.
+    pub fn pinned_kms_key(&self) -> Option<&str> {
+        self.pinned_kms_key.as_deref()
     }
 
     /// The NSM.
@@ -223,7 +246,8 @@ impl Enclave {
     ///
     /// # Errors
     /// [`WireError::AlreadyConfigured`] when `Ready`; [`WireError::BadRequest`] for
-    /// invalid settings (state unchanged); [`WireError::Kms`] /
+    /// invalid settings, including a `kms_key_id` other than the pinned one (state
+    /// unchanged); [`WireError::Kms`] /
     /// [`WireError::Attestation`] when the round trip fails.
     pub async fn configure(
         &self,
@@ -238,6 +262,13 @@ impl Enclave {
             return Err(WireError::BadRequest {
                 message: format!("dek_cache.ttl_secs must be at most {MAX_DEK_TTL_SECS}"),
             });
+        }
+        if let Some(pinned) = &self.pinned_kms_key {
+            if kms.kms_key_id != *pinned {
+                return Err(WireError::BadRequest {
+                    message: "kms_key_id is not the KMS key this enclave image is pinned to".into(),
+                });
+            }
         }
         let client = Kms::new(&kms, self.mode, Arc::clone(&self.nsm)).map_err(|e| e.to_wire())?;
         let client = Arc::new(client);
@@ -316,6 +347,58 @@ mod tests {
                 assert_eq!(accepts(state, kind), early, "{state:?} {kind:?}");
             }
         }
+    }
+
+    fn kms_config(key: &str, port: u16) -> KmsConfig {
+        KmsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            kms_key_id: key.into(),
+            credentials: ekms_shared::Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            },
+        }
+    }
+
+    const PINNED: &str = "arn:aws:kms:us-east-1:111122223333:key/pinned";
+    const CACHE: DekCachePolicy = DekCachePolicy {
+        ttl_secs: 60,
+        max_uses: 10,
+    };
+
+    #[tokio::test]
+    async fn rejects_configure_with_another_kms_key_than_the_pinned_one() {
+        let e = test_enclave().with_pinned_kms_key(PINNED.into());
+        assert_eq!(e.pinned_kms_key(), Some(PINNED));
+        for other in [
+            "arn:aws:kms:us-east-1:444455556666:key/attacker",
+            "alias/ekms",
+            &PINNED[..PINNED.len() - 1],
+        ] {
+            let r = e.configure(kms_config(other, 1), CACHE).await;
+            assert!(
+                matches!(r, Err(WireError::BadRequest { .. })),
+                "{other}: {r:?}"
+            );
+            assert_eq!(e.state(), EnclaveState::Booting, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pinned_kms_key_passes_on_to_kms() {
+        // The pinned key gets past the pin: the enclave builds its client and tries KMS
+        // (a port nothing listens on, so the round trip fails and it stays Configured).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = test_enclave().with_pinned_kms_key(PINNED.into());
+        let r = e.configure(kms_config(PINNED, port), CACHE).await;
+        assert!(matches!(r, Err(WireError::Kms { .. })), "{r:?}");
+        assert_eq!(e.state(), EnclaveState::Configured);
     }
 
     #[test]

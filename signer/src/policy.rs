@@ -39,7 +39,10 @@
 //!
 //! EVM gas price/fees, nonces and call data (function selectors) are not restricted
 //! yet; Solana accounts loaded from v0 address tables are not visible. Lamport limits
-//! apply to every System Program transfer in a message, whoever pays it.
+//! apply to every System Program transfer in a message, whoever pays it. System
+//! instructions that hand over a whole balance without naming an amount (`Assign`,
+//! `AssignWithSeed`, `AllocateWithSeed`, `AuthorizeNonceAccount`) are refused
+//! (`solana.system_instructions`), since no lamport limit could bound them.
 
 use std::collections::BTreeSet;
 
@@ -736,6 +739,28 @@ mod tests {
         );
         assert_eq!(
             rule(&solana_policy(), &payload(payer, &[unknown]), &payer),
+            "solana.system_instructions"
+        );
+    }
+
+    #[test]
+    fn rejects_solana_assign_of_the_signers_account() {
+        // A zero-lamport Assign would pass a lamport limit, yet makes the attacker's
+        // program the owner of the key's account: it can then debit all of it.
+        let payer = sol_key(1);
+        let mut data = 1u32.to_le_bytes().to_vec();
+        data.extend_from_slice(&sol_key(0xaa));
+        let assign = Instruction::new_with_bytes(
+            SolAddress::from(SYSTEM_PROGRAM_ID),
+            &data,
+            vec![AccountMeta::new(SolAddress::from(payer), true)],
+        );
+        let p = payload(payer, &[transfer(payer, sol_key(2), 1), assign]);
+        assert_eq!(
+            solana_policy()
+                .evaluate_solana(&p, &payer)
+                .unwrap_err()
+                .rule,
             "solana.system_instructions"
         );
     }

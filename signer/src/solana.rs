@@ -142,13 +142,19 @@ impl SolanaPayload {
     /// instruction data (`u32` LE variant index, then the fields;
     /// `solana-system-interface` `SystemInstruction`): `CreateAccount` (0),
     /// `Transfer` (2), `CreateAccountWithSeed` (3), `WithdrawNonceAccount` (5),
-    /// `TransferWithSeed` (11). Variants known not to move lamports (1, 4, 6–10, 12)
-    /// are skipped.
+    /// `TransferWithSeed` (11). Variants that neither move lamports nor hand control of
+    /// an account to someone else (4 `AdvanceNonceAccount`, 6 `InitializeNonceAccount`,
+    /// 8 `Allocate`, 12 `UpgradeNonceAccount`) are skipped.
     ///
     /// # Errors
     /// [`SignerError::UnsupportedPayload`] for a System instruction with an unknown
-    /// variant or data too short for its variant: its effect on lamports cannot be
-    /// bounded, so callers (the policy) must refuse.
+    /// variant or data too short for its variant, and for the variants that give away
+    /// control of an account's whole balance without naming an amount: `Assign` (1),
+    /// `AllocateWithSeed` (9) and `AssignWithSeed` (10) make another program the
+    /// account's owner (which may then debit all of it, unsigned), and
+    /// `AuthorizeNonceAccount` (7) hands a nonce account's withdraw authority to another
+    /// key. Their effect on lamports cannot be bounded, so callers (the policy) must
+    /// refuse.
     pub fn system_transfers(&self) -> Result<Vec<SystemTransfer>, SignerError> {
         let mut out = Vec::new();
         for ix in self
@@ -188,7 +194,19 @@ impl SolanaPayload {
                     0,
                     2,
                 ),
-                1 | 4 | 6..=10 | 12 => continue,
+                1 | 9 | 10 => {
+                    return Err(SignerError::unsupported(format!(
+                        "System Program instruction {variant} changes an account's owner \
+                         program, which could then take its whole balance"
+                    )))
+                }
+                7 => {
+                    return Err(SignerError::unsupported(
+                        "System Program AuthorizeNonceAccount hands a nonce account's \
+                         withdraw authority to another key",
+                    ))
+                }
+                4 | 6 | 8 | 12 => continue,
                 other => {
                     return Err(SignerError::unsupported(format!(
                         "unknown System Program instruction {other}"
@@ -597,10 +615,10 @@ mod tests {
                     AccountMeta::new(Address::from([9; 32]), false),
                 ],
             ),
-            // Assign (1): no lamports
+            // Allocate (8): no lamports
             Instruction::new_with_bytes(
                 system,
-                &[1, 0, 0, 0],
+                &[8, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0],
                 vec![AccountMeta::new(Address::from([7; 32]), true)],
             ),
         ];
@@ -642,6 +660,47 @@ mod tests {
                 p.system_transfers(),
                 Err(SignerError::UnsupportedPayload { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn rejects_owner_and_nonce_authority_changes() {
+        // Assign / AllocateWithSeed / AssignWithSeed make another program the owner of
+        // an account (which may then debit its whole balance without our signature);
+        // AuthorizeNonceAccount hands over a nonce account's withdrawals. None names an
+        // amount a lamport limit could bound.
+        let (_, payer) = secret(1);
+        let system = Address::from(SYSTEM_PROGRAM_ID);
+        let mut assign = 1u32.to_le_bytes().to_vec();
+        assign.extend_from_slice(&[0xaa; 32]); // new owner: an attacker's program
+        let mut authorize = 7u32.to_le_bytes().to_vec();
+        authorize.extend_from_slice(&[0xbb; 32]); // new nonce authority
+        let mut assign_with_seed = 10u32.to_le_bytes().to_vec();
+        assign_with_seed.extend_from_slice(&payer);
+        assign_with_seed.extend_from_slice(&1u64.to_le_bytes());
+        assign_with_seed.extend_from_slice(b"s");
+        assign_with_seed.extend_from_slice(&[0xaa; 32]);
+        let mut allocate_with_seed = 9u32.to_le_bytes().to_vec();
+        allocate_with_seed.extend_from_slice(&payer);
+        allocate_with_seed.extend_from_slice(&1u64.to_le_bytes());
+        allocate_with_seed.extend_from_slice(b"s");
+        allocate_with_seed.extend_from_slice(&0u64.to_le_bytes());
+        allocate_with_seed.extend_from_slice(&[0xaa; 32]);
+        for data in [assign, authorize, assign_with_seed, allocate_with_seed] {
+            let ix = Instruction::new_with_bytes(
+                system,
+                &data,
+                vec![AccountMeta::new(Address::from(payer), true)],
+            );
+            let p = decode(&legacy_message(payer, &[ix])).unwrap();
+            assert!(
+                matches!(
+                    p.system_transfers(),
+                    Err(SignerError::UnsupportedPayload { .. })
+                ),
+                "System instruction {} accepted",
+                data[0]
+            );
         }
     }
 
