@@ -6,6 +6,8 @@ CARGO  ?= cargo
 PYTHON ?= python3
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 VENV   := $(CURDIR)/.venv
+KMS_REGION  ?= us-east-1
+KMS_KEY_ARN ?=
 
 .PHONY: all build test test-rust test-e2e lint fmt demo sim bench eif venv clean-sim
 
@@ -69,9 +71,10 @@ bench:
 
 # Builds the enclave image file (EIF) for AWS Nitro Enclaves. Needs a Docker engine and
 # nitro-cli (an EC2 host with Nitro Enclaves enabled); see docs/nitro.md. Prints the
-# PCR0/1/2 that the KMS key policy must require.
+# PCR0/1/2 that the KMS key policy must require. Usage:
+#   make eif KMS_REGION=us-east-1 KMS_KEY_ARN=arn:aws:kms:us-east-1:ACCOUNT:key/ID
 eif:
-	docker build -f Dockerfile.enclave -t enclave-kms-enclave:latest .
+	docker build -f Dockerfile.enclave --build-arg KMS_REGION=$(KMS_REGION) --build-arg KMS_KEY_ARN=$(KMS_KEY_ARN) -t enclave-kms-enclave:latest .
 	nitro-cli build-enclave --docker-uri enclave-kms-enclave:latest --output-file ekms-enclave.eif
 
 clean-sim:

@@ -4,9 +4,11 @@
 # in-enclave TCP->vsock forwarder (which pipes TLS bytes to vsock-proxy on the parent,
 # CID 3 port 8000), and serve the parent on vsock port 5000.
 set -eu
+: "${KMS_KEY_ARN:?the image must be built with --build-arg KMS_KEY_ARN=arn:aws:kms:...}"
 ip link set dev lo up
 echo "127.0.0.1 kms.${KMS_REGION}.amazonaws.com" >> /etc/hosts
 exec /usr/local/bin/ekms-enclave \
   --nsm nitro \
   --listen vsock://4294967295:5000 \
-  --kms-forward 127.0.0.1:443
+  --kms-forward 127.0.0.1:443 \
+  --kms-key-arn "${KMS_KEY_ARN}"
