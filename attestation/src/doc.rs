@@ -18,6 +18,11 @@
 //! | `nonce` | bytes or null | 0..=512 bytes |
 //!
 //! Unknown keys, duplicate keys, non-text keys and trailing bytes are rejected.
+//!
+//! `null` for an absent optional field is accepted although §3.2.2.1 says "no field
+//! content can be null": the NSM itself encodes an absent `public_key`, `user_data` or
+//! `nonce` as `null` (see both real documents in `tests/vectors/`), so refusing it would
+//! refuse genuine documents. Mandatory fields are never accepted as `null`.
 
 use std::collections::BTreeMap;
 

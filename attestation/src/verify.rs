@@ -4,11 +4,14 @@
 //!
 //! 1. bound the input (≤ [`MAX_DOCUMENT_LEN`]) before decoding anything;
 //! 2. decode the COSE_Sign1 (untagged as the NSM emits it, or with tag 18) and require
-//!    `alg` = ES384 in the protected header, with no `crit` parameters;
+//!    `alg` = ES384 in the protected header, with no `crit` parameters, and an empty
+//!    unprotected header (AWS: `{}`; it is not signed);
 //! 3. decode the payload and apply every field rule ([`AttestationDoc::from_cbor`]);
 //! 4. build the chain leaf (`certificate`) → `cabundle[1..]` (intermediates only) → the
 //!    **pinned** root, valid at the caller's explicit time, with rustls-webpki; the
-//!    document's own `cabundle[0]` is never trusted;
+//!    document's own `cabundle[0]` is never trusted; then what webpki leaves out of
+//!    AWS's §3.2.3: the root's validity period and key usage (`digitalSignature` on the
+//!    leaf, `keyCertSign` on every CA);
 //! 5. check the signature, raw `r || s` (96 bytes), with the leaf's P-384 key over the
 //!    COSE `Sig_structure` (RFC 9052 §4.4, empty external AAD);
 //! 6. check freshness (not in the future beyond [`MAX_CLOCK_SKEW`], not older than the
@@ -256,6 +259,14 @@ impl Verifier {
         if header.alg.as_ref() != Some(&es384) || !header.crit.is_empty() {
             return Err(VerifyError::Algorithm);
         }
+        // AWS: `{}, /* We have nothing in unprotected */`. The signature does not cover
+        // this bucket, so anything in it (a second `alg`, a `crit`, padding) is
+        // attacker-chosen: refuse it rather than let one document have many encodings.
+        if !sign1.unprotected.is_empty() {
+            return Err(VerifyError::Malformed(
+                "COSE unprotected header is not empty",
+            ));
+        }
         let payload = sign1
             .payload
             .as_deref()
@@ -266,7 +277,7 @@ impl Verifier {
             .time
             .duration_since(UNIX_EPOCH)
             .map_err(|_| VerifyError::ChainUntrusted("validation time is before 1970".into()))?;
-        self.verify_chain(&doc, UnixTime::since_unix_epoch(time_since_epoch))?;
+        self.verify_chain(&doc, time_since_epoch)?;
         verify_signature(&sign1, &doc.certificate)?;
 
         let now_ms = u64::try_from(time_since_epoch.as_millis()).unwrap_or(u64::MAX);
@@ -299,7 +310,13 @@ impl Verifier {
         Ok(doc)
     }
 
-    fn verify_chain(&self, doc: &AttestationDoc, time: UnixTime) -> Result<(), VerifyError> {
+    /// Step 4: the path leaf → `cabundle[1..]` → pinned root, valid at `time` (since the
+    /// Unix epoch), then the checks of AWS's procedure (`attestation_process.md`
+    /// §3.2.3) that rustls-webpki does not make: the root's own validity period
+    /// (§3.2.3.1; a trust anchor carries none in webpki) and key usage (§3.2.3.3:
+    /// `digitalSignature` on the leaf, which has no `pathLenConstraint`; `keyCertSign`
+    /// on every CA of the path).
+    fn verify_chain(&self, doc: &AttestationDoc, time: Duration) -> Result<(), VerifyError> {
         let leaf_der = CertificateDer::from(doc.certificate.as_slice());
         let leaf = webpki::EndEntityCert::try_from(&leaf_der)
             .map_err(|e| VerifyError::ChainUntrusted(format!("leaf certificate: {e}")))?;
@@ -310,22 +327,86 @@ impl Verifier {
             .skip(1)
             .map(|c| CertificateDer::from(c.as_slice()))
             .collect();
-        leaf.verify_for_usage(
-            CHAIN_ALGS,
-            std::slice::from_ref(&self.anchor),
-            &intermediates,
-            time,
-            // Nitro leaves carry no EKU; `client_auth` requires it only if present.
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } => VerifyError::ChainExpired,
-            webpki::Error::CertNotValidYet { .. } => VerifyError::ChainNotYetValid,
-            other => VerifyError::ChainUntrusted(other.to_string()),
-        })
+        let anchors = std::slice::from_ref(&self.anchor);
+        let path = leaf
+            .verify_for_usage(
+                CHAIN_ALGS,
+                anchors,
+                &intermediates,
+                UnixTime::since_unix_epoch(time),
+                // Nitro leaves carry no EKU; `client_auth` requires it only if present.
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } => VerifyError::ChainExpired,
+                webpki::Error::CertNotValidYet { .. } => VerifyError::ChainNotYetValid,
+                other => VerifyError::ChainUntrusted(other.to_string()),
+            })?;
+        check_validity(&self.root_der, time, "root")?;
+        check_usage(&doc.certificate, CertRole::Leaf)?;
+        for ca in path.intermediate_certificates() {
+            check_usage(ca.der().as_ref(), CertRole::Ca)?;
+        }
+        check_usage(&self.root_der, CertRole::Ca)
+    }
+}
+
+/// Where a certificate sits in the path, for [`check_usage`].
+#[derive(Clone, Copy)]
+enum CertRole {
+    Leaf,
+    Ca,
+}
+
+/// `notBefore <= time <= notAfter` for one certificate (RFC 5280 §4.1.2.5).
+fn check_validity(cert_der: &[u8], time: Duration, which: &str) -> Result<(), VerifyError> {
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|_| VerifyError::ChainUntrusted(format!("{which} certificate does not parse")))?;
+    let validity = cert.tbs_certificate().validity();
+    if time < validity.not_before.to_unix_duration() {
+        return Err(VerifyError::ChainNotYetValid);
+    }
+    if time > validity.not_after.to_unix_duration() {
+        return Err(VerifyError::ChainExpired);
+    }
+    Ok(())
+}
+
+/// AWS `attestation_process.md` §3.2.3.2–3: the leaf's key usage has
+/// `digitalSignature` and its basic constraints no `pathLenConstraint`; a CA's key usage
+/// has `keyCertSign`. A missing key-usage extension fails.
+fn check_usage(cert_der: &[u8], role: CertRole) -> Result<(), VerifyError> {
+    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+    let which = match role {
+        CertRole::Leaf => "leaf",
+        CertRole::Ca => "CA",
+    };
+    let untrusted = |rule: &str| VerifyError::ChainUntrusted(format!("{which} certificate {rule}"));
+    let cert =
+        x509_cert::Certificate::from_der(cert_der).map_err(|_| untrusted("does not parse"))?;
+    let tbs = cert.tbs_certificate();
+    let usage = match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, usage))) => usage,
+        Ok(None) => return Err(untrusted("has no key usage extension")),
+        Err(_) => return Err(untrusted("has an invalid key usage extension")),
+    };
+    match role {
+        CertRole::Leaf => {
+            if !usage.digital_signature() {
+                return Err(untrusted("key usage lacks digitalSignature"));
+            }
+            match tbs.get_extension::<BasicConstraints>() {
+                Ok(Some((_, bc))) if bc.path_len_constraint.is_some() => {
+                    Err(untrusted("has a pathLenConstraint"))
+                }
+                Ok(_) => Ok(()),
+                Err(_) => Err(untrusted("has invalid basic constraints")),
+            }
+        }
+        CertRole::Ca if !usage.key_cert_sign() => Err(untrusted("key usage lacks keyCertSign")),
+        CertRole::Ca => Ok(()),
     }
 }
 
@@ -467,5 +548,165 @@ mod tests {
         assert_eq!(o.time, t);
         assert!(o.max_age.is_none() && o.expected_pcrs.is_empty() && o.expected_nonce.is_none());
         assert!(!o.allow_debug);
+    }
+
+    /// Documents under hand-made chains: what the simulated CA never issues.
+    #[cfg(feature = "simulation")]
+    mod crafted_chains {
+        use super::*;
+        use coset::{CoseSign1Builder, HeaderBuilder};
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+            PKCS_ECDSA_P384_SHA384,
+        };
+        use ring::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+
+        const HOUR: i64 = 3600;
+        /// The validation time of every document here.
+        const NOW: i64 = 1_750_000_000;
+
+        struct Spec {
+            root_validity: (i64, i64),
+            intermediate_usage: Vec<KeyUsagePurpose>,
+            leaf_usage: Vec<KeyUsagePurpose>,
+        }
+
+        impl Default for Spec {
+            fn default() -> Self {
+                Self {
+                    root_validity: (NOW - HOUR, NOW + HOUR),
+                    intermediate_usage: vec![KeyUsagePurpose::KeyCertSign],
+                    leaf_usage: vec![KeyUsagePurpose::DigitalSignature],
+                }
+            }
+        }
+
+        fn params(
+            cn: &str,
+            ca: bool,
+            usage: Vec<KeyUsagePurpose>,
+            from_to: (i64, i64),
+        ) -> CertificateParams {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = if ca {
+                IsCa::Ca(BasicConstraints::Unconstrained)
+            } else {
+                IsCa::ExplicitNoCa
+            };
+            p.key_usages = usage;
+            p.not_before = time::OffsetDateTime::from_unix_timestamp(from_to.0).unwrap();
+            p.not_after = time::OffsetDateTime::from_unix_timestamp(from_to.1).unwrap();
+            p
+        }
+
+        /// (verifier pinned to the crafted root, signed document).
+        fn build(spec: Spec) -> (Verifier, Vec<u8>) {
+            let day = (NOW - 24 * HOUR, NOW + 24 * HOUR);
+            let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+            let root_params = params(
+                "root",
+                true,
+                vec![KeyUsagePurpose::KeyCertSign],
+                spec.root_validity,
+            );
+            let root = root_params.self_signed(&root_key).unwrap();
+            let int_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+            let int_params = params("intermediate", true, spec.intermediate_usage, day);
+            let int = int_params
+                .signed_by(&int_key, &Issuer::from_params(&root_params, &root_key))
+                .unwrap();
+            let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+            let leaf = params("leaf", false, spec.leaf_usage, day)
+                .signed_by(&leaf_key, &Issuer::from_params(&int_params, &int_key))
+                .unwrap();
+            let doc = AttestationDoc {
+                module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+                digest: "SHA384".into(),
+                timestamp: u64::try_from(NOW).unwrap() * 1000,
+                pcrs: (0..16u16).map(|i| (i, vec![i as u8 + 1; 48])).collect(),
+                certificate: leaf.der().to_vec(),
+                cabundle: vec![root.der().to_vec(), int.der().to_vec()],
+                public_key: None,
+                user_data: None,
+                nonce: None,
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let signer = EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &leaf_key.serialize_der(),
+                &rng,
+            )
+            .unwrap();
+            let bytes = CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .algorithm(iana::Algorithm::ES384)
+                        .build(),
+                )
+                .payload(doc.to_cbor().unwrap())
+                .create_signature(b"", |tbs| signer.sign(&rng, tbs).unwrap().as_ref().to_vec())
+                .build()
+                .to_vec()
+                .unwrap();
+            let verifier = Verifier::danger_trust_simulation_root(root.der()).unwrap();
+            (verifier, bytes)
+        }
+
+        fn opts() -> VerifyOptions {
+            VerifyOptions::at(UNIX_EPOCH + Duration::from_secs(NOW.unsigned_abs()))
+        }
+
+        #[test]
+        fn crafted_chain_with_aws_key_usages_verifies() {
+            let (v, bytes) = build(Spec::default());
+            assert!(v.verify(&bytes, &opts()).is_ok());
+        }
+
+        #[test]
+        fn rejects_leaf_without_digital_signature_usage() {
+            for usage in [vec![], vec![KeyUsagePurpose::KeyEncipherment]] {
+                let (v, bytes) = build(Spec {
+                    leaf_usage: usage,
+                    ..Spec::default()
+                });
+                assert!(matches!(
+                    v.verify(&bytes, &opts()),
+                    Err(VerifyError::ChainUntrusted(_))
+                ));
+            }
+        }
+
+        #[test]
+        fn rejects_intermediate_without_key_cert_sign_usage() {
+            for usage in [vec![], vec![KeyUsagePurpose::DigitalSignature]] {
+                let (v, bytes) = build(Spec {
+                    intermediate_usage: usage,
+                    ..Spec::default()
+                });
+                assert!(matches!(
+                    v.verify(&bytes, &opts()),
+                    Err(VerifyError::ChainUntrusted(_))
+                ));
+            }
+        }
+
+        #[test]
+        fn rejects_root_outside_its_validity_period() {
+            // Intermediate and leaf are valid at NOW; only the pinned root is not.
+            let (v, bytes) = build(Spec {
+                root_validity: (NOW - 2 * HOUR, NOW - HOUR),
+                ..Spec::default()
+            });
+            assert_eq!(v.verify(&bytes, &opts()), Err(VerifyError::ChainExpired));
+            let (v, bytes) = build(Spec {
+                root_validity: (NOW + HOUR, NOW + 2 * HOUR),
+                ..Spec::default()
+            });
+            assert_eq!(
+                v.verify(&bytes, &opts()),
+                Err(VerifyError::ChainNotYetValid)
+            );
+        }
     }
 }
