@@ -159,3 +159,33 @@ def test_rejects_invalid_policy(client):
     r = client.set_policy(key["key_id"], {"enabled": True, "evm": {"allowed_destinations": ["0x12"]}})
     assert r.status == 400 and r.code == "invalid_policy", r
     assert client.get_key(key["key_id"]).json["policy_version"] == key["policy_version"]
+
+
+def test_fee_cap_refuses_fee_over_cap_and_signs_under(client):
+    """max_fee_wei caps gas_limit × maxFeePerGas (EIP-1559) or × gasPrice (legacy), even
+    when value is 0: a parent cannot drain the key's account through the fee."""
+    gas, max_fee = 21_000, 30_000_000_000
+    cap = gas * max_fee
+    policy = evm_policy(max_wei=0)
+    policy["evm"]["max_fee_wei"] = str(cap)
+    key = client.create_key("secp256k1", policy)
+    kid = key["key_id"]
+
+    at_cap = evm_eip1559(1, DEST, 0, gas=gas, max_fee=max_fee)
+    r = client.sign_evm(kid, at_cap)
+    assert r.status == 200, r
+    check_evm_signature(r.json, at_cap, key["address"])
+    under = evm_legacy(1, DEST, 0, gas=gas, gas_price=max_fee - 1)
+    r = client.sign_evm(kid, under)
+    assert r.status == 200, r
+    check_evm_signature(r.json, under, key["address"])
+
+    # A small priority fee does not hide the maxFeePerGas that bounds what is paid.
+    assert_denied(
+        client.sign_evm(kid, evm_eip1559(1, DEST, 0, gas=gas, max_fee=max_fee + 1, max_priority_fee=0)),
+        "evm.max_fee_wei",
+    )
+    assert_denied(client.sign_evm(kid, evm_eip1559(1, DEST, 0, gas=gas + 1, max_fee=max_fee)), "evm.max_fee_wei")
+    assert_denied(client.sign_evm(kid, evm_legacy(1, DEST, 0, gas=gas, gas_price=max_fee + 1)), "evm.max_fee_wei")
+    # The product of the largest fields does not wrap into a small fee.
+    assert_denied(client.sign_evm(kid, evm_eip1559(1, DEST, 0, gas=2**64 - 1, max_fee=2**128 - 1)), "evm.max_fee_wei")

@@ -121,6 +121,26 @@ impl EvmTx {
         }
     }
 
+    /// The most the sender can pay per unit of gas, in wei: `gasPrice` for legacy and
+    /// EIP-2930 transactions, `maxFeePerGas` for EIP-1559 (whose effective price,
+    /// base fee plus priority fee, never exceeds it: EIP-1559 "Specification").
+    pub fn max_fee_per_gas(&self) -> u128 {
+        match &self.inner {
+            Inner::Legacy(tx) => tx.gas_price,
+            Inner::Eip2930(tx) => tx.gas_price,
+            Inner::Eip1559(tx) => tx.max_fee_per_gas,
+        }
+    }
+
+    /// The largest total fee this transaction can cost its sender, in wei:
+    /// `gas_limit × max_fee_per_gas` (the amount EIP-1559 requires the sender's balance
+    /// to cover up front, besides `value`). Exact: a `u64` times a `u128` is below
+    /// 2^192; the multiplication saturates at `U256::MAX` regardless, so no input can
+    /// wrap to a small fee.
+    pub fn max_fee_wei(&self) -> U256 {
+        U256::from(self.gas_limit()).saturating_mul(U256::from(self.max_fee_per_gas()))
+    }
+
     /// The transaction type.
     pub fn tx_type(&self) -> EvmTxType {
         match &self.inner {
@@ -518,6 +538,49 @@ mod tests {
         let mut signed = &sig.signed_transaction[..];
         let decoded: Signed<TxEip2930> = TxEip2930::eip2718_decode(&mut signed).unwrap();
         assert_eq!(decoded.tx(), &tx2930);
+    }
+
+    #[test]
+    fn max_fee_is_gas_limit_times_fee_cap_per_type() {
+        // EIP-155 example: gas price 20 gwei, gas 21000.
+        let legacy = decode_unsigned(&hex::decode(EIP155_SIGNING_DATA).unwrap()).unwrap();
+        assert_eq!(legacy.max_fee_per_gas(), 20_000_000_000);
+        assert_eq!(legacy.max_fee_wei(), U256::from(21_000u64 * 20_000_000_000));
+
+        let t = eip1559();
+        let tx = decode_unsigned(&unsigned(&t)).unwrap();
+        // maxFeePerGas, not the priority fee.
+        assert_eq!(tx.max_fee_per_gas(), t.max_fee_per_gas);
+        assert_eq!(tx.max_fee_wei(), U256::from(60_000u64 * 30_000_000_000));
+
+        let t = TxEip2930 {
+            chain_id: 1,
+            nonce: 0,
+            gas_price: 7,
+            gas_limit: 100_000,
+            to: TxKind::Create,
+            value: U256::ZERO,
+            input: Bytes::new(),
+            access_list: Default::default(),
+        };
+        let tx = decode_unsigned(&unsigned(&t)).unwrap();
+        assert_eq!(tx.max_fee_wei(), U256::from(700_000u64));
+    }
+
+    #[test]
+    fn max_fee_of_extreme_fields_is_exact_not_wrapped() {
+        let mut t = eip1559();
+        t.gas_limit = u64::MAX;
+        t.max_fee_per_gas = u128::MAX;
+        let tx = decode_unsigned(&unsigned(&t)).unwrap();
+        // (2^64 - 1)(2^128 - 1) = 2^192 - 2^128 - 2^64 + 1; a u128 product would wrap.
+        let one = U256::from(1u8);
+        let expected = (one << 192) - (one << 128) - (one << 64) + one;
+        assert_eq!(tx.max_fee_wei(), expected);
+        assert_ne!(
+            tx.max_fee_wei(),
+            U256::from(u128::from(t.gas_limit).wrapping_mul(t.max_fee_per_gas))
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   "evm": {
 //!     "chain_ids": [1, 8453],
 //!     "allowed_destinations": ["0x…40 hex…"],
-//!     "max_value_wei": "1000000000000000000"
+//!     "max_value_wei": "1000000000000000000",
+//!     "max_fee_wei": "10000000000000000"
 //!   },
 //!   "solana": {
 //!     "allowed_programs": ["11111111111111111111111111111111"],
@@ -25,6 +26,15 @@
 //! - Inside a section every field is optional and its absence is the strictest
 //!   reading: no chain ids, destinations or programs means none allowed; a missing
 //!   `max_value_wei` / `max_lamports_per_transfer` means 0 (no value may move).
+//! - `max_fee_wei` (added after the first release, hence optional) caps the most a
+//!   transaction can pay in fees: `gas_limit × max_fee_per_gas` for EIP-1559,
+//!   `gas_limit × gas_price` for legacy and EIP-2930, computed exactly in 256 bits
+//!   and allowed when ≤ the cap (rule `evm.max_fee_wei`). Its absence means **no fee
+//!   cap**, the one exception to "absence is strictest", because policies stored
+//!   before the field existed must keep their meaning (see below). **Operators should
+//!   set it**: without it a compromised parent can get a transaction signed whose fee
+//!   (gas limit times an absurd gas price) drains the account to a block builder it
+//!   colludes with, however small `max_value_wei` is.
 //!
 //! # Rules for maintainers: growing the format
 //!
@@ -37,12 +47,13 @@
 //!
 //! # What version 1 does not bound
 //!
-//! EVM gas price/fees, nonces and call data (function selectors) are not restricted
-//! yet; Solana accounts loaded from v0 address tables are not visible. Lamport limits
-//! apply to every System Program transfer in a message, whoever pays it. System
-//! instructions that hand over a whole balance without naming an amount (`Assign`,
-//! `AssignWithSeed`, `AllocateWithSeed`, `AuthorizeNonceAccount`) are refused
-//! (`solana.system_instructions`), since no lamport limit could bound them.
+//! EVM fees are bounded only when `max_fee_wei` is set; EVM nonces and call data
+//! (function selectors) are not restricted yet; Solana accounts loaded from v0
+//! address tables are not visible. Lamport limits apply to every System Program
+//! transfer in a message, whoever pays it. System instructions that hand over a whole
+//! balance without naming an amount (`Assign`, `AssignWithSeed`, `AllocateWithSeed`,
+//! `AuthorizeNonceAccount`) are refused (`solana.system_instructions`), since no
+//! lamport limit could bound them.
 
 use std::collections::BTreeSet;
 
@@ -79,6 +90,13 @@ pub struct EvmRules {
     pub allowed_destinations: BTreeSet<[u8; 20]>,
     /// The largest `value` a transaction may carry, in wei.
     pub max_value_wei: U256,
+    /// The largest total fee a transaction may be able to pay, in wei, compared with
+    /// `gas_limit × max_fee_per_gas` (EIP-1559) or `gas_limit × gas_price` (legacy,
+    /// EIP-2930): see [`EvmTx::max_fee_wei`]. `None` (field absent) means no fee cap,
+    /// which keeps policies written before the field existed unchanged. Operators
+    /// should set it: without it, fees can drain the account whatever
+    /// `max_value_wei` says.
+    pub max_fee_wei: Option<U256>,
 }
 
 /// The `solana` section of a policy.
@@ -96,8 +114,8 @@ pub struct SolanaRules {
 #[error("denied by policy rule {rule}: {message}")]
 pub struct Denial {
     /// Stable rule name: `enabled`, `evm`, `evm.chain_ids`, `evm.contract_creation`,
-    /// `evm.allowed_destinations`, `evm.max_value_wei`, `solana`, `solana.signer`,
-    /// `solana.allowed_programs`, `solana.system_instructions`,
+    /// `evm.allowed_destinations`, `evm.max_value_wei`, `evm.max_fee_wei`, `solana`,
+    /// `solana.signer`, `solana.allowed_programs`, `solana.system_instructions`,
     /// `solana.max_lamports_per_transfer`.
     pub rule: &'static str,
     /// What the payload did that the rule forbids.
@@ -138,6 +156,15 @@ struct EvmDoc {
     allowed_destinations: Vec<String>,
     #[serde(default)]
     max_value_wei: Option<String>,
+    /// Absent means no cap; when present it must be a string (`null` is refused,
+    /// rather than silently read as "no cap").
+    #[serde(default, deserialize_with = "present_string")]
+    max_fee_wei: Option<String>,
+}
+
+/// For an optional field whose absence is permissive: present means a JSON string.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -166,6 +193,10 @@ struct CanonicalEvm {
     chain_ids: Vec<u64>,
     allowed_destinations: Vec<String>,
     max_value_wei: String,
+    /// Optional and emitted only when set, so a policy without it keeps the canonical
+    /// bytes it had before the field existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_fee_wei: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -182,8 +213,8 @@ impl Policy {
     /// [`SignerError::InvalidPolicy`] for invalid JSON, unknown or duplicate fields, a
     /// version other than 1, a list longer than [`MAX_LIST_ENTRIES`], a chain id of 0,
     /// an address that is not `0x` + 40 hex digits or is mixed-case without a valid
-    /// EIP-55 checksum, a `max_value_wei` that is not a decimal string fitting 256 bits,
-    /// or a program id that is not base58 of 32 bytes.
+    /// EIP-55 checksum, a `max_value_wei` or `max_fee_wei` that is not a JSON string of
+    /// decimal digits fitting 256 bits, or a program id that is not base58 of 32 bytes.
     pub fn parse(json: &str) -> Result<Policy, SignerError> {
         if json.len() > MAX_POLICY_BYTES {
             return Err(SignerError::Oversize {
@@ -211,10 +242,12 @@ impl Policy {
 
     /// The canonical JSON of this policy: fixed field order, no whitespace, lists
     /// sorted (by value; addresses and program ids by their bytes) and deduplicated,
-    /// EVM addresses lowercase `0x` hex, `max_value_wei` as a decimal string without
-    /// leading zeros, absent optional fields written as their strict default inside a
-    /// present section. These are the bytes the policy MAC covers. Parsing the output
-    /// gives back an equal policy, and canonicalizing that gives the same bytes.
+    /// EVM addresses lowercase `0x` hex, `max_value_wei` and `max_fee_wei` as decimal
+    /// strings without leading zeros, absent optional fields written as their strict
+    /// default inside a present section, except `max_fee_wei`, which is written only
+    /// when set (see the module docs: its absence means no cap). These are the bytes
+    /// the policy MAC covers. Parsing the output gives back an equal policy, and
+    /// canonicalizing that gives the same bytes.
     pub fn canonical_json(&self) -> String {
         let canonical = CanonicalPolicy {
             version: POLICY_VERSION,
@@ -227,6 +260,7 @@ impl Policy {
                     .map(|a| format!("0x{}", hex::encode(a)))
                     .collect(),
                 max_value_wei: e.max_value_wei.to_string(),
+                max_fee_wei: e.max_fee_wei.map(|f| f.to_string()),
             }),
             solana: self.solana.as_ref().map(|s| CanonicalSolana {
                 allowed_programs: s
@@ -258,7 +292,8 @@ impl Policy {
 
     /// Evaluates the policy on a decoded EVM transaction. Checks, in order: enabled,
     /// `evm` section present, chain id listed, not a contract creation (no rule allows
-    /// one yet), destination listed, `value ≤ max_value_wei`.
+    /// one yet), destination listed, `value ≤ max_value_wei`, and, when `max_fee_wei`
+    /// is set, `gas_limit × max_fee_per_gas ≤ max_fee_wei` ([`EvmTx::max_fee_wei`]).
     ///
     /// # Errors
     /// The first [`Denial`] met.
@@ -294,6 +329,20 @@ impl Policy {
                     rules.max_value_wei
                 ),
             ));
+        }
+        if let Some(cap) = rules.max_fee_wei {
+            let fee = tx.max_fee_wei();
+            if fee > cap {
+                return Err(deny(
+                    "evm.max_fee_wei",
+                    format!(
+                        "maximum fee {fee} wei (gas limit {} × {} wei per gas) exceeds the \
+                         maximum {cap} wei",
+                        tx.gas_limit(),
+                        tx.max_fee_per_gas()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -373,12 +422,17 @@ fn parse_evm(doc: EvmDoc) -> Result<EvmRules, SignerError> {
         .collect::<Result<BTreeSet<_>, _>>()?;
     let max_value_wei = match doc.max_value_wei {
         None => U256::ZERO,
-        Some(s) => parse_wei(&s)?,
+        Some(s) => parse_wei("evm.max_value_wei", &s)?,
     };
+    let max_fee_wei = doc
+        .max_fee_wei
+        .map(|s| parse_wei("evm.max_fee_wei", &s))
+        .transpose()?;
     Ok(EvmRules {
         chain_ids: doc.chain_ids.into_iter().collect(),
         allowed_destinations,
         max_value_wei,
+        max_fee_wei,
     })
 }
 
@@ -421,11 +475,12 @@ fn parse_address(s: &str) -> Result<[u8; 20], SignerError> {
     Ok(out)
 }
 
-/// A decimal string of at most 78 digits fitting in 256 bits.
-fn parse_wei(s: &str) -> Result<U256, SignerError> {
+/// A decimal string of at most 78 digits fitting in 256 bits; `field` names it in the
+/// error.
+fn parse_wei(field: &str, s: &str) -> Result<U256, SignerError> {
     let bad = || {
         SignerError::policy(format!(
-            "evm.max_value_wei: {s:.80} is not a decimal integer below 2^256"
+            "{field}: {s:.80} is not a decimal integer below 2^256"
         ))
     };
     if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -457,7 +512,7 @@ mod tests {
     use super::*;
     use crate::evm::decode_unsigned;
     use crate::solana::{decode, SYSTEM_PROGRAM_ID};
-    use alloy_consensus::{SignableTransaction, TxEip1559};
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEip2930, TxLegacy};
     use alloy_primitives::{Bytes, TxKind};
     use solana_message::{
         AccountMeta, Address as SolAddress, Hash, Instruction, Message, VersionedMessage,
@@ -785,6 +840,267 @@ mod tests {
         );
         let zero = payload(payer, &[transfer(payer, sol_key(2), 0)]);
         assert_eq!(no_max.evaluate_solana(&zero, &payer), Ok(()));
+    }
+
+    // ---- EVM fee cap ----
+
+    /// Fee-capped policy: the cap is 21000 gas at 10 wei per gas.
+    const FEE_CAP: u64 = 210_000;
+
+    fn fee_policy() -> Policy {
+        Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"],
+               "max_value_wei":"1000","max_fee_wei":"{FEE_CAP}"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn tx1559(gas_limit: u64, max_fee_per_gas: u128) -> EvmTx {
+        let t = TxEip1559 {
+            chain_id: 1,
+            nonce: 0,
+            gas_limit,
+            max_fee_per_gas,
+            max_priority_fee_per_gas: 1,
+            to: TxKind::Call(dest().into()),
+            value: U256::from(1u8),
+            input: Bytes::new(),
+            access_list: Default::default(),
+        };
+        let mut out = Vec::new();
+        t.encode_for_signing(&mut out);
+        decode_unsigned(&out).unwrap()
+    }
+
+    fn tx_legacy(gas_limit: u64, gas_price: u128) -> EvmTx {
+        let t = TxLegacy {
+            chain_id: Some(1),
+            nonce: 0,
+            gas_price,
+            gas_limit,
+            to: TxKind::Call(dest().into()),
+            value: U256::from(1u8),
+            input: Bytes::new(),
+        };
+        let mut out = Vec::new();
+        t.encode_for_signing(&mut out);
+        decode_unsigned(&out).unwrap()
+    }
+
+    fn tx2930(gas_limit: u64, gas_price: u128) -> EvmTx {
+        let t = TxEip2930 {
+            chain_id: 1,
+            nonce: 0,
+            gas_price,
+            gas_limit,
+            to: TxKind::Call(dest().into()),
+            value: U256::from(1u8),
+            input: Bytes::new(),
+            access_list: Default::default(),
+        };
+        let mut out = Vec::new();
+        t.encode_for_signing(&mut out);
+        decode_unsigned(&out).unwrap()
+    }
+
+    /// Builds a transaction of one type from (gas limit, max fee per gas or gas price).
+    type BuildTx = fn(u64, u128) -> EvmTx;
+
+    /// Every accepted type.
+    fn fee_builders() -> [(&'static str, BuildTx); 3] {
+        [
+            ("eip1559", tx1559),
+            ("legacy", tx_legacy),
+            ("eip2930", tx2930),
+        ]
+    }
+
+    #[test]
+    fn allows_fee_at_and_under_cap() {
+        let p = fee_policy();
+        for (name, build) in fee_builders() {
+            assert_eq!(p.evaluate_evm(&build(21_000, 10)), Ok(()), "{name}");
+            assert_eq!(p.evaluate_evm(&build(21_000, 9)), Ok(()), "{name}");
+            assert_eq!(p.evaluate_evm(&build(1, 210_000)), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn rejects_fee_over_cap() {
+        let p = fee_policy();
+        for (name, build) in fee_builders() {
+            // One wei per gas over, and one gas over: both exceed the cap.
+            for t in [build(21_000, 11), build(21_001, 10), build(1, 210_001)] {
+                let d = p.evaluate_evm(&t).unwrap_err();
+                assert_eq!(d.rule, "evm.max_fee_wei", "{name}");
+                assert!(d.message.contains("210000"), "{name}: {}", d.message);
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_fee_over_cap_using_max_fee_not_priority_fee() {
+        // EIP-1559: a tiny priority fee does not hide a huge maxFeePerGas.
+        let p = fee_policy();
+        let t = TxEip1559 {
+            chain_id: 1,
+            nonce: 0,
+            gas_limit: 21_000,
+            max_fee_per_gas: 1_000_000,
+            max_priority_fee_per_gas: 0,
+            to: TxKind::Call(dest().into()),
+            value: U256::ZERO,
+            input: Bytes::new(),
+            access_list: Default::default(),
+        };
+        let mut out = Vec::new();
+        t.encode_for_signing(&mut out);
+        let tx = decode_unsigned(&out).unwrap();
+        assert_eq!(p.evaluate_evm(&tx).unwrap_err().rule, "evm.max_fee_wei");
+    }
+
+    #[test]
+    fn rejects_fee_that_would_wrap_a_narrow_product() {
+        // u64::MAX × u128::MAX = 2^192 - 2^128 - 2^64 + 1. Wrapped to u128 it is
+        // 2^128 - 2^64 + 1, under a u128::MAX cap; computed in 256 bits it is far over.
+        let cap = U256::from(u128::MAX);
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"],
+               "max_value_wei":"1","max_fee_wei":"{cap}"}}}}"#
+        ))
+        .unwrap();
+        for (name, build) in fee_builders() {
+            let t = build(u64::MAX, u128::MAX);
+            assert!(
+                U256::from(u128::from(u64::MAX).wrapping_mul(u128::MAX)) <= cap,
+                "the wrapped product would pass"
+            );
+            assert_eq!(
+                p.evaluate_evm(&t).unwrap_err().rule,
+                "evm.max_fee_wei",
+                "{name}"
+            );
+        }
+        // With the cap at U256::MAX the same transaction is allowed: the product is
+        // exact, not saturated into a refusal.
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"],
+               "max_value_wei":"1","max_fee_wei":"{}"}}}}"#,
+            U256::MAX
+        ))
+        .unwrap();
+        for (name, build) in fee_builders() {
+            assert_eq!(
+                p.evaluate_evm(&build(u64::MAX, u128::MAX)),
+                Ok(()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn absent_fee_cap_means_no_cap() {
+        // Today's policies (no max_fee_wei) keep their meaning: any fee passes.
+        let p = evm_policy();
+        assert_eq!(p.evm().unwrap().max_fee_wei, None);
+        for (name, build) in fee_builders() {
+            assert_eq!(
+                p.evaluate_evm(&build(u64::MAX, u128::MAX)),
+                Ok(()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn fee_cap_canonical_json_round_trips() {
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"max_fee_wei":"000123","chain_ids":[1],
+               "allowed_destinations":["{DEST}"]}}}}"#
+        ))
+        .unwrap();
+        let canonical = p.canonical_json();
+        assert_eq!(
+            canonical,
+            format!(
+                r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"],"max_value_wei":"0","max_fee_wei":"123"}}}}"#
+            )
+        );
+        let again = Policy::parse(&canonical).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(again.evm().unwrap().max_fee_wei, Some(U256::from(123u8)));
+        assert_eq!(again.canonical_json(), canonical);
+        // A cap of 0 is a cap (only zero-fee transactions), distinct from no cap.
+        let zero = Policy::parse(r#"{"enabled":true,"evm":{"max_fee_wei":"0"}}"#).unwrap();
+        assert_eq!(zero.evm().unwrap().max_fee_wei, Some(U256::ZERO));
+        assert!(zero.canonical_json().contains(r#""max_fee_wei":"0""#));
+    }
+
+    #[test]
+    fn rejects_invalid_fee_cap() {
+        let cases = [
+            r#""1e18""#.to_string(),
+            r#""0x10""#.to_string(),
+            r#""""#.to_string(),
+            r#"" 1""#.to_string(),
+            r#""1.5""#.to_string(),
+            r#""-1""#.to_string(),
+            r#""+1""#.to_string(),
+            "1000".to_string(), // a JSON number, not a string
+            "-1".to_string(),
+            "null".to_string(),                 // refused: would read as "no cap"
+            format!(r#""{}""#, "9".repeat(78)), // > 2^256
+            // 2^256 exactly: one over U256::MAX
+            r#""115792089237316195423570985008687907853269984665640564039457584007913129639936""#
+                .to_string(),
+            format!(r#""{}""#, "1".repeat(79)), // too many digits
+        ];
+        for v in &cases {
+            let json = format!(r#"{{"enabled":true,"evm":{{"max_fee_wei":{v}}}}}"#);
+            match Policy::parse(&json) {
+                Err(SignerError::InvalidPolicy { .. }) => {}
+                other => panic!("accepted or wrong error for {v}: {other:?}"),
+            }
+        }
+        let max = U256::MAX.to_string();
+        let p = Policy::parse(&format!(
+            r#"{{"enabled":true,"evm":{{"max_fee_wei":"{max}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.evm().unwrap().max_fee_wei, Some(U256::MAX));
+    }
+
+    /// The module docs' example as it stood before `max_fee_wei` existed, concretised,
+    /// with its canonical bytes computed by the code of that time. Its canonical bytes are pinned: they are
+    /// what the MAC of every stored policy covers, so no new optional field may change
+    /// them (see "Rules for maintainers").
+    #[test]
+    fn canonical_json_of_the_module_example_is_pinned() {
+        let p = Policy::parse(&format!(
+            r#"{{
+              "version": 1,
+              "enabled": true,
+              "evm": {{
+                "chain_ids": [1, 8453],
+                "allowed_destinations": ["{DEST_EIP55}"],
+                "max_value_wei": "1000000000000000000"
+              }},
+              "solana": {{
+                "allowed_programs": ["11111111111111111111111111111111"],
+                "max_lamports_per_transfer": 1000000000
+              }}
+            }}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            p.canonical_json(),
+            concat!(
+                r#"{"version":1,"enabled":true,"evm":{"chain_ids":[1,8453],"#,
+                r#""allowed_destinations":["0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"],"#,
+                r#""max_value_wei":"1000000000000000000"},"solana":{"allowed_programs":"#,
+                r#"["11111111111111111111111111111111"],"max_lamports_per_transfer":1000000000}}"#
+            )
+        );
     }
 
     #[test]
