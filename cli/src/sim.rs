@@ -15,10 +15,32 @@
 //! | `sim.json` | pids and paths of the running simulation (removed on a clean stop) |
 //!
 //! Children run in their own process groups, so a Ctrl-C in the terminal reaches only
-//! this supervisor, which then stops them in order: parent, enclave, kms-sim (SIGTERM,
-//! up to [`STOP_GRACE`], then SIGKILL). Restarting on the same directory finds the same
-//! CA, KMS key and key store. Two `ekms sim` racing on one fresh directory are not
-//! detected (there is no lock file); a second start on a served directory is refused.
+//! this supervisor, which then stops them in order: parent, enclave, kms-sim (SIGTERM to
+//! the child's process group, up to [`STOP_GRACE`], then SIGKILL); a second SIGINT or
+//! SIGTERM while stopping kills what is left at once. Restarting on the same directory
+//! finds the same CA, KMS key and key store. Two `ekms sim` racing on one fresh
+//! directory are not detected (there is no lock file); a second start on a served
+//! directory is refused.
+//!
+//! Signals are honoured at every moment: the SIGINT/SIGTERM handlers are installed
+//! before anything else, and the whole start (measuring the enclave executable, waiting
+//! for each child's `listening on` line, creating the KMS key, waiting for health) is
+//! raced against them. Each child is stored as soon as it is spawned, so a signal during
+//! start stops exactly the children started so far, the same way as above. A stop that
+//! was asked for (a signal) exits with status 0, after printing `ekms sim: stopped`; a
+//! failed start or a child that dies for good exits with status 1. A signal that arrives
+//! before the handlers exist (while the command line is parsed) kills `ekms` the
+//! default way, before any child exists.
+//!
+//! Limitation: if `ekms sim` itself is killed with SIGKILL (or crashes), its children
+//! keep running, because their own process groups shield them from the terminal's
+//! signals and nothing else ties their life to ours (`PR_SET_PDEATHSIG` needs `unsafe`
+//! in a `pre_exec` hook, which this workspace forbids; the children do not watch their
+//! stdin). They stay findable: every child's command line names the state directory
+//! (`pgrep -f STATE_DIR`), `sim.json` lists their pids once the start completed (it is
+//! left behind on such a death), each leads its own process group, and a new `ekms sim`
+//! on the same directory refuses to start while they serve its sockets. Stop each with
+//! `kill -TERM -- -PID`.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -229,18 +251,22 @@ struct Proc {
     pid: u32,
     log: PathBuf,
     bin: PathBuf,
+    /// Empty until the child printed `listening on ADDR`.
     listening: String,
 }
 
 impl Proc {
     /// Spawns `cmd` (stdin closed, stdout and stderr appended to `log`, own process
-    /// group) and waits for its first stdout line `listening on ADDR`.
-    async fn spawn(
+    /// group), stores it in `slot` at once, so that whoever owns the slot stops it even
+    /// if this future is dropped halfway, then waits (up to [`LISTEN_TIMEOUT`]) for its
+    /// first stdout line `listening on ADDR`.
+    async fn launch<'a>(
+        slot: &'a mut Option<Proc>,
         name: &'static str,
         bin: &Path,
         mut cmd: Command,
         log: PathBuf,
-    ) -> Result<Self, Error> {
+    ) -> Result<&'a mut Proc, Error> {
         let open_log = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -249,6 +275,7 @@ impl Proc {
                 .map_err(|e| Error::io(format!("opening {}", log.display()), e))
         };
         let stderr = open_log()?;
+        let sink = open_log()?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -260,10 +287,17 @@ impl Proc {
         let pid = child
             .id()
             .ok_or_else(|| Error::Sim(format!("{name} exited at once")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Sim(format!("{name}: stdout was not captured")))?;
+        let stdout = child.stdout.take();
+        let proc = slot.insert(Self {
+            name,
+            child,
+            pid,
+            log,
+            bin: bin.to_path_buf(),
+            listening: String::new(),
+        });
+        let stdout =
+            stdout.ok_or_else(|| Error::Sim(format!("{name}: stdout was not captured")))?;
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let read = tokio::time::timeout(LISTEN_TIMEOUT, reader.read_line(&mut line)).await;
@@ -272,58 +306,69 @@ impl Proc {
             _ => None,
         };
         let Some(listening) = listening else {
-            let _ = child.start_kill();
-            let status = child
-                .wait()
-                .await
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            // The caller stops the child (it is in the slot); say what went wrong.
+            let status = match proc.child.try_wait() {
+                Ok(Some(s)) => s.to_string(),
+                _ => format!("no announcement within {} s", LISTEN_TIMEOUT.as_secs()),
+            };
             return Err(Error::Sim(format!(
                 "{name} did not announce its address (first line {:?}; {status}); see {}",
                 line.trim(),
-                log.display()
+                proc.log.display()
             )));
         };
         // The rest of stdout goes to the log, after the announcement itself.
-        let mut sink = tokio::fs::File::from_std(open_log()?);
+        let mut sink = tokio::fs::File::from_std(sink);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt as _;
             let _ = sink.write_all(line.as_bytes()).await;
             let _ = tokio::io::copy_buf(&mut reader, &mut sink).await;
         });
-        Ok(Self {
-            name,
-            child,
-            pid,
-            log,
-            bin: bin.to_path_buf(),
-            listening,
-        })
+        proc.listening = listening;
+        Ok(proc)
     }
 
-    /// SIGTERM, up to [`STOP_GRACE`] for the exit, then SIGKILL. A child that already
-    /// exited (and was reaped) is left alone: its pid may belong to someone else now.
-    async fn stop(&mut self) {
+    /// Sends `signal` to the child's process group (the child leads it, so grandchildren
+    /// get it too). Returns false, sending nothing, if the child already exited and was
+    /// reaped: its pid, and so its group id, may belong to someone else now. While the
+    /// child is unreaped its pid cannot be reused, so the group is still ours.
+    fn signal_group(&mut self, signal: nix::sys::signal::Signal) -> bool {
         if let Ok(Some(_)) = self.child.try_wait() {
+            return false;
+        }
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        let Ok(raw) = i32::try_from(pid) else {
+            return false;
+        };
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), signal);
+        true
+    }
+
+    /// SIGTERM to the group, up to [`STOP_GRACE`] for the exit, then [`Proc::kill`].
+    async fn stop(&mut self) {
+        if !self.signal_group(nix::sys::signal::Signal::SIGTERM) {
             return;
         }
-        let Some(pid) = self.child.id() else { return };
-        let Ok(raw) = i32::try_from(pid) else { return };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(raw),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!(
-                    "ekms sim: {} (pid {}) ignored SIGTERM for {} s: killing it",
-                    self.name,
-                    self.pid,
-                    STOP_GRACE.as_secs()
-                );
-                let _ = self.child.kill().await;
-            }
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "ekms sim: {} (pid {}) ignored SIGTERM for {} s: killing it",
+                self.name,
+                self.pid,
+                STOP_GRACE.as_secs()
+            );
+            self.kill().await;
+        }
+    }
+
+    /// SIGKILL to the group, then reap the child.
+    async fn kill(&mut self) {
+        if self.signal_group(nix::sys::signal::Signal::SIGKILL) {
+            let _ = self.child.kill().await;
         }
     }
 }
@@ -337,13 +382,29 @@ struct Procs {
 }
 
 impl Procs {
-    /// Stops parent, enclave and kms-sim, in that order.
-    async fn stop_all(&mut self) {
+    /// Stops parent, enclave and kms-sim, in that order ([`Proc::stop`]). A further
+    /// SIGINT/SIGTERM meanwhile (an impatient second Ctrl-C) kills whatever is left at
+    /// once.
+    async fn stop_all(&mut self, signals: &mut Signals) {
+        let graceful = async {
+            for p in [&mut self.parent, &mut self.enclave, &mut self.kms]
+                .into_iter()
+                .flatten()
+            {
+                p.stop().await;
+            }
+        };
+        tokio::select! {
+            () = graceful => return,
+            sig = signals.recv() => {
+                eprintln!("ekms sim: {sig} again: killing the remaining children");
+            }
+        }
         for p in [&mut self.parent, &mut self.enclave, &mut self.kms]
             .into_iter()
             .flatten()
         {
-            p.stop().await;
+            p.kill().await;
         }
     }
 }
@@ -387,7 +448,9 @@ struct Started {
     pcr0_hex: String,
 }
 
-/// Runs `ekms sim` until SIGINT/SIGTERM (then `Ok`) or until a child fails for good.
+/// Runs `ekms sim` until SIGINT/SIGTERM (then `Ok`, also when the signal comes during
+/// start) or until a child fails for good. Every child started is stopped before this
+/// returns (module docs).
 ///
 /// # Errors
 /// [`Error::Sim`], [`Error::Io`], [`Error::Kms`] for a failed start (everything started
@@ -422,11 +485,12 @@ pub async fn run(args: SimArgs) -> Result<(), Error> {
     let started = match started {
         Ok(Some(s)) => s,
         Ok(None) => {
-            procs.stop_all().await;
+            procs.stop_all(&mut signals).await;
+            println!("ekms sim: stopped");
             return Ok(());
         }
         Err(e) => {
-            procs.stop_all().await;
+            procs.stop_all(&mut signals).await;
             return Err(e);
         }
     };
@@ -434,7 +498,7 @@ pub async fn run(args: SimArgs) -> Result<(), Error> {
     print_summary(&paths, &procs, &started);
 
     let outcome = supervise(&paths, &bins, &mut procs, &started, &mut signals).await;
-    procs.stop_all().await;
+    procs.stop_all(&mut signals).await;
     let _ = std::fs::remove_file(&paths.sim_json);
     if outcome.is_ok() {
         println!("ekms sim: stopped");
@@ -470,10 +534,16 @@ async fn start(
             "--account-id",
             kms::SIM_ACCOUNT_ID,
         ]);
-    let kms_proc = Proc::spawn("kms-sim", &bins.kms_sim, cmd, paths.log("kms-sim")).await?;
+    let kms_proc = Proc::launch(
+        &mut procs.kms,
+        "kms-sim",
+        &bins.kms_sim,
+        cmd,
+        paths.log("kms-sim"),
+    )
+    .await?;
     let kms_endpoint = format!("http://{}", kms_proc.listening);
-    procs.kms = Some(kms_proc);
-    procs.enclave = Some(spawn_enclave(paths, bins).await?);
+    launch_enclave(&mut procs.enclave, paths, bins).await?;
 
     let pcrs = measurement
         .await
@@ -511,7 +581,14 @@ async fn start(
         .env("AWS_ACCESS_KEY_ID", kms::SIM_ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", kms::SIM_SECRET_ACCESS_KEY)
         .env_remove("AWS_SESSION_TOKEN");
-    procs.parent = Some(Proc::spawn("parent", &bins.parent, cmd, paths.log("parent")).await?);
+    Proc::launch(
+        &mut procs.parent,
+        "parent",
+        &bins.parent,
+        cmd,
+        paths.log("parent"),
+    )
+    .await?;
 
     wait_healthy(paths, procs, health_timeout).await?;
     Ok(Started {
@@ -525,14 +602,19 @@ fn unix_addr(path: &Path) -> String {
     format!("unix:{}", path.display())
 }
 
-async fn spawn_enclave(paths: &SimPaths, bins: &Binaries) -> Result<Proc, Error> {
+/// Starts the enclave into `slot` (replacing an exited one) and waits for its address.
+async fn launch_enclave<'a>(
+    slot: &'a mut Option<Proc>,
+    paths: &SimPaths,
+    bins: &Binaries,
+) -> Result<&'a mut Proc, Error> {
     claim_socket_path(&paths.enclave_socket)?;
     let mut cmd = Command::new(&bins.enclave);
     cmd.arg("--listen")
         .arg(unix_addr(&paths.enclave_socket))
         .args(["--nsm", "simulation", "--sim-ca-dir"])
         .arg(&paths.ca_dir);
-    Proc::spawn("enclave", &bins.enclave, cmd, paths.log("enclave")).await
+    Proc::launch(slot, "enclave", &bins.enclave, cmd, paths.log("enclave")).await
 }
 
 /// Polls `GET /v1/health` until 200, failing early if a child exits.
@@ -618,17 +700,16 @@ async fn supervise(
                 }
                 restarts.push_back(Instant::now());
                 total_restarts += 1;
-                // A signal while the new enclave boots drops the half-started child,
-                // which kill_on_drop then kills: it serves nothing yet.
-                let enclave = tokio::select! {
-                    r = spawn_enclave(paths, bins) => r?,
+                // A signal while the new enclave boots leaves it in its slot, and the
+                // caller stops it with the others.
+                let pid = tokio::select! {
+                    r = launch_enclave(&mut procs.enclave, paths, bins) => r?.pid,
                     sig = signals.recv() => {
-                        println!("ekms sim: {sig}: stopping parent and kms-sim");
+                        println!("ekms sim: {sig}: stopping parent, enclave and kms-sim");
                         return Ok(());
                     }
                 };
-                println!("ekms sim: enclave restarted (pid {}); the parent reconnects by itself", enclave.pid);
-                procs.enclave = Some(enclave);
+                println!("ekms sim: enclave restarted (pid {pid}); the parent reconnects by itself");
                 write_status(paths, bins, procs, started, total_restarts)?;
             }
         }
