@@ -9,7 +9,7 @@ VENV   := $(CURDIR)/.venv
 KMS_REGION  ?= us-east-1
 KMS_KEY_ARN ?=
 
-.PHONY: all build test test-rust test-e2e lint fmt demo sim bench eif venv clean-sim
+.PHONY: all build test test-rust test-e2e lint fmt demo sim bench fuzz eif venv clean-sim
 
 all: build
 
@@ -69,6 +69,16 @@ sim: build
 bench:
 	$(CARGO) build --release --workspace --locked
 	$(TARGET_DIR)/release/ekms-bench --bin-dir $(TARGET_DIR)/release
+
+# Every decoder of untrusted bytes under libFuzzer for FUZZ_SECS each (STYLE.md rule 14):
+# frames, attestation documents, CMS envelopes, EVM and Solana payloads, policies. Needs
+# the nightly toolchain and `cargo install cargo-fuzz --locked`; see fuzz/README.md.
+FUZZ_SECS ?= 60
+fuzz:
+	for t in frame attestation cms evm solana policy; do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  cargo +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 # Builds the enclave image file (EIF) for AWS Nitro Enclaves. Needs a Docker engine and
 # nitro-cli (an EC2 host with Nitro Enclaves enabled); see docs/nitro.md. Prints the
