@@ -1,6 +1,12 @@
 //! The enclave's own AWS KMS client (DESIGN §2): `aws-sdk-kms` over rustls (ring), with
 //! static credentials handed over by `Configure`, and the attested `Recipient` flow.
 //!
+//! The instance role's credentials expire (hours): a later `Configure` with the same
+//! region, endpoint and key replaces them ([`Kms::replace_credentials`]). The new SDK
+//! client must pass the attested round trip before it is swapped in, so a bad refresh
+//! leaves the working client in place; everything else (the recipient session, and the
+//! data-key cache and policy floors that hold this `Kms`) is kept.
+//!
 //! Every KMS call that returns key material carries a `Recipient` (an attestation
 //! document whose `public_key` is an ephemeral RSA-2048 key), and every answer goes
 //! through [`crate::recipient::open_kms_answer`], which fails closed on a `Plaintext`.
@@ -24,7 +30,7 @@ use aws_sdk_kms::config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
-use ekms_shared::{KmsConfig, Mode, WireError};
+use ekms_shared::{Credentials, KmsConfig, Mode, WireError};
 use tokio::sync::Mutex;
 
 use crate::recipient::{open_kms_answer, RecipientError, RecipientKey};
@@ -166,12 +172,33 @@ impl RecipientSession {
     }
 }
 
-/// The enclave's KMS client for one `Configure`d key.
+/// The enclave's KMS client for one `Configure`d key. Region, endpoint and key are
+/// fixed for its lifetime; the credentials can be replaced
+/// ([`Kms::replace_credentials`]).
 pub struct Kms {
-    client: aws_sdk_kms::Client,
+    /// The SDK client and the credentials it signs with, swapped together.
+    current: std::sync::RwLock<Current>,
+    region: String,
+    endpoint_url: Option<String>,
     key_id: String,
     nsm: Arc<dyn NsmProvider>,
     session: Mutex<Option<Arc<RecipientSession>>>,
+}
+
+/// An SDK client and the `Configure` credentials it was built with.
+struct Current {
+    client: aws_sdk_kms::Client,
+    credentials: Credentials,
+}
+
+/// What [`Kms::replace_credentials`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsUpdate {
+    /// The credentials were those already in use: nothing changed, no KMS call.
+    Unchanged,
+    /// A new client with the new credentials passed the attested round trip and is in
+    /// use.
+    Replaced,
 }
 
 impl std::fmt::Debug for Kms {
@@ -198,40 +225,79 @@ impl Kms {
         nsm: Arc<dyn NsmProvider>,
     ) -> Result<Self, KmsError> {
         check_config(config, mode)?;
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let c = &config.credentials;
-        let credentials = aws_credential_types::Credentials::new(
-            c.access_key_id.clone(),
-            c.secret_access_key.clone(),
-            c.session_token.clone(),
-            None,
-            "ekms-configure",
+        let client = sdk_client(
+            &config.region,
+            config.endpoint_url.as_deref(),
+            &config.credentials,
         );
-        let mut builder = aws_sdk_kms::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials)
-            .retry_config(RetryConfig::standard().with_max_attempts(KMS_MAX_ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(KMS_OPERATION_TIMEOUT)
-                    .build(),
-            )
-            .http_client(http);
-        if let Some(url) = &config.endpoint_url {
-            builder = builder.endpoint_url(url.clone());
-        }
         Ok(Self {
-            client: aws_sdk_kms::Client::from_conf(builder.build()),
+            current: std::sync::RwLock::new(Current {
+                client,
+                credentials: config.credentials.clone(),
+            }),
+            region: config.region.clone(),
+            endpoint_url: config.endpoint_url.clone(),
             key_id: config.kms_key_id.clone(),
             nsm,
             session: Mutex::new(None),
         })
+    }
+
+    /// Whether `config` names this client's region, endpoint and key id (its
+    /// credentials are not compared).
+    pub fn has_target(&self, config: &KmsConfig) -> bool {
+        config.region == self.region
+            && config.endpoint_url == self.endpoint_url
+            && config.kms_key_id == self.key_id
+    }
+
+    /// The access key id of the credentials in use (not secret; for logs and tests).
+    pub fn access_key_id(&self) -> String {
+        self.read_current().credentials.access_key_id.clone()
+    }
+
+    fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        // Writers replace the whole value in one assignment: a poisoned lock holds a
+        // consistent client.
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The SDK client in use (a cheap handle; a call in flight keeps the client it
+    /// started with).
+    fn client(&self) -> aws_sdk_kms::Client {
+        self.read_current().client.clone()
+    }
+
+    /// Replaces the credentials (the instance role's rotate every few hours): builds a
+    /// client with `credentials`, proves it with the attested round trip
+    /// ([`Kms::check_attested_round_trip`]), then swaps it in. Identical credentials
+    /// are a no-op without a KMS call. The recipient session is kept. Callers
+    /// serialise calls (the enclave holds its `Configure` lock).
+    ///
+    /// # Errors
+    /// [`KmsError::Config`] for empty credentials; any [`KmsError`] of the round trip.
+    /// On error the previous client stays in use.
+    pub async fn replace_credentials(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<CredentialsUpdate, KmsError> {
+        check_credentials(credentials)?;
+        if self.read_current().credentials == *credentials {
+            return Ok(CredentialsUpdate::Unchanged);
+        }
+        let client = sdk_client(&self.region, self.endpoint_url.as_deref(), credentials);
+        self.round_trip(&client).await?;
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Current {
+            client,
+            credentials: credentials.clone(),
+        };
+        Ok(CredentialsUpdate::Replaced)
     }
 
     /// The current recipient session, creating one (on a blocking thread) when there is
@@ -261,9 +327,13 @@ impl Kms {
     /// # Errors
     /// Any [`KmsError`]; [`KmsError::Answer`] if the random bytes have the wrong length.
     pub async fn check_attested_round_trip(&self) -> Result<(), KmsError> {
+        self.round_trip(&self.client()).await
+    }
+
+    /// [`Kms::check_attested_round_trip`] with `client`.
+    async fn round_trip(&self, client: &aws_sdk_kms::Client) -> Result<(), KmsError> {
         let session = self.recipient_session().await?;
-        let out = self
-            .client
+        let out = client
             .generate_random()
             .number_of_bytes(READINESS_RANDOM_BYTES)
             .recipient(session.recipient_info())
@@ -297,7 +367,7 @@ impl Kms {
     ) -> Result<(DataKey, Vec<u8>), KmsError> {
         let session = self.recipient_session().await?;
         let out = self
-            .client
+            .client()
             .generate_data_key()
             .key_id(&self.key_id)
             .key_spec(DataKeySpec::Aes256)
@@ -337,7 +407,7 @@ impl Kms {
     ) -> Result<DataKey, KmsError> {
         let session = self.recipient_session().await?;
         let out = self
-            .client
+            .client()
             .decrypt()
             .key_id(&self.key_id)
             .ciphertext_blob(Blob::new(ciphertext_blob.to_vec()))
@@ -354,6 +424,43 @@ impl Kms {
         )?;
         data_key(&plaintext)
     }
+}
+
+/// An SDK client for `region` (and `endpoint_url`, when set) signing with
+/// `credentials`: rustls with ring, standard retries, an operation deadline.
+fn sdk_client(
+    region: &str,
+    endpoint_url: Option<&str>,
+    credentials: &Credentials,
+) -> aws_sdk_kms::Client {
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let credentials = aws_credential_types::Credentials::new(
+        credentials.access_key_id.clone(),
+        credentials.secret_access_key.clone(),
+        credentials.session_token.clone(),
+        None,
+        "ekms-configure",
+    );
+    let mut builder = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(credentials)
+        .retry_config(RetryConfig::standard().with_max_attempts(KMS_MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(KMS_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .http_client(http);
+    if let Some(url) = endpoint_url {
+        builder = builder.endpoint_url(url.to_owned());
+    }
+    aws_sdk_kms::Client::from_conf(builder.build())
 }
 
 fn data_key(plaintext: &[u8]) -> Result<DataKey, KmsError> {
@@ -397,6 +504,14 @@ pub fn check_pinned_key_arn(arn: &str) -> Result<(), KmsError> {
     }
 }
 
+/// Refuses credentials without an access key id or secret.
+fn check_credentials(credentials: &Credentials) -> Result<(), KmsError> {
+    if credentials.access_key_id.is_empty() || credentials.secret_access_key.is_empty() {
+        return Err(KmsError::Config("credentials are empty".into()));
+    }
+    Ok(())
+}
+
 /// Validates `Configure`'s KMS settings (see [`Kms::new`]).
 fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
     let region_ok = !config.region.is_empty()
@@ -413,11 +528,7 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
     if config.kms_key_id.is_empty() || config.kms_key_id.len() > 2048 {
         return Err(KmsError::Config("kms_key_id must be 1-2048 bytes".into()));
     }
-    if config.credentials.access_key_id.is_empty()
-        || config.credentials.secret_access_key.is_empty()
-    {
-        return Err(KmsError::Config("credentials are empty".into()));
-    }
+    check_credentials(&config.credentials)?;
     let Some(url) = &config.endpoint_url else {
         return Ok(());
     };
@@ -463,7 +574,6 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ekms_shared::Credentials;
 
     fn config(endpoint: Option<&str>) -> KmsConfig {
         KmsConfig {

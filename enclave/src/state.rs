@@ -2,19 +2,27 @@
 //!
 //! ```text
 //! Booting ──Configure: KMS client built──▶ Configured ──attested GenerateRandom ok──▶ Ready
-//!                                            │   ▲
-//!                                            └───┘ Configure again (after a KMS error)
+//!                                            │   ▲                                   │  ▲
+//!                                            └───┘ Configure again (after a KMS error)└──┘
+//!                                                     Configure, same KMS target: new credentials
 //! ```
 //!
 //! Each state names the requests it accepts ([`accepts`]): `Booting` and `Configured`
-//! accept `Status`, `Attestation` and `Configure`; `Ready` accepts everything, and a
-//! second `Configure` there is answered [`WireError::AlreadyConfigured`]. Everything
-//! else is [`WireError::NotReady`]. The handlers of key requests take the [`Services`]
+//! accept `Status`, `Attestation` and `Configure`; `Ready` accepts everything.
+//! Everything else is [`WireError::NotReady`].
+//!
+//! A `Configure` in `Ready` only refreshes credentials (the instance role's expire
+//! after hours; the parent re-sends `Configure` on each connection): with the same
+//! region, endpoint and KMS key id, the KMS client's credentials are replaced
+//! ([`Kms::replace_credentials`]) and the data-key cache, policy floors and keyrings
+//! stay; the `dek_cache` of the first `Configure` stays in force. A `Configure` naming
+//! another region, endpoint or key is [`WireError::AlreadyConfigured`]: the parent
+//! cannot re-point a running enclave. The handlers of key requests take the [`Services`]
 //! that only exist in `Ready`, so signing before `Ready` is unreachable by type, not only
 //! by this table.
 //!
-//! A restarted parent reconnects and asks `Status`: a `Ready` enclave tells it so and the
-//! parent skips `Configure`.
+//! A restarted parent reconnects, asks `Status` and sends `Configure` again: a `Ready`
+//! enclave takes it as a credentials refresh (a no-op for the same credentials).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -25,7 +33,7 @@ use serde_bytes::ByteBuf;
 
 use crate::floor::PolicyFloors;
 use crate::keyring::Keyrings;
-use crate::kms::Kms;
+use crate::kms::{CredentialsUpdate, Kms};
 use crate::EnclaveError;
 
 /// PCRs reported by `Status`: 0 (image), 1 (kernel and boot ramfs), 2 (application).
@@ -82,8 +90,8 @@ impl RequestKind {
 }
 
 /// Whether `state` accepts requests of `kind` (the table in the module docs). A
-/// `Configure` in `Ready` is accepted here and answered `AlreadyConfigured` by
-/// [`Enclave::configure`].
+/// `Configure` in `Ready` is accepted here; [`Enclave::configure`] takes only new
+/// credentials from it.
 pub fn accepts(state: EnclaveState, kind: RequestKind) -> bool {
     use RequestKind as K;
     match state {
@@ -244,20 +252,23 @@ impl Enclave {
     /// (the state stays `Configured` and `Configure` may be retried, e.g. with fresh
     /// credentials).
     ///
+    /// When already `Ready`: the same region, endpoint and key id with other
+    /// credentials replaces the KMS client's credentials once the new ones pass the
+    /// attested round trip (cache, floors and keyrings kept; `dek_cache` ignored); the
+    /// same credentials are a no-op.
+    ///
     /// # Errors
-    /// [`WireError::AlreadyConfigured`] when `Ready`; [`WireError::BadRequest`] for
-    /// invalid settings, including a `kms_key_id` other than the pinned one (state
-    /// unchanged); [`WireError::Kms`] /
-    /// [`WireError::Attestation`] when the round trip fails.
+    /// [`WireError::AlreadyConfigured`] when `Ready` and `kms` names another region,
+    /// endpoint or key id; [`WireError::BadRequest`] for invalid settings, including a
+    /// `kms_key_id` other than the pinned one (state unchanged); [`WireError::Kms`] /
+    /// [`WireError::Attestation`] when the round trip fails (when `Ready`, the previous
+    /// credentials stay in use).
     pub async fn configure(
         &self,
         kms: KmsConfig,
         dek_cache: DekCachePolicy,
     ) -> Result<(), WireError> {
         let _one_at_a_time = self.configuring.lock().await;
-        if self.state() == EnclaveState::Ready {
-            return Err(WireError::AlreadyConfigured);
-        }
         if dek_cache.ttl_secs > MAX_DEK_TTL_SECS {
             return Err(WireError::BadRequest {
                 message: format!("dek_cache.ttl_secs must be at most {MAX_DEK_TTL_SECS}"),
@@ -269,6 +280,13 @@ impl Enclave {
                     message: "kms_key_id is not the KMS key this enclave image is pinned to".into(),
                 });
             }
+        }
+        let ready = match &*self.read_phase() {
+            Phase::Ready(services) => Some(Arc::clone(services)),
+            Phase::Booting | Phase::Configured => None,
+        };
+        if let Some(services) = ready {
+            return refresh_credentials(&services.kms, &kms).await;
         }
         let client = Kms::new(&kms, self.mode, Arc::clone(&self.nsm)).map_err(|e| e.to_wire())?;
         let client = Arc::new(client);
@@ -284,6 +302,27 @@ impl Enclave {
             policy_floors: PolicyFloors::default(),
         })));
         Ok(())
+    }
+}
+
+/// A `Configure` received in `Ready`: new credentials for the same KMS target.
+async fn refresh_credentials(kms: &Kms, config: &KmsConfig) -> Result<(), WireError> {
+    if !kms.has_target(config) {
+        return Err(WireError::AlreadyConfigured);
+    }
+    match kms.replace_credentials(&config.credentials).await {
+        Ok(CredentialsUpdate::Unchanged) => Ok(()),
+        Ok(CredentialsUpdate::Replaced) => {
+            tracing::info!(
+                access_key_id = %config.credentials.access_key_id,
+                "KMS credentials replaced"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "new KMS credentials refused; keeping the previous ones");
+            Err(e.to_wire())
+        }
     }
 }
 
@@ -399,6 +438,103 @@ mod tests {
         let r = e.configure(kms_config(PINNED, port), CACHE).await;
         assert!(matches!(r, Err(WireError::Kms { .. })), "{r:?}");
         assert_eq!(e.state(), EnclaveState::Configured);
+    }
+
+    fn dead_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// An enclave put straight into `Ready` with a client for `config` (no KMS call:
+    /// the endpoint is a port nothing listens on).
+    fn ready_enclave(config: &KmsConfig) -> (Enclave, Arc<Services>) {
+        let e = test_enclave();
+        let kms = Arc::new(Kms::new(config, Mode::Simulation, Arc::clone(e.nsm())).unwrap());
+        let services = Arc::new(Services {
+            keyrings: Keyrings::new(Arc::clone(&kms), CACHE),
+            kms,
+            policy_floors: PolicyFloors::default(),
+        });
+        e.set_phase(Phase::Ready(Arc::clone(&services)));
+        (e, services)
+    }
+
+    fn same_services(e: &Enclave, services: &Arc<Services>) -> bool {
+        let now = e.admit(RequestKind::Sign).unwrap().unwrap();
+        Arc::ptr_eq(&now, services)
+    }
+
+    #[tokio::test]
+    async fn ready_configure_with_the_same_credentials_is_a_no_op() {
+        let config = kms_config("k", dead_port());
+        let (e, services) = ready_enclave(&config);
+        // No KMS call is made (the endpoint is dead), and the cache policy is ignored.
+        let other_cache = DekCachePolicy {
+            ttl_secs: 1,
+            max_uses: 0,
+        };
+        e.configure(config.clone(), other_cache).await.unwrap();
+        assert_eq!(e.state(), EnclaveState::Ready);
+        assert!(same_services(&e, &services));
+        assert_eq!(services.kms.access_key_id(), "a");
+    }
+
+    #[tokio::test]
+    async fn rejects_ready_configure_that_retargets_kms() {
+        let config = kms_config("k", dead_port());
+        let (e, services) = ready_enclave(&config);
+        let mut other_key = config.clone();
+        other_key.kms_key_id = "another-key".into();
+        let mut other_region = config.clone();
+        other_region.region = "eu-west-1".into();
+        let mut other_endpoint = config.clone();
+        other_endpoint.endpoint_url = Some("http://127.0.0.1:1".into());
+        let mut no_endpoint = config.clone();
+        no_endpoint.endpoint_url = None;
+        for mut changed in [other_key, other_region, other_endpoint, no_endpoint] {
+            // Even with new credentials: a running enclave is never re-pointed.
+            changed.credentials.access_key_id = "new".into();
+            let r = e.configure(changed.clone(), CACHE).await;
+            assert_eq!(r, Err(WireError::AlreadyConfigured), "{changed:?}");
+        }
+        assert!(same_services(&e, &services));
+        assert_eq!(services.kms.access_key_id(), "a");
+    }
+
+    #[tokio::test]
+    async fn rejects_ready_credentials_that_fail_the_round_trip_and_keeps_the_old_ones() {
+        let config = kms_config("k", dead_port());
+        let (e, services) = ready_enclave(&config);
+        let mut fresh = config.clone();
+        fresh.credentials.access_key_id = "new".into();
+        let r = e.configure(fresh, CACHE).await;
+        assert!(
+            matches!(&r, Err(WireError::Kms { code, .. }) if code == "RequestFailed"),
+            "{r:?}"
+        );
+        let mut empty = config.clone();
+        empty.credentials.secret_access_key.clear();
+        let r = e.configure(empty, CACHE).await;
+        assert!(matches!(r, Err(WireError::BadRequest { .. })), "{r:?}");
+        assert_eq!(e.state(), EnclaveState::Ready);
+        assert!(same_services(&e, &services));
+        assert_eq!(services.kms.access_key_id(), "a");
+    }
+
+    #[tokio::test]
+    async fn rejects_ready_configure_with_another_key_than_the_pinned_one() {
+        let config = kms_config(PINNED, dead_port());
+        let (e, services) = ready_enclave(&config);
+        let e = e.with_pinned_kms_key(PINNED.into());
+        let mut other = config.clone();
+        other.kms_key_id = "arn:aws:kms:us-east-1:444455556666:key/attacker".into();
+        let r = e.configure(other, CACHE).await;
+        assert!(matches!(r, Err(WireError::BadRequest { .. })), "{r:?}");
+        e.configure(config, CACHE).await.unwrap();
+        assert!(same_services(&e, &services));
     }
 
     #[test]

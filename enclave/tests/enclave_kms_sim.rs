@@ -3,7 +3,9 @@
 //! on 127.0.0.1:0 with a key policy gated on the simulated enclave's PCR0.
 //!
 //! Covers: Sign before Configure (NotReady), Configure (attested round trip → Ready),
-//! a second Configure (AlreadyConfigured), CreateKeyring, GenerateKey for both
+//! a second identical Configure (a no-op), credentials refreshed by a Ready-state
+//! Configure (signing goes on with a cold data-key cache, policy floors kept) and a
+//! Ready-state Configure naming another key (AlreadyConfigured), CreateKeyring, GenerateKey for both
 //! algorithms with policies, an EIP-1559 signature (recovered to the sealed public key),
 //! a Solana transfer signature (verified with ed25519), policy denials, tampered
 //! records and policies (SealedStateInvalid), SetPolicy, and `max_uses = 0`.
@@ -377,7 +379,11 @@ async fn configure_create_generate_sign_and_refuse() {
             dek_cache: cache,
         })
         .await;
-    assert_eq!(again, Err(WireError::AlreadyConfigured));
+    assert_eq!(
+        again,
+        Ok(ResponseBody::Configured),
+        "same credentials: no-op"
+    );
 
     // A restarted parent reconnects and sees Ready (it skips Configure).
     let mut restarted = world.connect().await;
@@ -764,5 +770,126 @@ async fn rejects_data_keys_for_an_enclave_of_another_image() {
         "{r:?}"
     );
     drop(parent);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_credentials_while_ready_and_refuses_another_key() {
+    let world = World::start().await;
+    let mut parent = world.connect().await;
+    // No data-key caching: every signature is a KMS Decrypt with the current client.
+    let cache = DekCachePolicy {
+        ttl_secs: 300,
+        max_uses: 0,
+    };
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: cache,
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    let Ok(ResponseBody::KeyringCreated {
+        keyring,
+        epoch,
+        dek_ciphertext,
+    }) = parent
+        .call(Request::CreateKeyring {
+            keyring: "rotating".into(),
+            epoch: 1,
+        })
+        .await
+    else {
+        panic!("CreateKeyring");
+    };
+    let ring = KeyringRef {
+        keyring,
+        epoch,
+        dek_ciphertext,
+    };
+    let (record, policy_v1) = parent
+        .generate("evm-rot", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .await;
+    let set = parent
+        .call(Request::SetPolicy {
+            record: record.clone(),
+            keyring: ring.clone(),
+            current: policy_v1.clone(),
+            policy_json: evm_policy().replace("[1]", "[1,8453]"),
+        })
+        .await;
+    let Ok(ResponseBody::PolicySet { policy: policy_v2 }) = set else {
+        panic!("{set:?}");
+    };
+
+    // The instance role's credentials rotated: the parent re-sends Configure, on a new
+    // connection, with the same region, endpoint and key.
+    let mut reconnected = world.connect().await;
+    let mut fresh = world.kms_config();
+    fresh.credentials = Credentials {
+        access_key_id: "AKIDROTATED".into(),
+        secret_access_key: "secret-2".into(),
+        session_token: Some("token-2".into()),
+    };
+    let refreshed = reconnected
+        .call(Request::Configure {
+            kms: fresh.clone(),
+            dek_cache: cache,
+        })
+        .await;
+    assert_eq!(refreshed, Ok(ResponseBody::Configured));
+    assert_eq!(reconnected.state().await, EnclaveState::Ready);
+    let signed = reconnected
+        .sign(
+            &record,
+            &policy_v2,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(8453, DEST, 5),
+        )
+        .await;
+    assert!(matches!(signed, Ok(SignOutput::Evm { .. })), "{signed:?}");
+    // The policy floor survived the refresh: version 1 is still a rollback.
+    let rolled_back = reconnected
+        .sign(
+            &record,
+            &policy_v1,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 5),
+        )
+        .await;
+    assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
+
+    // The parent may not re-point the running enclave, not even with new credentials.
+    let other_key = create_enclave_key(
+        &admin_client(world.kms_port),
+        &hex::encode(&attestation::pcrs_from_digest(PCR_DIGEST)[&0]),
+    )
+    .await;
+    let mut retarget = fresh.clone();
+    retarget.kms_key_id = other_key;
+    retarget.credentials.access_key_id = "AKIDTHIRD".into();
+    let refused = reconnected
+        .call(Request::Configure {
+            kms: retarget,
+            dek_cache: cache,
+        })
+        .await;
+    assert_eq!(refused, Err(WireError::AlreadyConfigured));
+    // Still serving the original key, on the first connection too.
+    let signed = parent
+        .sign(
+            &record,
+            &policy_v2,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 6),
+        )
+        .await;
+    assert!(matches!(signed, Ok(SignOutput::Evm { .. })), "{signed:?}");
+
+    drop(parent);
+    drop(reconnected);
     world.stop().await;
 }

@@ -1,13 +1,13 @@
 //! Configuration of the parent: command-line flags (clap, each with an environment
-//! fallback), the application listen address syntax, and the AWS credentials handed to
-//! the enclave.
+//! fallback), the application listen address syntax, and where the AWS credentials
+//! handed to the enclave come from.
 //!
-//! Credentials come only from the standard environment variables `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, never from flags (flags show in
-//! `ps`). On EC2 the operator's systemd unit exports the instance role's temporary
-//! credentials into the parent's environment; fetching and refreshing them from IMDS is
-//! a next step. They are not secret from the parent (DESIGN §2) but are still kept out
-//! of logs and zeroized on drop.
+//! Credentials never come from flags (flags show in `ps`): `--aws-credentials env` (the
+//! default) reads the standard variables `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+//! and `AWS_SESSION_TOKEN` once at start; `--aws-credentials imds` fetches the instance
+//! role's temporary credentials from IMDSv2 and refreshes them before they expire
+//! ([`crate::credentials`]). They are not secret from the parent (DESIGN §2) but are
+//! still kept out of logs and zeroized on drop.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,9 +16,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use ekms_shared::{Address, Credentials, DekCachePolicy, KmsConfig};
-use zeroize::Zeroizing;
+use ekms_shared::{Address, DekCachePolicy, KmsConfig};
 
+pub use crate::credentials::AwsCredentials;
+use crate::credentials::{CredentialsSource, ImdsClient, RefreshPolicy, DEFAULT_IMDS_ENDPOINT};
 use crate::error::Error;
 
 /// Where the application API listens.
@@ -75,60 +76,6 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// AWS credentials for the enclave's KMS client. Zeroized on drop, redacted in `Debug`.
-pub struct AwsCredentials {
-    access_key_id: String,
-    secret_access_key: Zeroizing<String>,
-    session_token: Option<Zeroizing<String>>,
-}
-
-impl AwsCredentials {
-    /// Credentials from explicit values.
-    pub fn new(
-        access_key_id: String,
-        secret_access_key: String,
-        session_token: Option<String>,
-    ) -> Self {
-        AwsCredentials {
-            access_key_id,
-            secret_access_key: Zeroizing::new(secret_access_key),
-            session_token: session_token.map(Zeroizing::new),
-        }
-    }
-
-    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional)
-    /// `AWS_SESSION_TOKEN`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if either of the first two is unset or empty.
-    pub fn from_env() -> Result<Self, Error> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let missing = |name: &str| Error::Config(format!("{name} is not set"));
-        Ok(Self::new(
-            var("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
-            var("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
-            var("AWS_SESSION_TOKEN"),
-        ))
-    }
-
-    /// The wire form for `Configure`.
-    fn to_wire(&self) -> Credentials {
-        Credentials {
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.as_str().to_owned(),
-            session_token: self.session_token.as_ref().map(|t| t.as_str().to_owned()),
-        }
-    }
-}
-
-impl fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
 /// KMS settings passed to the enclave in `Configure`.
 #[derive(Debug)]
 pub struct KmsSettings {
@@ -155,6 +102,45 @@ impl KmsSettings {
     }
 }
 
+/// Where the enclave's KMS client points: [`KmsSettings`] without the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsTarget {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Endpoint override (simulation: the kms-sim URL); `None` for the regional
+    /// endpoint through vsock-proxy.
+    pub endpoint_url: Option<String>,
+    /// KMS key id or ARN whose key policy requires the enclave's attestation.
+    pub kms_key_id: String,
+}
+
+impl KmsTarget {
+    /// The settings `Configure` sends, with `credentials`.
+    pub fn with_credentials(self, credentials: AwsCredentials) -> KmsSettings {
+        KmsSettings {
+            region: self.region,
+            endpoint_url: self.endpoint_url,
+            kms_key_id: self.kms_key_id,
+            credentials,
+        }
+    }
+}
+
+/// Where the enclave's AWS credentials come from (`--aws-credentials`), resolved.
+#[derive(Debug)]
+pub enum CredentialsConfig {
+    /// Read from the environment at start; never refreshed.
+    Env(AwsCredentials),
+    /// Fetched from IMDSv2 when the parent starts serving, then refreshed before they
+    /// expire and pushed to the enclave.
+    Imds {
+        /// The IMDS client.
+        client: ImdsClient,
+        /// When to refresh.
+        refresh: RefreshPolicy,
+    },
+}
+
 /// Everything [`crate::run`] needs.
 #[derive(Debug)]
 pub struct Config {
@@ -164,8 +150,10 @@ pub struct Config {
     pub enclave: Address,
     /// SQLite database path.
     pub db: PathBuf,
-    /// KMS settings for the enclave.
-    pub kms: KmsSettings,
+    /// KMS region, endpoint and key for the enclave.
+    pub kms: KmsTarget,
+    /// Where the enclave's AWS credentials come from.
+    pub aws_credentials: CredentialsConfig,
     /// Data-key cache policy for the enclave.
     pub dek_cache: DekCachePolicy,
     /// Keyring new keys are created in.
@@ -219,6 +207,14 @@ pub struct Args {
     /// KMS key id or ARN.
     #[arg(long, env = "EKMS_KMS_KEY_ID")]
     pub kms_key_id: String,
+    /// Where the enclave's AWS credentials come from: env (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, read at start) or imds (the instance
+    /// role's, from IMDSv2, refreshed before they expire).
+    #[arg(long, env = "EKMS_AWS_CREDENTIALS", value_enum, default_value_t = CredentialsSource::Env)]
+    pub aws_credentials: CredentialsSource,
+    /// IMDS base URL, http://HOST[:PORT] (tests point it at a local fake).
+    #[arg(long, env = "EKMS_IMDS_ENDPOINT", default_value = DEFAULT_IMDS_ENDPOINT, hide = true)]
+    pub imds_endpoint: String,
     /// Seconds the enclave may keep a plaintext data key (0: KMS call per use).
     #[arg(long, env = "EKMS_DEK_CACHE_TTL_SECS", default_value_t = 300)]
     pub dek_cache_ttl_secs: u64,
@@ -253,11 +249,12 @@ pub struct Args {
 }
 
 impl Args {
-    /// Resolves defaults, parses addresses and reads credentials from the environment.
+    /// Resolves defaults, parses addresses and, with `--aws-credentials env`, reads
+    /// credentials from the environment (IMDS is asked later, by [`crate::Server::run`]).
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid address, a zero limit, an empty keyring name or
-    /// missing credentials.
+    /// [`Error::Config`] for an invalid address or IMDS endpoint, a zero limit, an empty
+    /// keyring name or missing credentials.
     pub fn into_config(self) -> Result<Config, Error> {
         let listen = match &self.listen {
             Some(s) => s.parse()?,
@@ -287,16 +284,24 @@ impl Args {
                 )));
             }
         }
+        let aws_credentials = match self.aws_credentials {
+            CredentialsSource::Env => CredentialsConfig::Env(AwsCredentials::from_env()?),
+            CredentialsSource::Imds => CredentialsConfig::Imds {
+                client: ImdsClient::new(&self.imds_endpoint)
+                    .map_err(|e| Error::Config(format!("--imds-endpoint: {e}")))?,
+                refresh: RefreshPolicy::default(),
+            },
+        };
         Ok(Config {
             listen,
             enclave,
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),
-            kms: KmsSettings {
+            kms: KmsTarget {
                 region: self.kms_region,
                 endpoint_url: self.kms_endpoint_url,
                 kms_key_id: self.kms_key_id,
-                credentials: AwsCredentials::from_env()?,
             },
+            aws_credentials,
             dek_cache: DekCachePolicy {
                 ttl_secs: self.dek_cache_ttl_secs,
                 max_uses: self.dek_cache_max_uses,
@@ -397,11 +402,42 @@ mod tests {
         }
     }
 
+    fn base_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["ekms-parent", "--kms-region", "r", "--kms-key-id", "k"];
+        v.extend_from_slice(extra);
+        v
+    }
+
     #[test]
-    fn credentials_debug_is_redacted() {
-        let c = AwsCredentials::new("AKIA".into(), "topsecret".into(), Some("tok".into()));
-        let s = format!("{c:?}");
-        assert!(s.contains("AKIA"));
-        assert!(!s.contains("topsecret") && !s.contains("tok\""));
+    fn selects_imds_credentials_without_reading_the_environment() {
+        let args = Args::try_parse_from(base_args(&[])).unwrap();
+        assert_eq!(args.aws_credentials, CredentialsSource::Env);
+        assert_eq!(args.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        // No AWS_* variable is needed (none is read) in IMDS mode.
+        let args = Args::try_parse_from(base_args(&[
+            "--aws-credentials",
+            "imds",
+            "--imds-endpoint",
+            "http://127.0.0.1:9",
+        ]))
+        .unwrap();
+        let config = args.into_config().unwrap();
+        assert!(matches!(
+            config.aws_credentials,
+            CredentialsConfig::Imds { refresh, .. } if refresh == RefreshPolicy::default()
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_credentials_sources_and_bad_imds_endpoints() {
+        assert!(Args::try_parse_from(base_args(&["--aws-credentials", "profile"])).is_err());
+        let args = Args::try_parse_from(base_args(&[
+            "--aws-credentials",
+            "imds",
+            "--imds-endpoint",
+            "https://169.254.169.254/latest",
+        ]))
+        .unwrap();
+        assert!(matches!(args.into_config(), Err(Error::Config(_))));
     }
 }

@@ -7,11 +7,16 @@
 //! cannot sign outside a policy or loosen one, because the enclave authenticates every
 //! blob the parent sends back.
 //!
+//! The AWS credentials the enclave's KMS client uses come from the environment or, on
+//! EC2, from IMDSv2, refreshed before they expire and pushed to the enclave with
+//! `Configure` ([`credentials`]).
+//!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
 //! [`Server::bind`] then [`Server::run`], to learn the bound address first).
 
 pub mod api;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod format;
 pub mod io;
@@ -24,7 +29,7 @@ mod testing;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::{Config, ListenAddr};
+pub use config::{Config, CredentialsConfig, ListenAddr};
 pub use error::{ApiError, Error};
 pub use relay::{Relay, RelayConfig};
 pub use store::Store;
@@ -80,24 +85,56 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Starts the relay and serves until `shutdown` resolves; then drains open
-    /// connections, removes the socket file and stops the relay.
+    /// Gets the AWS credentials (with `--aws-credentials imds`: from IMDS, up to
+    /// [`credentials::IMDS_START_ATTEMPTS`] tries, then a background refresher), starts
+    /// the relay and serves until `shutdown` resolves; then drains open connections,
+    /// removes the socket file and stops the relay and the refresher.
     ///
     /// # Errors
-    /// As [`io::serve`].
+    /// [`Error::Config`] if IMDS gives no credentials at start; otherwise as
+    /// [`io::serve`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let c = self.config;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let (credentials, refresher) = match c.aws_credentials {
+            CredentialsConfig::Env(credentials) => (credentials, None),
+            CredentialsConfig::Imds { client, refresh } => {
+                let first = tokio::select! {
+                    r = client.fetch_with_retries(credentials::IMDS_START_ATTEMPTS, &refresh) => r,
+                    () = &mut shutdown => return Ok(()),
+                };
+                let first =
+                    first.map_err(|e| Error::Config(format!("--aws-credentials imds: {e}")))?;
+                tracing::info!(
+                    access_key_id = %first.credentials.access_key_id(),
+                    "AWS credentials from IMDS"
+                );
+                (first.credentials, Some((client, refresh, first.expiration)))
+            }
+        };
         let relay = Relay::start(
             RelayConfig {
                 enclave: c.enclave,
                 connections: c.enclave_connections,
                 request_timeout: c.enclave_timeout,
-                kms: c.kms,
+                kms: c.kms.with_credentials(credentials),
                 dek_cache: c.dek_cache,
                 keyring: c.keyring,
             },
             self.store.clone(),
         );
+        let refresher = refresher.map(|(client, refresh, expiration)| {
+            let relay = relay.clone();
+            tokio::spawn(credentials::refresh_loop(
+                client,
+                refresh,
+                expiration,
+                move |fresh| {
+                    let relay = relay.clone();
+                    async move { relay.set_credentials(fresh).await.is_ok() }
+                },
+            ))
+        });
         let router = api::router(api::AppState {
             relay: relay.clone(),
             store: self.store,
@@ -114,6 +151,9 @@ impl Server {
             write_stall_timeout: c.read_timeout,
         };
         let result = io::serve(self.listener, router, limits, shutdown).await;
+        if let Some(task) = refresher {
+            task.abort();
+        }
         relay.shutdown();
         result
     }
@@ -137,7 +177,7 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AwsCredentials, KmsSettings};
+    use crate::config::{AwsCredentials, KmsTarget};
     use crate::testing::FakeEnclave;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -147,12 +187,16 @@ mod tests {
             listen: ListenAddr::Unix(dir.join("api.sock")),
             enclave: ekms_shared::Address::Unix(enclave.to_owned()),
             db: dir.join("state/ekms.db"),
-            kms: KmsSettings {
+            kms: KmsTarget {
                 region: "us-east-1".into(),
                 endpoint_url: None,
                 kms_key_id: "k".into(),
-                credentials: AwsCredentials::new("AKIA".into(), "s".into(), None),
             },
+            aws_credentials: CredentialsConfig::Env(AwsCredentials::new(
+                "AKIA".into(),
+                "s".into(),
+                None,
+            )),
             dek_cache: ekms_shared::DekCachePolicy {
                 ttl_secs: 1,
                 max_uses: 1,
@@ -221,6 +265,77 @@ mod tests {
         // The key is durable: a new store sees it.
         let store = Store::open(&dir.path().join("state/ekms.db")).unwrap();
         assert_eq!(store.list_keys(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn serves_with_credentials_from_imds() {
+        use crate::credentials::tests::{credentials_json, fast_policy, imds, FakeImds};
+        let imds = FakeImds::start(imds(|n| {
+            (200, credentials_json(n, Duration::from_secs(3600)))
+        }))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut cfg = config(dir.path(), &fake.path);
+        cfg.aws_credentials = CredentialsConfig::Imds {
+            client: imds.client(),
+            refresh: fast_policy(0),
+        };
+        let server = Server::bind(cfg).await.unwrap();
+        let task = tokio::spawn(server.run(std::future::pending()));
+        let sock = dir.path().join("api.sock");
+        let get = "GET /v1/health HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\r\n";
+        let mut last = (String::new(), String::new());
+        for _ in 0..200 {
+            last = http(&sock, get).await;
+            if last.0.contains(" 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(last.0.contains(" 200 "), "{last:?}");
+        assert!(fake
+            .state
+            .configured
+            .load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            imds.credential_fetches
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn rejects_start_when_imds_has_no_credentials() {
+        use crate::credentials::tests::{fast_policy, imds, FakeImds};
+        let imds = FakeImds::start(imds(|_| (404, Vec::new()))).await;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut cfg = config(dir.path(), &fake.path);
+        cfg.aws_credentials = CredentialsConfig::Imds {
+            client: imds.client(),
+            refresh: fast_policy(0),
+        };
+        let server = Server::bind(cfg).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), server.run(std::future::pending()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Err(Error::Config(m)) if m.contains("HTTP 404")),
+            "{r:?}"
+        );
+        assert_eq!(
+            imds.credential_fetches
+                .load(std::sync::atomic::Ordering::SeqCst),
+            crate::credentials::IMDS_START_ATTEMPTS as usize
+        );
+        assert_eq!(
+            fake.state
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
     }
 
     #[tokio::test]

@@ -4,13 +4,19 @@
 //!
 //! Life of a connection slot (one supervisor task each):
 //! 1. connect (backoff 100 ms doubling to 5 s on failure);
-//! 2. initialise: `Status`; if the enclave is `Booting`, `Configure`; make sure the
-//!    keyring exists (load it from the store, or `CreateKeyring` and store its data-key
+//! 2. initialise: `Status`, then `Configure` with the current credentials (a `Booting`
+//!    or `Configured` enclave gets ready; a `Ready` one takes them as a credentials
+//!    refresh, a no-op when unchanged, and a failure there only logs: the enclave keeps
+//!    serving with its previous ones); make sure the keyring exists (load it from the store, or `CreateKeyring` and store its data-key
 //!    ciphertext durably, once for all slots);
 //! 3. publish the slot: requests may use it, health turns ready;
 //! 4. when the reader or writer ends (the enclave restarted, a frame did not decode),
 //!    unpublish the slot, fail every pending request with
 //!    [`Error::EnclaveUnavailable`], and go back to 1.
+//!
+//! Refreshed credentials ([`Relay::set_credentials`], from the IMDS refresher) replace
+//! those of [`RelayConfig::kms`] and are sent in `Configure` on every ready connection
+//! at once, and on every later (re)connection.
 //!
 //! Every request has a deadline ([`RelayConfig::request_timeout`]); a request whose
 //! caller gives up is removed from the pending map, and a late answer is dropped.
@@ -31,7 +37,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::KmsSettings;
+use crate::config::{AwsCredentials, KmsSettings};
 use crate::error::Error;
 use crate::io::{connect_enclave, EnclaveStream};
 use crate::store::Store;
@@ -87,6 +93,8 @@ struct Inner {
     next_slot: AtomicUsize,
     next_id: AtomicU64,
     health: RwLock<Option<Health>>,
+    /// Credentials that replaced those of `config.kms` ([`Relay::set_credentials`]).
+    refreshed: RwLock<Option<AwsCredentials>>,
     /// The current keyring; the async mutex makes creation happen once.
     keyring: tokio::sync::Mutex<Option<KeyringRef>>,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
@@ -105,6 +113,7 @@ impl Relay {
             next_slot: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             health: RwLock::new(None),
+            refreshed: RwLock::new(None),
             keyring: tokio::sync::Mutex::new(None),
             supervisors: Mutex::new(Vec::new()),
         });
@@ -156,6 +165,42 @@ impl Relay {
         (0..slots.len())
             .find_map(|k| read(&slots[(start + k) % slots.len()]).clone())
             .ok_or_else(|| Error::EnclaveUnavailable("no connection to the enclave".into()))
+    }
+
+    /// Replaces the AWS credentials sent in `Configure` and sends `Configure` with them
+    /// on every ready connection (the enclave swaps its KMS client's credentials;
+    /// identical ones are a no-op there). Connections made later send them too.
+    ///
+    /// # Errors
+    /// The first failure among the connections ([`Error::Enclave`] with
+    /// `AlreadyConfigured` if the enclave runs for another KMS key, or a KMS error if
+    /// KMS refused the new credentials: the enclave then keeps its previous ones).
+    /// `Ok` when no connection is ready: the next one sends them.
+    pub async fn set_credentials(&self, credentials: AwsCredentials) -> Result<(), Error> {
+        *write(&self.inner.refreshed) = Some(credentials);
+        let conns: Vec<Conn> = self
+            .inner
+            .slots
+            .iter()
+            .filter_map(|s| read(s).clone())
+            .collect();
+        let mut first_error = None;
+        for conn in conns {
+            let result = conn.call(&self.inner, configure_request(&self.inner)).await;
+            match result {
+                Ok(ResponseBody::Configured) => {}
+                Ok(_) => {
+                    first_error.get_or_insert(Error::UnexpectedResponse("Configure"));
+                }
+                // A connection that just dropped reconnects and sends them then.
+                Err(Error::EnclaveUnavailable(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the enclave refused the refreshed credentials");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops the supervisors (and with them every connection task).
@@ -373,22 +418,36 @@ async fn read_loop(
     }
 }
 
+/// `Configure` with the KMS settings and the current credentials.
+fn configure_request(inner: &Inner) -> Request {
+    let mut kms = inner.config.kms.to_wire();
+    if let Some(fresh) = read(&inner.refreshed).as_ref() {
+        kms.credentials = fresh.to_wire();
+    }
+    Request::Configure {
+        kms,
+        dek_cache: inner.config.dek_cache,
+    }
+}
+
 /// Steps 2 of the module doc: status, configure, keyring.
 async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
     let status = match conn.call(inner, Request::Status).await? {
         ResponseBody::Status(s) => s,
         _ => return Err(Error::UnexpectedResponse("Status")),
     };
-    if status.state == EnclaveState::Booting {
-        let configure = Request::Configure {
-            kms: inner.config.kms.to_wire(),
-            dek_cache: inner.config.dek_cache,
-        };
-        match conn.call(inner, configure).await {
-            Ok(ResponseBody::Configured) | Err(Error::Enclave(WireError::AlreadyConfigured)) => {}
-            Ok(_) => return Err(Error::UnexpectedResponse("Configure")),
-            Err(e) => return Err(e),
+    match conn.call(inner, configure_request(inner)).await {
+        Ok(ResponseBody::Configured) => {}
+        Ok(_) => return Err(Error::UnexpectedResponse("Configure")),
+        Err(Error::Enclave(WireError::AlreadyConfigured)) => tracing::warn!(
+            "the enclave is configured for another KMS region, endpoint or key; \
+             credentials are not refreshed"
+        ),
+        // A Ready enclave serves on with its previous credentials.
+        Err(e) if status.state == EnclaveState::Ready => {
+            tracing::warn!(error = %e, "credentials refresh refused by the enclave");
         }
+        Err(e) => return Err(e),
     }
     ensure_keyring(inner, conn).await?;
     Ok(status)
@@ -634,5 +693,145 @@ mod tests {
             "the waiter was removed"
         );
         relay.shutdown();
+    }
+
+    /// A Ready enclave that records the access key id of every `Configure` and refuses
+    /// those whose id starts with `REFUSE` with a KMS error, as the real one does when
+    /// KMS rejects new credentials (it keeps its previous ones).
+    async fn recording_enclave(
+        path: &std::path::Path,
+    ) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use ekms_shared::{decode_request, encode_response, ResponseFrame};
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    loop {
+                        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+                        if stream.read_exact(&mut prefix).await.is_err() {
+                            return;
+                        }
+                        let mut body = vec![0; frame_len(prefix).unwrap()];
+                        stream.read_exact(&mut body).await.unwrap();
+                        let frame = decode_request(&body).unwrap();
+                        let answer = match frame.body {
+                            Request::Status => Ok(ResponseBody::Status(StatusInfo {
+                                state: EnclaveState::Ready,
+                                mode: Mode::Simulation,
+                                pcrs: BTreeMap::new(),
+                            })),
+                            Request::Configure { kms, .. } => {
+                                let id = kms.credentials.access_key_id;
+                                let refuse = id.starts_with("REFUSE");
+                                lock(&s).push(id);
+                                if refuse {
+                                    Err(WireError::Kms {
+                                        code: "UnrecognizedClientException".into(),
+                                        message: "invalid security token".into(),
+                                    })
+                                } else {
+                                    Ok(ResponseBody::Configured)
+                                }
+                            }
+                            _ => Ok(ResponseBody::Attestation {
+                                document: b"doc".to_vec(),
+                            }),
+                        };
+                        let frame = match answer {
+                            Ok(b) => ResponseFrame::ok(frame.request_id, b),
+                            Err(e) => ResponseFrame::err(frame.request_id, e),
+                        };
+                        let bytes = encode_response(&frame).unwrap();
+                        if stream.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (seen, task)
+    }
+
+    async fn store_with_keyring() -> Store {
+        let store = Store::open_in_memory().unwrap();
+        let ring = KeyringRef {
+            keyring: "default".into(),
+            epoch: 1,
+            dek_ciphertext: b"dek".to_vec(),
+        };
+        store.insert_keyring(ring, 0).await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn pushes_refreshed_credentials_to_a_ready_enclave_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.sock");
+        let (seen, task) = recording_enclave(&path).await;
+        let relay = Relay::start(relay_config(&path, 2), store_with_keyring().await);
+        wait_ready(&relay).await;
+        for _ in 0..100 {
+            if relay.inner.slots.iter().all(|s| read(s).is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Both connections sent Configure although the enclave was already Ready.
+        assert_eq!(*lock(&seen), ["AKIATEST", "AKIATEST"]);
+        relay
+            .set_credentials(AwsCredentials::new(
+                "ASIANEW".into(),
+                "s2".into(),
+                Some("t2".into()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(lock(&seen)[2..], ["ASIANEW", "ASIANEW"]);
+        match configure_request(&relay.inner) {
+            Request::Configure { kms, .. } => {
+                assert_eq!(kms.credentials.secret_access_key, "s2");
+                assert_eq!(kms.credentials.session_token.as_deref(), Some("t2"));
+                assert_eq!(kms.kms_key_id, "alias/ekms");
+            }
+            other => panic!("{other:?}"),
+        }
+        relay.shutdown();
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn rejects_refused_credentials_but_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.sock");
+        let (seen, task) = recording_enclave(&path).await;
+        let relay = Relay::start(relay_config(&path, 1), store_with_keyring().await);
+        wait_ready(&relay).await;
+        let refused = relay
+            .set_credentials(AwsCredentials::new("REFUSE1".into(), "s".into(), None))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Enclave(WireError::Kms { code, .. })) if code == "UnrecognizedClientException"),
+            "{refused:?}"
+        );
+        // The connection is still up and serving.
+        assert!(relay.call(attest()).await.is_ok());
+        // A reconnection to a Ready enclave that refuses the refresh still serves.
+        relay.shutdown();
+        let relay = Relay::start(relay_config(&path, 1), store_with_keyring().await);
+        relay
+            .set_credentials(AwsCredentials::new("REFUSE2".into(), "s".into(), None))
+            .await
+            .unwrap(); // no connection yet: sent when one is made
+        wait_ready(&relay).await;
+        assert!(relay.call(attest()).await.is_ok());
+        assert_eq!(lock(&seen).last().map(String::as_str), Some("REFUSE2"));
+        relay.shutdown();
+        task.abort();
     }
 }

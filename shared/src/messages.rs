@@ -101,8 +101,10 @@ impl ResponseFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Request {
-    /// Hand the enclave its KMS settings and credentials. → [`ResponseBody::Configured`];
-    /// [`WireError::AlreadyConfigured`] if sent twice.
+    /// Hand the enclave its KMS settings and credentials. → [`ResponseBody::Configured`].
+    /// Sent again to a Ready enclave with the same region, endpoint and key id, it
+    /// refreshes the credentials (instance-role credentials rotate); with another KMS
+    /// target it is [`WireError::AlreadyConfigured`].
     Configure {
         /// KMS endpoint, key and credentials.
         kms: KmsConfig,
