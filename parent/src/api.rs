@@ -382,16 +382,11 @@ async fn set_policy(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     let policy = policy_json(&body.policy)?;
-    let row = state
+    let (row, keyring) = state
         .store
-        .key(id.clone())
+        .key_with_keyring(id.clone())
         .await?
         .ok_or_else(ApiError::key_not_found)?;
-    let keyring = state
-        .store
-        .keyring(row.record.keyring.clone(), row.record.epoch)
-        .await?
-        .ok_or_else(|| Error::StoreCorrupt("the key's keyring epoch is missing".into()))?;
     let expected = row.policy.version;
     let answer = state
         .relay
@@ -430,9 +425,9 @@ async fn sign(
             ))
         }
     };
-    let row = state
+    let (row, keyring) = state
         .store
-        .key(id)
+        .key_with_keyring(id)
         .await?
         .ok_or_else(ApiError::key_not_found)?;
     let expected = match row.record.algorithm {
@@ -463,11 +458,6 @@ async fn sign(
             },
         )
     })?;
-    let keyring = state
-        .store
-        .keyring(row.record.keyring.clone(), row.record.epoch)
-        .await?
-        .ok_or_else(|| Error::StoreCorrupt("the key's keyring epoch is missing".into()))?;
     let answer = state
         .relay
         .call(EnclaveRequest::Sign {

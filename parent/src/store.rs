@@ -188,21 +188,7 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub async fn keyring(&self, name: String, epoch: u32) -> Result<Option<KeyringRef>, Error> {
-        self.with(move |c| {
-            let dek = c
-                .query_row(
-                    "SELECT dek_ciphertext FROM keyrings WHERE name = ?1 AND epoch = ?2",
-                    params![name, epoch],
-                    |r| r.get::<_, Vec<u8>>(0),
-                )
-                .optional()?;
-            Ok(dek.map(|dek_ciphertext| KeyringRef {
-                keyring: name,
-                epoch,
-                dek_ciphertext,
-            }))
-        })
-        .await
+        self.with(move |c| read_keyring(c, name, epoch)).await
     }
 
     /// Stores a new keyring epoch durably.
@@ -299,63 +285,25 @@ impl Store {
     /// [`Error::StoreCorrupt`] if the record blob does not decode, contradicts the
     /// row's columns, or the policy row is malformed; [`Error::Store`].
     pub async fn key(&self, key_id: String) -> Result<Option<KeyRow>, Error> {
+        self.with(move |c| read_key(c, key_id)).await
+    }
+
+    /// The key `key_id` and the keyring epoch that seals it, read under one lock in one
+    /// blocking call (the sign and policy paths need both).
+    ///
+    /// # Errors
+    /// As [`Store::key`]; [`Error::StoreCorrupt`] if the key's keyring epoch is missing.
+    pub async fn key_with_keyring(
+        &self,
+        key_id: String,
+    ) -> Result<Option<(KeyRow, KeyringRef)>, Error> {
         self.with(move |c| {
-            let row = c
-                .query_row(
-                    "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
-                            k.created_at, p.version, k.sealed_record, k.keyring, k.epoch,
-                            p.policy_json, p.mac
-                     FROM keys k JOIN policies p ON p.key_id = k.key_id
-                     WHERE k.key_id = ?1",
-                    params![key_id],
-                    |r| {
-                        Ok((
-                            summary_columns(r)?,
-                            r.get::<_, Vec<u8>>(7)?,
-                            r.get::<_, String>(8)?,
-                            r.get::<_, i64>(9)?,
-                            r.get::<_, String>(10)?,
-                            r.get::<_, Vec<u8>>(11)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((summary, blob, keyring, epoch, policy_json, mac)) = row else {
+            let Some(row) = read_key(c, key_id)? else {
                 return Ok(None);
             };
-            let summary = summary.check()?;
-            let mut rest = blob.as_slice();
-            let record: SealedKeyRecord = ciborium::de::from_reader_with_recursion_limit(
-                &mut rest,
-                ekms_shared::MAX_CBOR_DEPTH,
-            )
-            .ok()
-            .filter(|_| rest.is_empty())
-            .ok_or_else(|| Error::StoreCorrupt("sealed record does not decode".into()))?;
-            if record.key_id != summary.key_id
-                || record.algorithm != summary.algorithm
-                || record.public_key != summary.public_key
-                || record.keyring != keyring
-                || i64::from(record.epoch) != epoch
-            {
-                return Err(Error::StoreCorrupt(
-                    "sealed record contradicts its row".into(),
-                ));
-            }
-            let mac: [u8; 32] = mac
-                .try_into()
-                .map_err(|_| Error::StoreCorrupt("policy MAC is not 32 bytes".into()))?;
-            let policy = SealedPolicy {
-                key_id: summary.key_id.clone(),
-                version: summary.policy_version,
-                policy_json,
-                mac,
-            };
-            Ok(Some(KeyRow {
-                summary,
-                record,
-                policy,
-            }))
+            let keyring = read_keyring(c, row.record.keyring.clone(), row.record.epoch)?
+                .ok_or_else(|| Error::StoreCorrupt("the key's keyring epoch is missing".into()))?;
+            Ok(Some((row, keyring)))
         })
         .await
     }
@@ -534,6 +482,80 @@ pub fn algorithm_text(algorithm: Algorithm) -> &'static str {
     }
 }
 
+/// Reads one keyring epoch (see [`Store::keyring`]).
+fn read_keyring(c: &Connection, name: String, epoch: u32) -> Result<Option<KeyringRef>, Error> {
+    let dek = c
+        .query_row(
+            "SELECT dek_ciphertext FROM keyrings WHERE name = ?1 AND epoch = ?2",
+            params![name, epoch],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()?;
+    Ok(dek.map(|dek_ciphertext| KeyringRef {
+        keyring: name,
+        epoch,
+        dek_ciphertext,
+    }))
+}
+
+/// Reads one key with its sealed record and policy (see [`Store::key`]).
+fn read_key(c: &Connection, key_id: String) -> Result<Option<KeyRow>, Error> {
+    let row = c
+        .query_row(
+            "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
+                    k.created_at, p.version, k.sealed_record, k.keyring, k.epoch,
+                    p.policy_json, p.mac
+             FROM keys k JOIN policies p ON p.key_id = k.key_id
+             WHERE k.key_id = ?1",
+            params![key_id],
+            |r| {
+                Ok((
+                    summary_columns(r)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, String>(10)?,
+                    r.get::<_, Vec<u8>>(11)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((summary, blob, keyring, epoch, policy_json, mac)) = row else {
+        return Ok(None);
+    };
+    let summary = summary.check()?;
+    let mut rest = blob.as_slice();
+    let record: SealedKeyRecord =
+        ciborium::de::from_reader_with_recursion_limit(&mut rest, ekms_shared::MAX_CBOR_DEPTH)
+            .ok()
+            .filter(|_| rest.is_empty())
+            .ok_or_else(|| Error::StoreCorrupt("sealed record does not decode".into()))?;
+    if record.key_id != summary.key_id
+        || record.algorithm != summary.algorithm
+        || record.public_key != summary.public_key
+        || record.keyring != keyring
+        || i64::from(record.epoch) != epoch
+    {
+        return Err(Error::StoreCorrupt(
+            "sealed record contradicts its row".into(),
+        ));
+    }
+    let mac: [u8; 32] = mac
+        .try_into()
+        .map_err(|_| Error::StoreCorrupt("policy MAC is not 32 bytes".into()))?;
+    let policy = SealedPolicy {
+        key_id: summary.key_id.clone(),
+        version: summary.policy_version,
+        policy_json,
+        mac,
+    };
+    Ok(Some(KeyRow {
+        summary,
+        record,
+        policy,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +634,31 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn key_with_keyring_reads_both_in_one_call() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        let (row, ring) = s.key_with_keyring("k1".into()).await.unwrap().unwrap();
+        assert_eq!(row.record, new_key("k1", 10).record);
+        assert_eq!(ring, keyring());
+        assert!(s.key_with_keyring("nope".into()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rejects_key_whose_keyring_row_is_gone() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        {
+            let c = s.conn.lock().unwrap();
+            c.execute_batch("PRAGMA foreign_keys = OFF; DELETE FROM keyrings;")
+                .unwrap();
+        }
+        assert!(matches!(
+            s.key_with_keyring("k1".into()).await,
+            Err(Error::StoreCorrupt(_))
+        ));
     }
 
     #[tokio::test]
