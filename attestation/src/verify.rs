@@ -310,6 +310,55 @@ impl Verifier {
         Ok(doc)
     }
 
+    /// Verifies a document **as of its own timestamp** (for archived documents, e.g. the
+    /// one that binds the identity key of an enclave that signed a key statement days
+    /// ago, whose 3-hour leaf certificate has since expired): the chain must have been
+    /// valid when the document says it was made, and that time must not lie in the
+    /// future of `now` (beyond [`MAX_CLOCK_SKEW`]). `opts.time` is replaced by the
+    /// document's timestamp; the other options apply as in [`Verifier::verify`].
+    ///
+    /// What this trades: a leaf key leaked after its certificate expired could sign a
+    /// back-dated document. AWS's NSM leaf keys never leave the Nitro hypervisor.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify`]; [`VerifyError::Future`] for a timestamp after `now`.
+    pub fn verify_at_its_time(
+        &self,
+        cose_sign1: &[u8],
+        now: SystemTime,
+        opts: &VerifyOptions,
+    ) -> Result<AttestationDoc, VerifyError> {
+        if cose_sign1.len() > MAX_DOCUMENT_LEN {
+            return Err(VerifyError::InputTooLarge {
+                len: cose_sign1.len(),
+                max: MAX_DOCUMENT_LEN,
+            });
+        }
+        let sign1 = if cose_sign1.first() == Some(&0xd2) {
+            CoseSign1::from_tagged_slice(cose_sign1)
+        } else {
+            CoseSign1::from_slice(cose_sign1)
+        }
+        .map_err(|_| VerifyError::Malformed("not a COSE_Sign1 structure"))?;
+        let payload = sign1
+            .payload
+            .as_deref()
+            .ok_or(VerifyError::Malformed("COSE_Sign1 has no payload"))?;
+        let claimed = AttestationDoc::from_cbor(payload)?.timestamp;
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let skew_ms = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+        if claimed > now_ms.saturating_add(skew_ms) {
+            return Err(VerifyError::Future {
+                ahead_ms: claimed - now_ms,
+            });
+        }
+        let mut at = opts.clone();
+        at.time = UNIX_EPOCH + Duration::from_millis(claimed);
+        self.verify(cose_sign1, &at)
+    }
+
     /// Step 4: the path leaf → `cabundle[1..]` → pinned root, valid at `time` (since the
     /// Unix epoch), then the checks of AWS's procedure (`attestation_process.md`
     /// §3.2.3) that rustls-webpki does not make: the root's own validity period

@@ -81,6 +81,35 @@ fn real_document_verifies_at_its_own_time() {
 }
 
 #[test]
+fn archived_real_document_verifies_at_its_own_time_today() {
+    let bytes = decode(BASE_HEX);
+    let mut opts = base_opts();
+    opts.max_age = None;
+    let doc = Verifier::aws_nitro()
+        .verify_at_its_time(&bytes, today(), &opts)
+        .unwrap();
+    assert_eq!(doc.timestamp, BASE_TIMESTAMP_MS);
+}
+
+#[test]
+fn rejects_archived_document_from_the_future_or_altered() {
+    let bytes = decode(BASE_HEX);
+    let mut opts = base_opts();
+    opts.max_age = None;
+    let before = at_ms(BASE_TIMESTAMP_MS - 3_600_000);
+    assert!(matches!(
+        Verifier::aws_nitro().verify_at_its_time(&bytes, before, &opts),
+        Err(VerifyError::Future { .. })
+    ));
+    let mut altered = bytes.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    assert!(Verifier::aws_nitro()
+        .verify_at_its_time(&altered, today(), &opts)
+        .is_err());
+}
+
+#[test]
 fn real_document_verifies_with_tag_18() {
     let mut tagged = vec![0xd2];
     tagged.extend_from_slice(&decode(BASE_HEX));

@@ -17,9 +17,10 @@ use ekms_shared::{
     Algorithm, DekCachePolicy, KeyringRef, KmsConfig, PayloadKind, Request, ResponseBody,
     SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo, WireError,
 };
+use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
 use ekms_signer::{
-    decode_solana, decode_unsigned, sign_evm, sign_solana, Denial, Ed25519Secret, Policy,
-    Secp256k1Secret, SignerError,
+    decode_solana, decode_unsigned, eip55, evm_address, sign_evm, sign_solana, solana_address,
+    Denial, Ed25519Secret, Policy, Secp256k1Secret, SignerError,
 };
 use zeroize::Zeroizing;
 
@@ -65,7 +66,10 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
                 policy_json,
                 keyring,
             };
-            generate_key(ready()?, enclave.nsm().as_ref(), new).await
+            generate_key(ready()?, enclave, new).await
+        }
+        Request::CertifyKey { record, keyring } => {
+            certify_key(ready()?, enclave, record, keyring).await
         }
         Request::SetPolicy {
             record,
@@ -144,9 +148,10 @@ struct NewKey {
 
 async fn generate_key(
     services: &Services,
-    nsm: &dyn NsmProvider,
+    enclave: &Enclave,
     new: NewKey,
 ) -> Result<ResponseBody, WireError> {
+    let nsm = enclave.nsm().as_ref();
     check_key_id(&new.key_id)?;
     if new
         .owner
@@ -186,7 +191,84 @@ async fn generate_key(
         INITIAL_POLICY_VERSION,
         policy.canonical_json(),
     );
-    Ok(ResponseBody::KeyGenerated { record, policy })
+    let now = now_ms();
+    let (statement, identity_document) = state_key(enclave, &record, Some(now), now).await?;
+    Ok(ResponseBody::KeyGenerated {
+        record,
+        policy,
+        statement,
+        identity_document,
+    })
+}
+
+/// Issues a statement for an existing key: opens the sealed record (so only a record
+/// this enclave's keyring sealed, with every field authentic, gets one) and states
+/// what it holds. `created_at` is unknown here and left `None`.
+async fn certify_key(
+    services: &Services,
+    enclave: &Enclave,
+    record: SealedKeyRecord,
+    keyring: KeyringRef,
+) -> Result<ResponseBody, WireError> {
+    check_record_keyring(&record, &keyring)?;
+    let dek = services.keyrings.data_key(&keyring).await?;
+    drop(sealing::open(&dek, &record).map_err(|_| WireError::SealedStateInvalid)?);
+    drop(dek);
+    let (statement, identity_document) = state_key(enclave, &record, None, now_ms()).await?;
+    Ok(ResponseBody::KeyCertified {
+        statement,
+        identity_document,
+    })
+}
+
+/// The signed statement of an authentic `record` ([`ekms_shared::statement`]) and the
+/// document that binds the identity key. The address is derived here from the sealed
+/// public key, never taken from the parent.
+async fn state_key(
+    enclave: &Enclave,
+    record: &SealedKeyRecord,
+    created_at: Option<u64>,
+    issued_at: u64,
+) -> Result<(SignedKeyStatement, Vec<u8>), WireError> {
+    let (algorithm, public_key, address) = match record.algorithm {
+        Algorithm::Secp256k1 => {
+            let address = evm_address(&record.public_key).map_err(|_| WireError::Internal)?;
+            (
+                "secp256k1",
+                format!("0x{}", hex::encode(&record.public_key)),
+                eip55(&address),
+            )
+        }
+        Algorithm::Ed25519 => {
+            let key: [u8; 32] = record
+                .public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| WireError::Internal)?;
+            let address = solana_address(&key);
+            ("ed25519", address.clone(), address)
+        }
+    };
+    let statement = KeyStatement {
+        statement_version: STATEMENT_VERSION,
+        key_id: record.key_id.clone(),
+        algorithm: algorithm.to_owned(),
+        public_key,
+        address,
+        owner: record.owner.clone(),
+        created_at,
+        issued_at,
+    };
+    let identity = enclave.identity();
+    let document = identity.document(enclave.nsm()).await?;
+    Ok((identity.sign_statement(&statement), document))
+}
+
+/// The enclave clock, in milliseconds since the Unix epoch (0 if it reads before 1970).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A fresh 32-byte secret from the NSM and its public key. For secp256k1 a draw that is

@@ -30,6 +30,7 @@ use ekms_shared::Mode;
 pub mod floor;
 pub mod handlers;
 pub mod hardening;
+pub mod identity;
 pub mod io;
 pub mod keyring;
 pub mod kms;
@@ -51,6 +52,9 @@ pub enum EnclaveError {
     /// The simulated NSM could not be set up (CA directory, measuring the binary).
     #[error("simulated NSM: {0}")]
     Simulation(String),
+    /// The identity key could not be drawn from the NSM.
+    #[error("identity key: {0}")]
+    Identity(String),
     /// `--nsm simulation` in a build without the `simulation` feature.
     #[error("this build has no simulated NSM (built without the `simulation` feature)")]
     SimulationUnavailable,

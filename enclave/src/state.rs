@@ -32,6 +32,7 @@ use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, Mode, Request, WireEr
 use serde_bytes::ByteBuf;
 
 use crate::floor::PolicyFloors;
+use crate::identity::Identity;
 use crate::keyring::Keyrings;
 use crate::kms::{CredentialsUpdate, Kms};
 use crate::EnclaveError;
@@ -57,6 +58,8 @@ pub enum RequestKind {
     GenerateKey,
     /// [`Request::SetPolicy`].
     SetPolicy,
+    /// [`Request::CertifyKey`].
+    CertifyKey,
     /// [`Request::Sign`].
     Sign,
 }
@@ -71,6 +74,7 @@ impl RequestKind {
             Request::CreateKeyring { .. } => Self::CreateKeyring,
             Request::GenerateKey { .. } => Self::GenerateKey,
             Request::SetPolicy { .. } => Self::SetPolicy,
+            Request::CertifyKey { .. } => Self::CertifyKey,
             Request::Sign { .. } => Self::Sign,
         }
     }
@@ -84,6 +88,7 @@ impl RequestKind {
             Self::CreateKeyring => "create_keyring",
             Self::GenerateKey => "generate_key",
             Self::SetPolicy => "set_policy",
+            Self::CertifyKey => "certify_key",
             Self::Sign => "sign",
         }
     }
@@ -140,6 +145,8 @@ pub struct Enclave {
     configuring: tokio::sync::Mutex<()>,
     /// The only KMS key `Configure` may name, when the image pins one.
     pinned_kms_key: Option<String>,
+    /// The identity key that signs key statements (drawn at boot).
+    identity: Identity,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -164,7 +171,9 @@ impl Enclave {
             let value = nsm.describe_pcr(index).map_err(EnclaveError::Nsm)?;
             pcrs.insert(index, ByteBuf::from(value));
         }
+        let identity = Identity::generate(nsm.as_ref()).map_err(EnclaveError::Identity)?;
         Ok(Self {
+            identity,
             nsm,
             mode,
             pcrs,
@@ -172,6 +181,11 @@ impl Enclave {
             configuring: tokio::sync::Mutex::new(()),
             pinned_kms_key: None,
         })
+    }
+
+    /// The identity key that signs key statements ([`crate::identity`]).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Pins the KMS key: `Configure` is then refused unless its `kms_key_id` is exactly
@@ -358,13 +372,14 @@ mod tests {
         );
     }
 
-    const ALL: [RequestKind; 7] = [
+    const ALL: [RequestKind; 8] = [
         RequestKind::Configure,
         RequestKind::Status,
         RequestKind::Attestation,
         RequestKind::CreateKeyring,
         RequestKind::GenerateKey,
         RequestKind::SetPolicy,
+        RequestKind::CertifyKey,
         RequestKind::Sign,
     ];
 

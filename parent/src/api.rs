@@ -42,7 +42,8 @@ use tracing::Instrument as _;
 use crate::error::{ApiError, Error};
 use crate::format;
 use crate::relay::Relay;
-use crate::store::{algorithm_text, KeySummary, NewKey, Store};
+use crate::identity::IdentityCheck;
+use crate::store::{algorithm_text, KeySummary, NewKey, Store, StoredStatement};
 
 /// Longest key label, in bytes.
 pub const MAX_LABEL_LEN: usize = 256;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub relay: Relay,
     /// The key store.
     pub store: Store,
+    /// The check of key columns against the enclave's statements.
+    pub identity: Arc<IdentityCheck>,
     /// Permits for requests in flight.
     pub in_flight: Arc<Semaphore>,
     /// Deadline for reading a request body.
@@ -293,7 +296,13 @@ async fn create_key(
             keyring: keyring.clone(),
         })
         .await?;
-    let ResponseBody::KeyGenerated { record, policy } = answer else {
+    let ResponseBody::KeyGenerated {
+        record,
+        policy,
+        statement,
+        identity_document,
+    } = answer
+    else {
         return Err(Error::UnexpectedResponse("GenerateKey").into());
     };
     if record.key_id != key_id
@@ -315,6 +324,16 @@ async fn create_key(
         created_at_ms: crate::now_ms(),
         policy_version: policy.version,
     };
+    let statement = StoredStatement {
+        signed: statement,
+        identity_document,
+    };
+    // An enclave answer whose statement does not name this key is not stored.
+    state
+        .identity
+        .check(&summary, &statement)
+        .map_err(|_| Error::UnexpectedResponse("GenerateKey"))?;
+    let statement_json = statement_json(&statement, true);
     // Reported created only once the row is committed.
     state
         .store
@@ -324,10 +343,86 @@ async fn create_key(
             created_at_ms: summary.created_at_ms,
             record,
             policy,
+            statement,
         })
         .await?;
     tracing::info!(key_id = %summary.key_id, "key created");
-    Ok((StatusCode::CREATED, Json(key_json(&summary))).into_response())
+    let mut out = key_json(&summary);
+    out.insert("statement".into(), statement_json);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// The key statement as the API shows it: the statement's exact JSON text (the signed
+/// bytes follow `"ekms/v1/key-statement\n"`), the ed25519 signature and identity key
+/// in hex, and, when `with_document`, the base64 COSE_Sign1 attestation document
+/// binding the identity key.
+fn statement_json(stored: &StoredStatement, with_document: bool) -> Value {
+    let signed = &stored.signed;
+    let mut m = serde_json::Map::new();
+    m.insert("statement".into(), signed.statement.clone().into());
+    m.insert("signature".into(), format::to_0x_hex(&signed.signature).into());
+    m.insert(
+        "identity_key".into(),
+        format::to_0x_hex(&signed.identity_key).into(),
+    );
+    if with_document {
+        m.insert(
+            "attestation_document".into(),
+            format::to_base64(&stored.identity_document).into(),
+        );
+    }
+    Value::Object(m)
+}
+
+/// The key's statement, checked against its columns ([`IdentityCheck::check`]). A key
+/// stored before statements existed (or whose statement row is gone) gets one from the
+/// enclave, which states what its sealed record holds; it is checked the same way and
+/// stored.
+///
+/// # Errors
+/// `sealed_state_invalid` when the columns differ from the statement or the statement
+/// does not verify; the store's and the relay's errors.
+async fn checked_statement(
+    state: &AppState,
+    summary: &KeySummary,
+) -> Result<StoredStatement, ApiError> {
+    let stored = match state.store.statement(summary.key_id.clone()).await? {
+        Some(stored) => stored,
+        None => {
+            let (row, keyring) = state
+                .store
+                .key_with_keyring(summary.key_id.clone())
+                .await?
+                .ok_or_else(ApiError::key_not_found)?;
+            let answer = state
+                .relay
+                .call(EnclaveRequest::CertifyKey {
+                    record: row.record,
+                    keyring,
+                })
+                .await?;
+            let ResponseBody::KeyCertified {
+                statement,
+                identity_document,
+            } = answer
+            else {
+                return Err(Error::UnexpectedResponse("CertifyKey").into());
+            };
+            let stored = StoredStatement {
+                signed: statement,
+                identity_document,
+            };
+            state.identity.check(summary, &stored)?;
+            state
+                .store
+                .put_statement(summary.key_id.clone(), stored.clone())
+                .await?;
+            tracing::info!(key_id = %summary.key_id, "key statement issued for a stored key");
+            stored
+        }
+    };
+    state.identity.check(summary, &stored)?;
+    Ok(stored)
 }
 
 async fn list_keys(
@@ -347,13 +442,15 @@ async fn list_keys(
                 )
             })?;
     }
-    let keys: Vec<Value> = state
-        .store
-        .list_keys(limit)
-        .await?
-        .iter()
-        .map(|k| Value::Object(key_json(k)))
-        .collect();
+    let summaries = state.store.list_keys(limit).await?;
+    let mut keys = Vec::with_capacity(summaries.len());
+    for k in &summaries {
+        // Every listed address is one the enclave stated (see `checked_statement`).
+        let stored = checked_statement(&state, k).await?;
+        let mut out = key_json(k);
+        out.insert("statement".into(), statement_json(&stored, false));
+        keys.push(Value::Object(out));
+    }
     Ok(Json(json!({ "keys": keys })).into_response())
 }
 
@@ -367,7 +464,9 @@ async fn get_key(
         .key(id)
         .await?
         .ok_or_else(ApiError::key_not_found)?;
+    let stored = checked_statement(&state, &row.summary).await?;
     let mut out = key_json(&row.summary);
+    out.insert("statement".into(), statement_json(&stored, true));
     // The stored document is unauthenticated here (the enclave checks its MAC on use).
     let policy: Value = serde_json::from_str(&row.policy.policy_json)
         .map_err(|_| Error::StoreCorrupt("stored policy is not JSON".into()))?;
@@ -547,6 +646,7 @@ mod tests {
         router(AppState {
             relay: h.relay.clone(),
             store: h.store.clone(),
+            identity: crate::testing::identity_check(),
             in_flight: Arc::new(Semaphore::new(in_flight)),
             read_timeout: Duration::from_secs(2),
             max_body_bytes,
@@ -604,6 +704,7 @@ mod tests {
         let app = router(AppState {
             relay: relay.clone(),
             store,
+            identity: crate::testing::identity_check(),
             in_flight: Arc::new(Semaphore::new(8)),
             read_timeout: Duration::from_secs(2),
             max_body_bytes: 1024,
@@ -962,6 +1063,93 @@ mod tests {
             )
             .unwrap();
         let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
+        );
+    }
+
+    /// The "redirected deposit address" attack: a DB admin rewrites the address or
+    /// public key column, or also drops the statement (which the parent then asks the
+    /// enclave for again, from the sealed record).
+    #[tokio::test]
+    async fn rejects_rewritten_address_or_public_key_as_sealed_state_invalid() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        for (column, value) in [
+            ("address", "'0x000000000000000000000000000000000000dEaD'"),
+            ("public_key", "x'03aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'"),
+        ] {
+            for drop_statement in [false, true] {
+                let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+                let id = key["key_id"].as_str().unwrap().to_owned();
+                let uri = format!("/v1/keys/{id}");
+                let (s, v) = send(&app, "GET", &uri, None).await;
+                assert_eq!(s, StatusCode::OK);
+                assert_eq!(v["address"], G_ADDRESS);
+                let statement: Value =
+                    serde_json::from_str(v["statement"]["statement"].as_str().unwrap()).unwrap();
+                assert_eq!(statement["address"], G_ADDRESS);
+                assert!(v["statement"]["attestation_document"].is_string());
+                let db = rusqlite::Connection::open(h.db_path()).unwrap();
+                db.execute(
+                    &format!("UPDATE keys SET {column} = {value} WHERE key_id = ?1"),
+                    [&id],
+                )
+                .unwrap();
+                if drop_statement {
+                    db.execute("DELETE FROM key_statements WHERE key_id = ?1", [&id])
+                        .unwrap();
+                }
+                let (s, v) = send(&app, "GET", &uri, None).await;
+                assert_eq!(
+                    (s, code(&v)),
+                    (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid"),
+                    "{column}, statement dropped: {drop_statement}"
+                );
+                let (s, v) = send(&app, "GET", "/v1/keys", None).await;
+                assert_eq!(
+                    (s, code(&v)),
+                    (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
+                );
+                db.execute("DELETE FROM keys WHERE key_id = ?1", [&id]).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_a_forged_statement_and_reissues_a_missing_one() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"ed25519"}"#).await;
+        let id = key["key_id"].as_str().unwrap().to_owned();
+        let uri = format!("/v1/keys/{id}");
+        let db = rusqlite::Connection::open(h.db_path()).unwrap();
+        // A key stored before statements existed: the enclave is asked for one.
+        db.execute("DELETE FROM key_statements WHERE key_id = ?1", [&id])
+            .unwrap();
+        let (s, v) = send(&app, "GET", &uri, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let statement: Value =
+            serde_json::from_str(v["statement"]["statement"].as_str().unwrap()).unwrap();
+        assert_eq!(statement["created_at"], Value::Null);
+        assert_eq!(statement["address"], key["address"]);
+        // A statement rewritten to match a rewritten address fails its signature.
+        let forged = v["statement"]["statement"]
+            .as_str()
+            .unwrap()
+            .replace(key["address"].as_str().unwrap(), "11111111111111111111111111111111");
+        db.execute(
+            "UPDATE key_statements SET statement = ?2 WHERE key_id = ?1",
+            [&id, &forged],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE keys SET address = '11111111111111111111111111111111' WHERE key_id = ?1",
+            [&id],
+        )
+        .unwrap();
+        let (s, v) = send(&app, "GET", &uri, None).await;
         assert_eq!(
             (s, code(&v)),
             (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")

@@ -21,6 +21,7 @@ use ekms_shared::{Address, DekCachePolicy, KmsConfig};
 pub use crate::credentials::AwsCredentials;
 use crate::credentials::{CredentialsSource, ImdsClient, RefreshPolicy, DEFAULT_IMDS_ENDPOINT};
 use crate::error::Error;
+pub use crate::identity::AttestationRoot;
 
 /// Where the application API listens.
 ///
@@ -170,6 +171,8 @@ pub struct Config {
     pub enclave_timeout: Duration,
     /// Deadline for reading a request's headers, and separately its body.
     pub read_timeout: Duration,
+    /// Root that the enclave's identity documents must chain to.
+    pub attestation_root: AttestationRoot,
 }
 
 /// Largest accepted timeout flag, in seconds (one hour). Bounded because hyper adds the
@@ -246,6 +249,23 @@ pub struct Args {
     #[arg(long, env = "EKMS_READ_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub read_timeout_secs: u64,
+    /// Root the enclave's attestation documents must chain to, for the check of key
+    /// addresses against the enclave's signed statements: aws (AWS_NitroEnclaves_Root-G1)
+    /// or simulation (the PEM given by --sim-root; `ekms sim` passes both).
+    #[arg(long, env = "EKMS_ATTESTATION_ROOT", value_enum, default_value_t = RootArg::Aws)]
+    pub attestation_root: RootArg,
+    /// The simulation CA's root certificate (PEM), with --attestation-root simulation.
+    #[arg(long, env = "EKMS_SIM_ROOT")]
+    pub sim_root: Option<PathBuf>,
+}
+
+/// `--attestation-root`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootArg {
+    /// AWS_NitroEnclaves_Root-G1.
+    Aws,
+    /// The simulation CA (needs --sim-root).
+    Simulation,
 }
 
 impl Args {
@@ -292,7 +312,22 @@ impl Args {
                 refresh: RefreshPolicy::default(),
             },
         };
+        let attestation_root = match (self.attestation_root, self.sim_root) {
+            (RootArg::Aws, None) => AttestationRoot::Aws,
+            (RootArg::Simulation, Some(path)) => AttestationRoot::Simulation(path),
+            (RootArg::Aws, Some(_)) => {
+                return Err(Error::Config(
+                    "--sim-root needs --attestation-root simulation".into(),
+                ))
+            }
+            (RootArg::Simulation, None) => {
+                return Err(Error::Config(
+                    "--attestation-root simulation needs --sim-root".into(),
+                ))
+            }
+        };
         Ok(Config {
+            attestation_root,
             listen,
             enclave,
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),

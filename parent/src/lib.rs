@@ -19,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod format;
+pub mod identity;
 pub mod io;
 pub mod relay;
 pub mod store;
@@ -135,9 +136,11 @@ impl Server {
                 },
             ))
         });
+        let identity = Arc::new(identity::IdentityCheck::new(&c.attestation_root)?);
         let router = api::router(api::AppState {
             relay: relay.clone(),
             store: self.store,
+            identity,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 c.max_in_flight
                     .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
@@ -208,6 +211,7 @@ mod tests {
             max_connections: 4,
             enclave_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(2),
+            attestation_root: crate::testing::attestation_root(dir),
         }
     }
 

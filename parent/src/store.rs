@@ -18,13 +18,14 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use ekms_shared::statement::SignedKeyStatement;
 use ekms_shared::{Algorithm, KeyringRef, SealedKeyRecord, SealedPolicy};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::Error;
 
 /// Version of the schema below, kept in the `schema_version` table.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -54,6 +55,22 @@ CREATE TABLE policies (
     version     INTEGER NOT NULL CHECK (version >= 0),
     policy_json TEXT    NOT NULL,
     mac         BLOB    NOT NULL
+);
+";
+
+/// Version 2: the enclave's key statements (`ekms_shared::statement`) and the
+/// attestation documents that bind the identity keys that signed them. A key stored
+/// under version 1 has no statement until the parent asks the enclave for one.
+const SCHEMA_V2: &str = "
+CREATE TABLE enclave_identities (
+    identity_key         BLOB PRIMARY KEY NOT NULL,
+    attestation_document BLOB NOT NULL
+);
+CREATE TABLE key_statements (
+    key_id       TEXT PRIMARY KEY NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+    statement    TEXT NOT NULL,
+    signature    BLOB NOT NULL,
+    identity_key BLOB NOT NULL
 );
 ";
 
@@ -112,6 +129,18 @@ pub struct NewKey {
     pub record: SealedKeyRecord,
     /// First policy from `KeyGenerated` (its `key_id` must equal the record's).
     pub policy: SealedPolicy,
+    /// The enclave's statement from `KeyGenerated` and the document binding its
+    /// identity key.
+    pub statement: StoredStatement,
+}
+
+/// A key statement as stored, with the attestation document of its identity key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStatement {
+    /// The signed statement.
+    pub signed: SignedKeyStatement,
+    /// COSE_Sign1 attestation document binding `signed.identity_key`.
+    pub identity_document: Vec<u8>,
 }
 
 impl Store {
@@ -273,6 +302,72 @@ impl Store {
                     key.policy.mac.as_slice()
                 ],
             )?;
+            write_statement(&tx, &r.key_id, &key.statement)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The stored statement of `key_id` and its identity key's document, if any.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] for a signature or identity key of the wrong length, or a
+    /// statement without its identity document; [`Error::Store`].
+    pub async fn statement(&self, key_id: String) -> Result<Option<StoredStatement>, Error> {
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT s.statement, s.signature, s.identity_key, i.attestation_document
+                     FROM key_statements s
+                     LEFT JOIN enclave_identities i ON i.identity_key = s.identity_key
+                     WHERE s.key_id = ?1",
+                    params![key_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, Option<Vec<u8>>>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((statement, signature, identity_key, document)) = row else {
+                return Ok(None);
+            };
+            let corrupt = |what: &str| Error::StoreCorrupt(format!("key statement: {what}"));
+            Ok(Some(StoredStatement {
+                signed: SignedKeyStatement {
+                    statement,
+                    signature: signature
+                        .try_into()
+                        .map_err(|_| corrupt("signature is not 64 bytes"))?,
+                    identity_key: identity_key
+                        .try_into()
+                        .map_err(|_| corrupt("identity key is not 32 bytes"))?,
+                },
+                identity_document: document
+                    .ok_or_else(|| corrupt("the identity key's document is missing"))?,
+            }))
+        })
+        .await
+    }
+
+    /// Stores (or replaces) the statement of an existing key, e.g. one the enclave
+    /// issued for a key made before statements existed; returns once committed.
+    ///
+    /// # Errors
+    /// [`Error::Store`] (a foreign-key failure if the key is gone). Nothing is written
+    /// on error.
+    pub async fn put_statement(
+        &self,
+        key_id: String,
+        statement: StoredStatement,
+    ) -> Result<(), Error> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            write_statement(&tx, &key_id, &statement)?;
             tx.commit()?;
             Ok(())
         })
@@ -401,6 +496,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     )?;
     if !has_table {
         tx.execute_batch(SCHEMA_V1)?;
+        tx.execute_batch(SCHEMA_V2)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             params![SCHEMA_VERSION],
@@ -411,6 +507,12 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: i64 = tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
         r.get::<_, Option<i64>>(0).map(|v| v.unwrap_or(0))
     })?;
+    if version == 1 {
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (2)", [])?;
+        tx.commit()?;
+        return Ok(());
+    }
     if version != SCHEMA_VERSION {
         return Err(Error::Config(format!(
             "database schema version {version}, this build knows {SCHEMA_VERSION}"
@@ -496,6 +598,36 @@ fn read_keyring(c: &Connection, name: String, epoch: u32) -> Result<Option<Keyri
         epoch,
         dek_ciphertext,
     }))
+}
+
+/// Writes a key's statement and its identity document (kept once per identity key).
+fn write_statement(
+    tx: &rusqlite::Transaction<'_>,
+    key_id: &str,
+    statement: &StoredStatement,
+) -> Result<(), Error> {
+    let signed = &statement.signed;
+    tx.execute(
+        "INSERT INTO enclave_identities (identity_key, attestation_document) VALUES (?1, ?2)
+         ON CONFLICT DO NOTHING",
+        params![
+            signed.identity_key.as_slice(),
+            statement.identity_document.as_slice()
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO key_statements (key_id, statement, signature, identity_key)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key_id) DO UPDATE SET statement = excluded.statement,
+             signature = excluded.signature, identity_key = excluded.identity_key",
+        params![
+            key_id,
+            signed.statement,
+            signed.signature.as_slice(),
+            signed.identity_key.as_slice()
+        ],
+    )?;
+    Ok(())
 }
 
 /// Reads one key with its sealed record and policy (see [`Store::key`]).
@@ -591,7 +723,65 @@ mod tests {
                 policy_json: r#"{"enabled":true}"#.into(),
                 mac: [5; 32],
             },
+            statement: StoredStatement {
+                signed: SignedKeyStatement {
+                    statement: format!(r#"{{"key_id":"{key_id}"}}"#),
+                    signature: [3; 64],
+                    identity_key: [4; 32],
+                },
+                identity_document: vec![0xd2; 8],
+            },
         }
+    }
+
+    #[tokio::test]
+    async fn stores_replaces_and_migrates_statements() {
+        let store = store_with_keyring().await;
+        store.insert_key(new_key("k1", 1)).await.unwrap();
+        let got = store.statement("k1".into()).await.unwrap().unwrap();
+        assert_eq!(got, new_key("k1", 1).statement);
+        let mut other = got.clone();
+        other.signed.statement = "replaced".into();
+        other.signed.identity_key = [9; 32];
+        store.put_statement("k1".into(), other.clone()).await.unwrap();
+        assert_eq!(store.statement("k1".into()).await.unwrap(), Some(other));
+        assert_eq!(store.statement("nope".into()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        store.insert_keyring(keyring(), 1).await.unwrap();
+        store.insert_key(new_key("k1", 1)).await.unwrap();
+        drop(store);
+        // Reopening a migrated database is a no-op.
+        let store = Store::open(&path).unwrap();
+        assert!(store.statement("k1".into()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn rejects_a_statement_row_of_the_wrong_shape() {
+        let store = store_with_keyring().await;
+        store.insert_key(new_key("k1", 1)).await.unwrap();
+        store
+            .with(|c| {
+                c.execute("UPDATE key_statements SET signature = x'00'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.statement("k1".into()).await,
+            Err(Error::StoreCorrupt(_))
+        ));
     }
 
     async fn store_with_keyring() -> Store {

@@ -218,7 +218,23 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                 policy_json,
                 mac: [0; 32],
             });
-            Ok(ResponseBody::KeyGenerated { record, policy })
+            let (statement, identity_document) = fake_statement(&record, Some(1));
+            Ok(ResponseBody::KeyGenerated {
+                record,
+                policy,
+                statement,
+                identity_document,
+            })
+        }
+        Request::CertifyKey { record, .. } => {
+            if record.ciphertext != digest(&record.aad()) {
+                return Err(WireError::SealedStateInvalid);
+            }
+            let (statement, identity_document) = fake_statement(&record, None);
+            Ok(ResponseBody::KeyCertified {
+                statement,
+                identity_document,
+            })
         }
         Request::SetPolicy {
             record,
@@ -281,6 +297,83 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             }
         }
     }
+}
+
+/// The fake's identity: a simulated CA (the same for every test of the process), an
+/// NSM under it, an ed25519 identity key and the document binding it.
+struct FakeIdentity {
+    root_pem: String,
+    key: ed25519_dalek::SigningKey,
+    document: Vec<u8>,
+}
+
+fn fake_identity() -> &'static FakeIdentity {
+    static IDENTITY: std::sync::OnceLock<FakeIdentity> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        use attestation::NsmProvider as _;
+        let ca = attestation::SimulatedCa::generate().unwrap();
+        let nsm = attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(b"fake"))
+            .unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
+        let user_data =
+            ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
+        let document = nsm
+            .attestation_document(&attestation::AttestationRequest {
+                user_data: Some(&user_data),
+                nonce: None,
+                public_key: None,
+            })
+            .unwrap();
+        FakeIdentity {
+            root_pem: ca.root_pem(),
+            key,
+            document,
+        }
+    })
+}
+
+/// What the real enclave states about `record` (`ekms_shared::statement`), signed by
+/// the fake's identity key, and the document binding that key.
+pub fn fake_statement(
+    record: &SealedKeyRecord,
+    created_at: Option<u64>,
+) -> (ekms_shared::statement::SignedKeyStatement, Vec<u8>) {
+    use ed25519_dalek::Signer as _;
+    use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
+    let id = fake_identity();
+    let statement = KeyStatement {
+        statement_version: STATEMENT_VERSION,
+        key_id: record.key_id.clone(),
+        algorithm: crate::store::algorithm_text(record.algorithm).into(),
+        public_key: crate::format::public_key_text(record.algorithm, &record.public_key),
+        address: crate::format::address(record.algorithm, &record.public_key).unwrap(),
+        owner: record.owner.clone(),
+        created_at,
+        issued_at: 1,
+    };
+    let json = statement.canonical_json();
+    let signed = SignedKeyStatement {
+        signature: id.key.sign(&KeyStatement::signing_input(&json)).to_bytes(),
+        statement: json,
+        identity_key: id.key.verifying_key().to_bytes(),
+    };
+    (signed, id.document.clone())
+}
+
+/// Writes the fake's simulation root into `dir` and returns the root setting that
+/// trusts it.
+pub fn attestation_root(dir: &Path) -> crate::identity::AttestationRoot {
+    let path = dir.join("fake-sim-root.pem");
+    std::fs::write(&path, &fake_identity().root_pem).unwrap();
+    crate::identity::AttestationRoot::Simulation(path)
+}
+
+/// An identity check that trusts the fake's root.
+pub fn identity_check() -> Arc<crate::identity::IdentityCheck> {
+    let verifier =
+        attestation::Verifier::danger_trust_simulation_root_pem(&fake_identity().root_pem)
+            .unwrap();
+    Arc::new(crate::identity::IdentityCheck::with_verifier(verifier))
 }
 
 /// Relay settings pointing at `enclave`, with short deadlines for tests.

@@ -233,6 +233,14 @@ mod tests {
         }
     }
 
+    fn statement() -> crate::statement::SignedKeyStatement {
+        crate::statement::SignedKeyStatement {
+            statement: r#"{"statement_version":1}"#.into(),
+            signature: [5; 64],
+            identity_key: [6; 32],
+        }
+    }
+
     fn all_requests() -> Vec<Request> {
         vec![
             Request::Configure {
@@ -274,6 +282,10 @@ mod tests {
                 current: policy(),
                 policy_json: r#"{"chain_ids":[1,10]}"#.into(),
             },
+            Request::CertifyKey {
+                record: record(),
+                keyring: keyring(),
+            },
             Request::Sign {
                 record: record(),
                 keyring: keyring(),
@@ -308,6 +320,12 @@ mod tests {
             Ok(ResponseBody::KeyGenerated {
                 record: record(),
                 policy: policy(),
+                statement: statement(),
+                identity_document: vec![0xd2; 40],
+            }),
+            Ok(ResponseBody::KeyCertified {
+                statement: statement(),
+                identity_document: vec![0x84; 40],
             }),
             Ok(ResponseBody::PolicySet { policy: policy() }),
             Ok(ResponseBody::Signed(SignOutput::Evm {

@@ -15,6 +15,7 @@ mod address;
 mod codec;
 mod error;
 mod messages;
+pub mod statement;
 
 pub use address::Address;
 pub use codec::{

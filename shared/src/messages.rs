@@ -14,6 +14,7 @@ use serde_bytes::ByteBuf;
 
 use crate::codec::PROTOCOL_VERSION;
 use crate::error::WireError;
+use crate::statement::SignedKeyStatement;
 
 /// Most nonce bytes an attestation request may carry (the NSM's limit).
 pub const MAX_ATTESTATION_NONCE_LEN: usize = 512;
@@ -158,6 +159,15 @@ pub enum Request {
         /// The new policy document (JSON).
         policy_json: String,
     },
+    /// Issue a key statement for an existing key (one stored before statements
+    /// existed, or whose stored statement was lost): the enclave opens the sealed
+    /// record and states what it holds. → [`ResponseBody::KeyCertified`].
+    CertifyKey {
+        /// The key's sealed record.
+        record: SealedKeyRecord,
+        /// Its keyring.
+        keyring: KeyringRef,
+    },
     /// Sign a payload if the key's policy allows it. → [`ResponseBody::Signed`].
     Sign {
         /// The key's sealed record.
@@ -201,6 +211,20 @@ pub enum ResponseBody {
         record: SealedKeyRecord,
         /// The MAC'd initial policy (version 1), for the parent to store.
         policy: SealedPolicy,
+        /// The enclave's signed statement of the key's identity
+        /// ([`crate::statement`]).
+        statement: SignedKeyStatement,
+        /// The attestation document binding the statement's identity key.
+        #[serde(with = "serde_bytes")]
+        identity_document: Vec<u8>,
+    },
+    /// Answer to [`Request::CertifyKey`].
+    KeyCertified {
+        /// The enclave's signed statement of the key's identity.
+        statement: SignedKeyStatement,
+        /// The attestation document binding the statement's identity key.
+        #[serde(with = "serde_bytes")]
+        identity_document: Vec<u8>,
     },
     /// Answer to [`Request::SetPolicy`].
     PolicySet {
