@@ -97,6 +97,31 @@ pub enum KeysCommand {
         /// Key id.
         id: String,
     },
+    /// Verify a key's identity end to end, trusting nothing the parent says: the
+    /// enclave's signed key statement, the attestation document binding the identity
+    /// key that signed it (chain to the root, PCR0), and that the statement names the
+    /// key id, public key and address the parent reports.
+    Verify(KeyVerifyArgs),
+}
+
+/// Flags of `ekms keys verify`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyVerifyArgs {
+    /// Key id.
+    pub id: String,
+    /// Trust root: the pinned AWS Nitro root, or the simulation CA's root.
+    #[arg(long, value_enum, default_value_t = Root::Aws)]
+    pub root: Root,
+    /// PEM of the simulation root [default: STATE_DIR/ca/root.pem with --state-dir,
+    /// else ca/root.pem beside the socket].
+    #[arg(long)]
+    pub sim_root: Option<PathBuf>,
+    /// State directory of `ekms sim` (for the default --sim-root).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Required PCR0 of the enclave that signed the statement, hex (48 bytes).
+    #[arg(long)]
+    pub pcr0: Option<String>,
 }
 
 /// `ekms policy …`

@@ -125,6 +125,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Keys(KeysCommand::Show { id }) => {
             get(&client, &format!("/v1/keys/{}", check_key_id(&id)?)).await?
         }
+        Command::Keys(KeysCommand::Verify(mut args)) => {
+            args.id = check_key_id(&args.id)?.to_owned();
+            let out = verify::run_key(&client, &args).await?;
+            if out.get("warning").is_some() {
+                eprintln!("{}", verify::SIMULATION_WARNING);
+            }
+            out
+        }
         Command::Policy(PolicyCommand::Set { id, policy }) => {
             let path = format!("/v1/keys/{}/policy", check_key_id(&id)?);
             let body = json!({"policy": input::load_json_object(&policy)?});

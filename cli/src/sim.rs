@@ -578,6 +578,8 @@ async fn start(
         .arg(&kms_endpoint)
         .arg("--kms-key-id")
         .arg(key.arn())
+        .args(["--attestation-root", "simulation", "--sim-root"])
+        .arg(&paths.root_pem)
         .env("AWS_ACCESS_KEY_ID", kms::SIM_ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", kms::SIM_SECRET_ACCESS_KEY)
         .env_remove("AWS_SESSION_TOKEN");

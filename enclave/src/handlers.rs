@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
+use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
 use ekms_shared::{
     Algorithm, DekCachePolicy, KeyringRef, KmsConfig, PayloadKind, Request, ResponseBody,
     SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo, WireError,
 };
-use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
 use ekms_signer::{
     decode_solana, decode_unsigned, eip55, evm_address, sign_evm, sign_solana, solana_address,
     Denial, Ed25519Secret, Policy, Secp256k1Secret, SignerError,
@@ -229,7 +229,7 @@ async fn state_key(
     record: &SealedKeyRecord,
     created_at: Option<u64>,
     issued_at: u64,
-) -> Result<(SignedKeyStatement, Vec<u8>), WireError> {
+) -> Result<(Box<SignedKeyStatement>, Vec<u8>), WireError> {
     let (algorithm, public_key, address) = match record.algorithm {
         Algorithm::Secp256k1 => {
             let address = evm_address(&record.public_key).map_err(|_| WireError::Internal)?;
@@ -261,7 +261,7 @@ async fn state_key(
     };
     let identity = enclave.identity();
     let document = identity.document(enclave.nsm()).await?;
-    Ok((identity.sign_statement(&statement), document))
+    Ok((Box::new(identity.sign_statement(&statement)), document))
 }
 
 /// The enclave clock, in milliseconds since the Unix epoch (0 if it reads before 1970).
@@ -703,9 +703,36 @@ mod tests {
         }
     }
 
+    /// Random bytes work, attestation documents do not.
+    struct NoDocNsm;
+
+    impl NsmProvider for NoDocNsm {
+        fn attestation_document(
+            &self,
+            _req: &AttestationRequest<'_>,
+        ) -> Result<Vec<u8>, attestation::NsmError> {
+            Err(attestation::NsmError::NoEntropy)
+        }
+        fn random(&self, out: &mut [u8]) -> Result<(), attestation::NsmError> {
+            out.fill(0x42);
+            Ok(())
+        }
+        fn describe_pcr(&self, _index: u16) -> Result<Vec<u8>, attestation::NsmError> {
+            Ok(vec![0; 48])
+        }
+    }
+
+    #[test]
+    fn rejects_boot_with_a_broken_random_source() {
+        assert!(matches!(
+            Enclave::new(Arc::new(ZeroNsm), Mode::Nitro),
+            Err(crate::EnclaveError::Identity(_))
+        ));
+    }
+
     #[tokio::test]
     async fn rejects_attestation_when_the_nsm_fails() {
-        let e = Enclave::new(Arc::new(ZeroNsm), Mode::Nitro).unwrap();
+        let e = Enclave::new(Arc::new(NoDocNsm), Mode::Nitro).unwrap();
         let r = handle(
             &e,
             Request::Attestation {

@@ -84,7 +84,10 @@ impl Identity {
     /// Signs `statement` (its canonical JSON, after the statement domain prefix).
     pub fn sign_statement(&self, statement: &KeyStatement) -> SignedKeyStatement {
         let json = statement.canonical_json();
-        let signature = self.key.sign(&KeyStatement::signing_input(&json)).to_bytes();
+        let signature = self
+            .key
+            .sign(&KeyStatement::signing_input(&json))
+            .to_bytes();
         SignedKeyStatement {
             statement: json,
             signature,

@@ -232,7 +232,7 @@ impl Parent {
             })
             .await;
         match answer {
-            Ok(ResponseBody::KeyGenerated { record, policy }) => (record, policy),
+            Ok(ResponseBody::KeyGenerated { record, policy, .. }) => (record, policy),
             other => panic!("{other:?}"),
         }
     }

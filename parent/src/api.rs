@@ -41,8 +41,8 @@ use tracing::Instrument as _;
 
 use crate::error::{ApiError, Error};
 use crate::format;
-use crate::relay::Relay;
 use crate::identity::IdentityCheck;
+use crate::relay::Relay;
 use crate::store::{algorithm_text, KeySummary, NewKey, Store, StoredStatement};
 
 /// Longest key label, in bytes.
@@ -325,7 +325,7 @@ async fn create_key(
         policy_version: policy.version,
     };
     let statement = StoredStatement {
-        signed: statement,
+        signed: *statement,
         identity_document,
     };
     // An enclave answer whose statement does not name this key is not stored.
@@ -360,7 +360,10 @@ fn statement_json(stored: &StoredStatement, with_document: bool) -> Value {
     let signed = &stored.signed;
     let mut m = serde_json::Map::new();
     m.insert("statement".into(), signed.statement.clone().into());
-    m.insert("signature".into(), format::to_0x_hex(&signed.signature).into());
+    m.insert(
+        "signature".into(),
+        format::to_0x_hex(&signed.signature).into(),
+    );
     m.insert(
         "identity_key".into(),
         format::to_0x_hex(&signed.identity_key).into(),
@@ -409,7 +412,7 @@ async fn checked_statement(
                 return Err(Error::UnexpectedResponse("CertifyKey").into());
             };
             let stored = StoredStatement {
-                signed: statement,
+                signed: *statement,
                 identity_document,
             };
             state.identity.check(summary, &stored)?;
@@ -1078,7 +1081,10 @@ mod tests {
         let app = app(&h, 4096, 8);
         for (column, value) in [
             ("address", "'0x000000000000000000000000000000000000dEaD'"),
-            ("public_key", "x'03aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'"),
+            (
+                "public_key",
+                "x'03aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'",
+            ),
         ] {
             for drop_statement in [false, true] {
                 let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
@@ -1112,7 +1118,8 @@ mod tests {
                     (s, code(&v)),
                     (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
                 );
-                db.execute("DELETE FROM keys WHERE key_id = ?1", [&id]).unwrap();
+                db.execute("DELETE FROM keys WHERE key_id = ?1", [&id])
+                    .unwrap();
             }
         }
     }
@@ -1135,10 +1142,10 @@ mod tests {
         assert_eq!(statement["created_at"], Value::Null);
         assert_eq!(statement["address"], key["address"]);
         // A statement rewritten to match a rewritten address fails its signature.
-        let forged = v["statement"]["statement"]
-            .as_str()
-            .unwrap()
-            .replace(key["address"].as_str().unwrap(), "11111111111111111111111111111111");
+        let forged = v["statement"]["statement"].as_str().unwrap().replace(
+            key["address"].as_str().unwrap(),
+            "11111111111111111111111111111111",
+        );
         db.execute(
             "UPDATE key_statements SET statement = ?2 WHERE key_id = ?1",
             [&id, &forged],

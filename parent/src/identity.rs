@@ -110,7 +110,8 @@ impl IdentityCheck {
             .map_err(|e| corrupt(e.to_string()))?;
         let matches = statement.key_id == summary.key_id
             && statement.algorithm == algorithm_text(summary.algorithm)
-            && statement.public_key == format::public_key_text(summary.algorithm, &summary.public_key)
+            && statement.public_key
+                == format::public_key_text(summary.algorithm, &summary.public_key)
             && statement.address == summary.address;
         if !matches {
             return Err(corrupt(

@@ -743,7 +743,10 @@ mod tests {
         let mut other = got.clone();
         other.signed.statement = "replaced".into();
         other.signed.identity_key = [9; 32];
-        store.put_statement("k1".into(), other.clone()).await.unwrap();
+        store
+            .put_statement("k1".into(), other.clone())
+            .await
+            .unwrap();
         assert_eq!(store.statement("k1".into()).await.unwrap(), Some(other));
         assert_eq!(store.statement("nope".into()).await.unwrap(), None);
     }

@@ -312,11 +312,10 @@ fn fake_identity() -> &'static FakeIdentity {
     IDENTITY.get_or_init(|| {
         use attestation::NsmProvider as _;
         let ca = attestation::SimulatedCa::generate().unwrap();
-        let nsm = attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(b"fake"))
-            .unwrap();
+        let nsm =
+            attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(b"fake")).unwrap();
         let key = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
-        let user_data =
-            ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
+        let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
         let document = nsm
             .attestation_document(&attestation::AttestationRequest {
                 user_data: Some(&user_data),
@@ -337,7 +336,7 @@ fn fake_identity() -> &'static FakeIdentity {
 pub fn fake_statement(
     record: &SealedKeyRecord,
     created_at: Option<u64>,
-) -> (ekms_shared::statement::SignedKeyStatement, Vec<u8>) {
+) -> (Box<ekms_shared::statement::SignedKeyStatement>, Vec<u8>) {
     use ed25519_dalek::Signer as _;
     use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
     let id = fake_identity();
@@ -357,7 +356,7 @@ pub fn fake_statement(
         statement: json,
         identity_key: id.key.verifying_key().to_bytes(),
     };
-    (signed, id.document.clone())
+    (Box::new(signed), id.document.clone())
 }
 
 /// Writes the fake's simulation root into `dir` and returns the root setting that
@@ -371,8 +370,7 @@ pub fn attestation_root(dir: &Path) -> crate::identity::AttestationRoot {
 /// An identity check that trusts the fake's root.
 pub fn identity_check() -> Arc<crate::identity::IdentityCheck> {
     let verifier =
-        attestation::Verifier::danger_trust_simulation_root_pem(&fake_identity().root_pem)
-            .unwrap();
+        attestation::Verifier::danger_trust_simulation_root_pem(&fake_identity().root_pem).unwrap();
     Arc::new(crate::identity::IdentityCheck::with_verifier(verifier))
 }
 

@@ -320,11 +320,11 @@ mod tests {
             Ok(ResponseBody::KeyGenerated {
                 record: record(),
                 policy: policy(),
-                statement: statement(),
+                statement: Box::new(statement()),
                 identity_document: vec![0xd2; 40],
             }),
             Ok(ResponseBody::KeyCertified {
-                statement: statement(),
+                statement: Box::new(statement()),
                 identity_document: vec![0x84; 40],
             }),
             Ok(ResponseBody::PolicySet { policy: policy() }),

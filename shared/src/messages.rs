@@ -213,7 +213,7 @@ pub enum ResponseBody {
         policy: SealedPolicy,
         /// The enclave's signed statement of the key's identity
         /// ([`crate::statement`]).
-        statement: SignedKeyStatement,
+        statement: Box<SignedKeyStatement>,
         /// The attestation document binding the statement's identity key.
         #[serde(with = "serde_bytes")]
         identity_document: Vec<u8>,
@@ -221,7 +221,7 @@ pub enum ResponseBody {
     /// Answer to [`Request::CertifyKey`].
     KeyCertified {
         /// The enclave's signed statement of the key's identity.
-        statement: SignedKeyStatement,
+        statement: Box<SignedKeyStatement>,
         /// The attestation document binding the statement's identity key.
         #[serde(with = "serde_bytes")]
         identity_document: Vec<u8>,
