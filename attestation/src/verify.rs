@@ -156,6 +156,24 @@ impl VerifyOptions {
     }
 }
 
+/// The COSE_Sign1 structure of a document of at most [`MAX_DOCUMENT_LEN`] bytes,
+/// tagged (18, the single byte `0xd2`) or not (the NSM omits the tag). Nothing is
+/// verified yet.
+fn decode_sign1(cose_sign1: &[u8]) -> Result<CoseSign1, VerifyError> {
+    if cose_sign1.len() > MAX_DOCUMENT_LEN {
+        return Err(VerifyError::InputTooLarge {
+            len: cose_sign1.len(),
+            max: MAX_DOCUMENT_LEN,
+        });
+    }
+    if cose_sign1.first() == Some(&0xd2) {
+        CoseSign1::from_tagged_slice(cose_sign1)
+    } else {
+        CoseSign1::from_slice(cose_sign1)
+    }
+    .map_err(|_| VerifyError::Malformed("not a COSE_Sign1 structure"))
+}
+
 /// Verifies attestation documents against one pinned root certificate.
 pub struct Verifier {
     root_der: Vec<u8>,
@@ -240,20 +258,7 @@ impl Verifier {
         cose_sign1: &[u8],
         opts: &VerifyOptions,
     ) -> Result<AttestationDoc, VerifyError> {
-        if cose_sign1.len() > MAX_DOCUMENT_LEN {
-            return Err(VerifyError::InputTooLarge {
-                len: cose_sign1.len(),
-                max: MAX_DOCUMENT_LEN,
-            });
-        }
-        // Tag 18 (COSE_Sign1) is the single byte 0xd2; the NSM omits it.
-        let sign1 = if cose_sign1.first() == Some(&0xd2) {
-            CoseSign1::from_tagged_slice(cose_sign1)
-        } else {
-            CoseSign1::from_slice(cose_sign1)
-        }
-        .map_err(|_| VerifyError::Malformed("not a COSE_Sign1 structure"))?;
-
+        let sign1 = decode_sign1(cose_sign1)?;
         let header = &sign1.protected.header;
         let es384 = coset::Algorithm::Assigned(iana::Algorithm::ES384);
         if header.alg.as_ref() != Some(&es384) || !header.crit.is_empty() {
@@ -328,18 +333,7 @@ impl Verifier {
         now: SystemTime,
         opts: &VerifyOptions,
     ) -> Result<AttestationDoc, VerifyError> {
-        if cose_sign1.len() > MAX_DOCUMENT_LEN {
-            return Err(VerifyError::InputTooLarge {
-                len: cose_sign1.len(),
-                max: MAX_DOCUMENT_LEN,
-            });
-        }
-        let sign1 = if cose_sign1.first() == Some(&0xd2) {
-            CoseSign1::from_tagged_slice(cose_sign1)
-        } else {
-            CoseSign1::from_slice(cose_sign1)
-        }
-        .map_err(|_| VerifyError::Malformed("not a COSE_Sign1 structure"))?;
+        let sign1 = decode_sign1(cose_sign1)?;
         let payload = sign1
             .payload
             .as_deref()

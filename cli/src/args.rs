@@ -109,16 +109,9 @@ pub enum KeysCommand {
 pub struct KeyVerifyArgs {
     /// Key id.
     pub id: String,
-    /// Trust root: the pinned AWS Nitro root, or the simulation CA's root.
-    #[arg(long, value_enum, default_value_t = Root::Aws)]
-    pub root: Root,
-    /// PEM of the simulation root [default: STATE_DIR/ca/root.pem with --state-dir,
-    /// else ca/root.pem beside the socket].
-    #[arg(long)]
-    pub sim_root: Option<PathBuf>,
-    /// State directory of `ekms sim` (for the default --sim-root).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    /// Which root to trust.
+    #[command(flatten)]
+    pub trust: RootArgs,
     /// Required PCR0 of the enclave that signed the statement, hex (48 bytes).
     #[arg(long)]
     pub pcr0: Option<String>,
@@ -168,6 +161,20 @@ pub struct VerifyArgs {
     /// Nonce to put into the document, hex [default: 32 random bytes].
     #[arg(long)]
     pub nonce: Option<String>,
+    /// Which root to trust.
+    #[command(flatten)]
+    pub trust: RootArgs,
+    /// Largest accepted document age, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_age: u64,
+    /// Required PCR0, hex (48 bytes).
+    #[arg(long)]
+    pub pcr0: Option<String>,
+}
+
+/// The trust-root flags of `ekms attestation verify` and `ekms keys verify`.
+#[derive(Debug, Clone, Args)]
+pub struct RootArgs {
     /// Trust root: the pinned AWS Nitro root, or the simulation CA's root.
     #[arg(long, value_enum, default_value_t = Root::Aws)]
     pub root: Root,
@@ -178,12 +185,6 @@ pub struct VerifyArgs {
     /// State directory of `ekms sim` (for the default --sim-root).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Largest accepted document age, in seconds.
-    #[arg(long, default_value_t = 300)]
-    pub max_age: u64,
-    /// Required PCR0, hex (48 bytes).
-    #[arg(long)]
-    pub pcr0: Option<String>,
 }
 
 /// Key algorithms of `POST /v1/keys`.
@@ -387,7 +388,7 @@ mod tests {
         .unwrap();
         match cli.command {
             Command::Attestation(AttestationCommand::Verify(v)) => {
-                assert_eq!(v.root, Root::Simulation);
+                assert_eq!(v.trust.root, Root::Simulation);
                 assert_eq!(v.nonce.as_deref(), Some("ab"));
                 assert_eq!(v.max_age, 300);
             }

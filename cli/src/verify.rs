@@ -12,7 +12,7 @@ use ekms_shared::statement::SignedKeyStatement;
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::args::{parse_nonce, parse_pcr, KeyVerifyArgs, Root, VerifyArgs};
+use crate::args::{parse_nonce, parse_pcr, KeyVerifyArgs, Root, RootArgs, VerifyArgs};
 use crate::client::ApiClient;
 use crate::Error;
 
@@ -23,60 +23,26 @@ pub const SIMULATION_WARNING: &str =
 /// Bytes of the random nonce used when none is given.
 pub const DEFAULT_NONCE_LEN: usize = 32;
 
-/// The trust-root flags shared by `ekms attestation verify` and `ekms keys verify`.
-pub trait RootFlags {
-    /// `--root`.
-    fn root(&self) -> Root;
-    /// `--sim-root`.
-    fn sim_root(&self) -> Option<&Path>;
-    /// `--state-dir`.
-    fn state_dir(&self) -> Option<&Path>;
-}
-
-impl RootFlags for VerifyArgs {
-    fn root(&self) -> Root {
-        self.root
-    }
-    fn sim_root(&self) -> Option<&Path> {
-        self.sim_root.as_deref()
-    }
-    fn state_dir(&self) -> Option<&Path> {
-        self.state_dir.as_deref()
-    }
-}
-
-impl RootFlags for KeyVerifyArgs {
-    fn root(&self) -> Root {
-        self.root
-    }
-    fn sim_root(&self) -> Option<&Path> {
-        self.sim_root.as_deref()
-    }
-    fn state_dir(&self) -> Option<&Path> {
-        self.state_dir.as_deref()
-    }
-}
-
 /// The simulation root's PEM path: `--sim-root`, else `STATE_DIR/ca/root.pem`, else
 /// `ca/root.pem` beside the socket (where `ekms sim` puts it).
-pub fn sim_root_path(args: &impl RootFlags, socket: &Path) -> PathBuf {
+pub fn sim_root_path(args: &RootArgs, socket: &Path) -> PathBuf {
     let ca_root = |dir: &Path| dir.join("ca").join(attestation::SIM_ROOT_PEM_FILE);
-    if let Some(p) = args.sim_root() {
-        p.to_path_buf()
-    } else if let Some(dir) = args.state_dir() {
+    if let Some(p) = &args.sim_root {
+        p.clone()
+    } else if let Some(dir) = &args.state_dir {
         ca_root(dir)
     } else {
         ca_root(socket.parent().unwrap_or_else(|| Path::new(".")))
     }
 }
 
-/// Builds the verifier for `args.root()`.
+/// Builds the verifier for `args.root`.
 ///
 /// # Errors
 /// [`Error::Usage`] if the simulation root file cannot be read, [`Error::Attestation`]
 /// if it is not one PEM certificate.
-pub fn verifier(args: &impl RootFlags, socket: &Path) -> Result<Verifier, Error> {
-    match args.root() {
+pub fn verifier(args: &RootArgs, socket: &Path) -> Result<Verifier, Error> {
+    match args.root {
         Root::Aws => Ok(Verifier::aws_nitro()),
         Root::Simulation => {
             let path = sim_root_path(args, socket);
@@ -108,7 +74,7 @@ pub async fn run(client: &ApiClient, args: &VerifyArgs) -> Result<Value, Error> 
         }
     };
     let expected_pcr0 = args.pcr0.as_deref().map(parse_pcr).transpose()?;
-    let verifier = verifier(args, client.socket())?;
+    let verifier = verifier(&args.trust, client.socket())?;
     let answer = client
         .request(
             Method::GET,
@@ -143,7 +109,7 @@ pub async fn run(client: &ApiClient, args: &VerifyArgs) -> Result<Value, Error> 
 /// Usage errors for bad flags, the client's errors, and [`check_key_answer`]'s.
 pub async fn run_key(client: &ApiClient, args: &KeyVerifyArgs) -> Result<Value, Error> {
     let expected_pcr0 = args.pcr0.as_deref().map(parse_pcr).transpose()?;
-    let verifier = verifier(args, client.socket())?;
+    let verifier = verifier(&args.trust, client.socket())?;
     let answer = client
         .request(Method::GET, &format!("/v1/keys/{}", args.id), None)
         .await?
@@ -286,14 +252,11 @@ mod tests {
     use attestation::{AttestationRequest, NsmProvider as _, SimulatedCa, SimulatedNsm};
     use std::collections::BTreeMap;
 
-    fn args(root: Root) -> VerifyArgs {
-        VerifyArgs {
-            nonce: None,
+    fn args(root: Root) -> RootArgs {
+        RootArgs {
             root,
             sim_root: None,
             state_dir: None,
-            max_age: 300,
-            pcr0: None,
         }
     }
 
