@@ -673,10 +673,11 @@ mod tests {
         assert_ne!(s1.as_slice(), s2.as_slice());
     }
 
-    /// An NSM whose entropy source is broken: it returns only zeros.
-    struct ZeroNsm;
+    /// An NSM that makes no attestation documents and whose "random" bytes are all
+    /// `.0`: `BrokenNsm(0)` has a broken entropy source too.
+    struct BrokenNsm(u8);
 
-    impl NsmProvider for ZeroNsm {
+    impl NsmProvider for BrokenNsm {
         fn attestation_document(
             &self,
             _req: &AttestationRequest<'_>,
@@ -684,7 +685,7 @@ mod tests {
             Err(attestation::NsmError::NoEntropy)
         }
         fn random(&self, out: &mut [u8]) -> Result<(), attestation::NsmError> {
-            out.fill(0);
+            out.fill(self.0);
             Ok(())
         }
         fn describe_pcr(&self, _index: u16) -> Result<Vec<u8>, attestation::NsmError> {
@@ -696,43 +697,24 @@ mod tests {
     fn rejects_secrets_from_a_broken_random_source() {
         for algorithm in [Algorithm::Secp256k1, Algorithm::Ed25519] {
             assert_eq!(
-                new_secret(&ZeroNsm, algorithm).unwrap_err(),
+                new_secret(&BrokenNsm(0), algorithm).unwrap_err(),
                 WireError::Internal,
                 "{algorithm:?}"
             );
         }
     }
 
-    /// Random bytes work, attestation documents do not.
-    struct NoDocNsm;
-
-    impl NsmProvider for NoDocNsm {
-        fn attestation_document(
-            &self,
-            _req: &AttestationRequest<'_>,
-        ) -> Result<Vec<u8>, attestation::NsmError> {
-            Err(attestation::NsmError::NoEntropy)
-        }
-        fn random(&self, out: &mut [u8]) -> Result<(), attestation::NsmError> {
-            out.fill(0x42);
-            Ok(())
-        }
-        fn describe_pcr(&self, _index: u16) -> Result<Vec<u8>, attestation::NsmError> {
-            Ok(vec![0; 48])
-        }
-    }
-
     #[test]
     fn rejects_boot_with_a_broken_random_source() {
         assert!(matches!(
-            Enclave::new(Arc::new(ZeroNsm), Mode::Nitro),
+            Enclave::new(Arc::new(BrokenNsm(0)), Mode::Nitro),
             Err(crate::EnclaveError::Identity(_))
         ));
     }
 
     #[tokio::test]
     async fn rejects_attestation_when_the_nsm_fails() {
-        let e = Enclave::new(Arc::new(NoDocNsm), Mode::Nitro).unwrap();
+        let e = Enclave::new(Arc::new(BrokenNsm(0x42)), Mode::Nitro).unwrap();
         let r = handle(
             &e,
             Request::Attestation {
