@@ -793,6 +793,7 @@ fn write_status(
         "db": paths.db,
         "ca_root_pem": paths.root_pem,
         "kms_endpoint": started.kms_endpoint,
+        "kms_tls_root_pem": paths.kms_tls_root(),
         "kms_key_arn": started.key.arn(),
         "pcr0": started.pcr0_hex,
         "enclave_restarts": enclave_restarts,
