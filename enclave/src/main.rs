@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use ekms_enclave::kms::KmsPin;
 use ekms_enclave::{io, open_nsm, Enclave, Limits, NsmKind};
-use ekms_shared::{Address, KMS_PROXY_PORT, PARENT_CID};
+use ekms_shared::{Address, Mode, KMS_PROXY_PORT, PARENT_CID};
 
 /// The enclave side of enclave-kms.
 #[derive(Debug, Parser)]
@@ -85,21 +85,40 @@ async fn main() -> ExitCode {
 }
 
 async fn start(args: Args) -> Result<(), String> {
-    let hardened =
-        ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
-    tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
-
-    let kind = match args.nsm {
-        NsmArg::Nitro => NsmKind::Nitro,
-        NsmArg::Simulation => NsmKind::Simulation,
+    // The KMS pin first: an enclave without one must not even open its NSM.
+    let (kind, mode) = match args.nsm {
+        NsmArg::Nitro => (NsmKind::Nitro, Mode::Nitro),
+        NsmArg::Simulation => (NsmKind::Simulation, Mode::Simulation),
     };
-    let (nsm, mode) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
     let pin = KmsPin::from_flags(
         args.kms_key_arn.as_deref(),
         args.kms_endpoint.as_deref(),
         mode,
     )
     .map_err(|e| e.to_string())?;
+    #[cfg(feature = "simulation")]
+    let sim_kms_ca = match (mode, &args.danger_sim_kms_ca) {
+        (Mode::Simulation, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        (Mode::Simulation, None) => {
+            return Err("--danger-sim-kms-ca is required with --nsm simulation".into())
+        }
+        (Mode::Nitro, Some(_)) => {
+            return Err("--danger-sim-kms-ca is refused with --nsm nitro".into())
+        }
+        (Mode::Nitro, None) => None,
+    };
+
+    let hardened =
+        ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
+    tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
+
+    let (nsm, opened) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
+    if opened != mode {
+        return Err(format!("the NSM opened in {opened:?} mode, not {mode:?}"));
+    }
     tracing::info!(
         kms_key = pin.key_arn(),
         region = pin.region(),
@@ -110,22 +129,14 @@ async fn start(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_kms_pin(pin);
     #[cfg(feature = "simulation")]
-    let enclave = match (mode, args.danger_sim_kms_ca) {
-        (ekms_shared::Mode::Simulation, Some(path)) => {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            tracing::warn!(ca = %path.display(), "SIMULATION: KMS TLS trusts the kms-sim CA only");
+    let enclave = match sim_kms_ca {
+        Some(pem) => {
+            tracing::warn!("SIMULATION: the KMS client trusts the kms-sim TLS CA only");
             enclave
                 .danger_trust_simulation_kms_ca(pem)
                 .map_err(|e| e.to_string())?
         }
-        (ekms_shared::Mode::Simulation, None) => {
-            return Err("--danger-sim-kms-ca is required with --nsm simulation".into())
-        }
-        (ekms_shared::Mode::Nitro, Some(_)) => {
-            return Err("--danger-sim-kms-ca is refused with --nsm nitro".into())
-        }
-        (ekms_shared::Mode::Nitro, None) => enclave,
+        None => enclave,
     };
     let enclave = Arc::new(enclave);
 

@@ -1171,3 +1171,89 @@ async fn rejects_a_fake_kms_on_kms_sims_port_after_it_stopped() {
     drop((attacker, parent));
     world.stop().await;
 }
+
+/// Runs the enclave binary with `args`; its exit status and stderr.
+fn run_enclave_binary(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ekms-enclave"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rejects_starting_on_nitro_without_a_key_arn() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix:{}", dir.path().join("e.sock").display());
+    let (status, stderr) = run_enclave_binary(&["--nsm", "nitro", "--listen", &listen]);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-key-arn is required"), "{stderr}");
+    // An alias or a foreign endpoint is no pin either.
+    let (status, stderr) = run_enclave_binary(&[
+        "--nsm",
+        "nitro",
+        "--listen",
+        &listen,
+        "--kms-key-arn",
+        "alias/ekms",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("full key ARN"), "{stderr}");
+    let (status, stderr) = run_enclave_binary(&[
+        "--nsm",
+        "nitro",
+        "--listen",
+        &listen,
+        "--kms-key-arn",
+        "arn:aws:kms:us-east-1:111122223333:key/k",
+        "--kms-endpoint",
+        "https://127.0.0.1:4566",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("regional KMS endpoint"), "{stderr}");
+    assert!(!dir.path().join("e.sock").exists());
+}
+
+#[test]
+fn rejects_starting_a_simulation_without_the_pin_or_the_kms_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix:{}", dir.path().join("e.sock").display());
+    let ca_dir = dir.path().join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/k";
+    let base = [
+        "--nsm",
+        "simulation",
+        "--listen",
+        &listen,
+        "--sim-ca-dir",
+        ca,
+    ];
+    let (status, stderr) = run_enclave_binary(&base);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-key-arn is required"), "{stderr}");
+    let mut no_endpoint = base.to_vec();
+    no_endpoint.extend(["--kms-key-arn", arn]);
+    let (status, stderr) = run_enclave_binary(&no_endpoint);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-endpoint is required"), "{stderr}");
+    let mut no_ca = no_endpoint.clone();
+    no_ca.extend(["--kms-endpoint", "https://127.0.0.1:4566"]);
+    let (status, stderr) = run_enclave_binary(&no_ca);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--danger-sim-kms-ca is required"),
+        "{stderr}"
+    );
+    let mut plain = no_endpoint.clone();
+    plain.extend(["--kms-endpoint", "http://127.0.0.1:4566"]);
+    let (status, stderr) = run_enclave_binary(&plain);
+    assert!(!status.success());
+    assert!(stderr.contains("https://"), "{stderr}");
+    // Nothing was started: no socket, no CA made.
+    assert!(!dir.path().join("e.sock").exists());
+    assert!(!ca_dir.exists());
+}
