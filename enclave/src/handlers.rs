@@ -96,6 +96,7 @@ fn status(enclave: &Enclave) -> ResponseBody {
         state: enclave.state(),
         mode: enclave.mode(),
         pcrs: enclave.pcrs().clone(),
+        kms_target: enclave.kms_target(),
     })
 }
 

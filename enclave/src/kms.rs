@@ -30,7 +30,7 @@ use aws_sdk_kms::config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
-use ekms_shared::{Credentials, KmsConfig, Mode, WireError};
+use ekms_shared::{Credentials, KmsConfig, KmsTarget, Mode, WireError};
 use tokio::sync::Mutex;
 
 use crate::recipient::{open_kms_answer, RecipientError, RecipientKey};
@@ -259,6 +259,15 @@ impl Kms {
         config.region == self.region
             && config.endpoint_url == self.endpoint_url
             && config.kms_key_id == self.key_id
+    }
+
+    /// The region, endpoint and key this client is for (no credentials).
+    pub fn target(&self) -> KmsTarget {
+        KmsTarget {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            kms_key_id: self.key_id.clone(),
+        }
     }
 
     /// The access key id of the credentials in use (not secret; for logs and tests).

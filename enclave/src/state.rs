@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use attestation::NsmProvider;
-use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, Mode, Request, WireError};
+use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, KmsTarget, Mode, Request, WireError};
 use serde_bytes::ByteBuf;
 
 use crate::floor::PolicyFloors;
@@ -252,6 +252,14 @@ impl Enclave {
         self.read_phase().state()
     }
 
+    /// The KMS target once `Ready` (reported by `Status`), else `None`.
+    pub fn kms_target(&self) -> Option<KmsTarget> {
+        match &*self.read_phase() {
+            Phase::Ready(services) => Some(services.kms.target()),
+            Phase::Booting | Phase::Configured => None,
+        }
+    }
+
     /// Admits a request of `kind` in the current state: `Ok(Some(services))` in
     /// `Ready`, `Ok(None)` for a request the earlier states accept.
     ///
@@ -369,6 +377,7 @@ mod tests {
     fn new_enclave_is_booting_with_three_pcrs() {
         let e = test_enclave();
         assert_eq!(e.state(), EnclaveState::Booting);
+        assert_eq!(e.kms_target(), None);
         assert_eq!(e.pcrs().keys().copied().collect::<Vec<_>>(), STATUS_PCRS);
         assert!(e.admit(RequestKind::Status).unwrap().is_none());
     }
@@ -553,6 +562,7 @@ mod tests {
         };
         e.configure(config.clone(), other_cache).await.unwrap();
         assert_eq!(e.state(), EnclaveState::Ready);
+        assert_eq!(e.kms_target(), Some(config.target()));
         assert!(same_services(&e, &services));
         assert_eq!(services.kms.access_key_id(), "a");
     }

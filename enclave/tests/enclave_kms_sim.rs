@@ -1089,6 +1089,11 @@ async fn rejects_a_fake_kms_that_configures_a_fresh_enclave_first() {
         })
         .await;
     assert_eq!(configured, Ok(ResponseBody::Configured));
+    // Status reports the target (no credentials), for the parent to compare.
+    let Ok(ResponseBody::Status(status)) = parent.call(Request::Status).await else {
+        panic!("Status");
+    };
+    assert_eq!(status.kms_target, Some(world.kms_config().target()));
     let created = parent
         .call(Request::CreateKeyring {
             keyring: "main".into(),

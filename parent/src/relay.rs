@@ -14,9 +14,10 @@
 //!    unpublish the slot, fail every pending request with
 //!    [`Error::EnclaveUnavailable`], and go back to 1.
 //!
-//! **Alarm.** An enclave that answers our `Configure` with `AlreadyConfigured` is Ready
-//! for another KMS region, endpoint or key than ours (it answers that only then):
-//! someone else configured it first, with a KMS of their choosing. That is fatal and
+//! **Alarm.** An enclave whose `Status` reports a KMS target (region, endpoint, key)
+//! other than ours, or that answers our `Configure` with `AlreadyConfigured` (it answers
+//! that only when Ready for another target), was configured by someone else, with a KMS
+//! of their choosing. That is fatal and
 //! sticky ([`Relay::alarm`]): an error is logged, every connection is unpublished and
 //! its supervisor stops, [`Relay::call`] fails with
 //! [`Error::EnclaveConfiguredByAnother`] (signing stops), and `/v1/health` reports it.
@@ -221,7 +222,7 @@ impl Relay {
                 // A connection that just dropped reconnects and sends them then.
                 Err(Error::EnclaveUnavailable(_)) => {}
                 Err(Error::Enclave(WireError::AlreadyConfigured)) => {
-                    let e = raise_alarm(&self.inner);
+                    let e = raise_alarm(&self.inner, None);
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
@@ -479,10 +480,18 @@ async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
         ResponseBody::Status(s) => s,
         _ => return Err(Error::UnexpectedResponse("Status")),
     };
+    // A Ready enclave reports its target: compare before sending our credentials.
+    if let Some(theirs) = &status.kms_target {
+        if *theirs != inner.config.kms.to_wire().target() {
+            return Err(raise_alarm(inner, Some(theirs)));
+        }
+    }
     match conn.call(inner, configure_request(inner)).await {
         Ok(ResponseBody::Configured) => {}
         Ok(_) => return Err(Error::UnexpectedResponse("Configure")),
-        Err(Error::Enclave(WireError::AlreadyConfigured)) => return Err(raise_alarm(inner)),
+        Err(Error::Enclave(WireError::AlreadyConfigured)) => {
+            return Err(raise_alarm(inner, status.kms_target.as_ref()))
+        }
         // A Ready enclave serves on with its previous credentials.
         Err(e) if status.state == EnclaveState::Ready => {
             tracing::warn!(error = %e, "credentials refresh refused by the enclave");
@@ -493,18 +502,25 @@ async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
     Ok(status)
 }
 
-/// Raises the alarm (module docs): the enclave answered `AlreadyConfigured`, so it is
-/// Ready for another KMS target than ours. Logs at error level once, unpublishes every
-/// connection, and returns the error callers pass on.
-fn raise_alarm(inner: &Inner) -> Error {
-    let ours = inner.config.kms.to_wire();
+/// Raises the alarm (module docs): the enclave reported a KMS target (`theirs`, when
+/// known) other than ours, or answered `AlreadyConfigured`, so it is Ready for another
+/// KMS target. Logs at error level once, unpublishes every connection, and returns the
+/// error callers pass on.
+fn raise_alarm(inner: &Inner, theirs: Option<&ekms_shared::KmsTarget>) -> Error {
+    let describe = |t: &ekms_shared::KmsTarget| {
+        format!(
+            "region {}, endpoint {}, key {}",
+            t.region,
+            t.endpoint_url.as_deref().unwrap_or("(regional)"),
+            t.kms_key_id
+        )
+    };
+    let ours = describe(&inner.config.kms.to_wire().target());
+    let theirs = theirs.map_or_else(|| "another".to_owned(), |t| format!("({})", describe(t)));
     let reason = format!(
-        "the enclave is serving a KMS target other than this parent's (region {}, \
-         endpoint {}, key {}): someone else configured it first, possibly with a KMS that \
-         knows its data keys. Signing is stopped; restart the enclave, then the parent",
-        ours.region,
-        ours.endpoint_url.as_deref().unwrap_or("(regional)"),
-        ours.kms_key_id,
+        "the enclave is serving a KMS target {theirs} other than this parent's ({ours}): \
+         someone else configured it first, possibly with a KMS that knows its data keys. \
+         Signing is stopped; restart the enclave, then the parent"
     );
     {
         let mut alarm = write(&inner.alarm);
@@ -760,7 +776,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let alarm = relay.alarm().expect("the alarm is raised");
+        // It names both targets: ours and the one the enclave reported in Status.
         assert!(alarm.contains("alias/ekms"), "{alarm}");
+        assert!(alarm.contains("key/attacker"), "{alarm}");
         assert!(relay.health().is_none());
         assert!(matches!(
             relay.call(sign(b"ok")).await,
@@ -864,6 +882,7 @@ mod tests {
                                 state: EnclaveState::Ready,
                                 mode: Mode::Simulation,
                                 pcrs: BTreeMap::new(),
+                                kms_target: None,
                             })),
                             Request::Configure { kms, .. } => {
                                 let id = kms.credentials.access_key_id;

@@ -171,6 +171,19 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             },
             mode: Mode::Simulation,
             pcrs: BTreeMap::from([(0, serde_bytes::ByteBuf::from(vec![0xaa; 48]))]),
+            // The fake reports only its key (region and endpoint as the parent's tests
+            // configure them).
+            kms_target: state
+                .target
+                .lock()
+                .unwrap()
+                .clone()
+                .filter(|_| configured)
+                .map(|kms_key_id| ekms_shared::KmsTarget {
+                    region: "us-east-1".into(),
+                    endpoint_url: Some("http://127.0.0.1:4566".into()),
+                    kms_key_id,
+                }),
         })),
         Request::Configure { kms, .. } => {
             let mut target = state.target.lock().unwrap();
