@@ -5,6 +5,11 @@ the enclave boots, `already_configured` once the parent got it Ready — and the
 comes back healthy (no alarm: the enclave is Ready for the parent's own target), with
 the same keys signing.
 
+A second, real `ekms-parent` whose KMS key is not the one the running enclave serves
+finds the enclave "configured by someone else": it raises its alarm (`/v1/health` and
+every request answer 503 `enclave_configured_by_another`, an error in its log), while
+the simulation's own parent keeps serving.
+
 The enclave protocol is spoken directly on its Unix socket: a u32 big-endian length and
 one CBOR value per frame (shared/src/codec.rs), with the small CBOR encoder and decoder
 below."""
@@ -18,7 +23,9 @@ import socket
 import struct
 import time
 
-from ekms_e2e import check_evm_signature, evm_eip1559, ONE_ETH
+import subprocess
+
+from ekms_e2e import ONE_ETH, Client, bin_dir, check_evm_signature, evm_eip1559
 
 DEST = "0x000000000000000000000000000000000000dEaD"
 POLICY = {
@@ -213,3 +220,56 @@ def test_fake_kms_racing_a_restarted_enclave_gets_nothing(fresh_sim):
     assert "Configure refused: not the pinned KMS target" in log
     parent_log = (sim.state_dir / "logs" / "parent.log").read_text(errors="replace")
     assert "ALARM" not in parent_log
+
+
+def test_a_parent_whose_kms_target_is_not_the_enclaves_raises_the_alarm(sim, tmp_path):
+    settings = sim_settings(sim)
+    other = tmp_path / "other-parent"
+    other.mkdir(mode=0o700)
+    log = open(other / "parent.log", "wb")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDOTHERPARENT",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    env.pop("AWS_SESSION_TOKEN", None)
+    proc = subprocess.Popen(
+        [
+            str(bin_dir() / "ekms-parent"),
+            "--state-dir", str(other),
+            "--listen", f"unix:{other / 'ekms.sock'}",
+            "--enclave", f"unix:{settings['socket']}",
+            "--db", str(other / "keys.db"),
+            "--kms-region", "us-east-1",
+            "--kms-endpoint-url", settings["endpoint"],
+            "--kms-key-id", ATTACKER_KEY,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        client = Client(other / "ekms.sock")
+        deadline = time.monotonic() + 60
+        r = None
+        while time.monotonic() < deadline:
+            try:
+                r = client.health(timeout=5)
+                if r.code == "enclave_configured_by_another":
+                    break
+            except (FileNotFoundError, ConnectionRefusedError, OSError):
+                pass
+            time.sleep(0.1)
+        assert r is not None and r.status == 503, r
+        assert r.code == "enclave_configured_by_another", r
+        assert ATTACKER_KEY in r.error["message"] and settings["arn"] in r.error["message"], r
+        created = client.request("POST", "/v1/keys", {"algorithm": "ed25519"})
+        assert (created.status, created.code) == (503, "enclave_configured_by_another"), created
+        # The simulation's own parent is unaffected.
+        assert sim.client.health().status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    text = (other / "parent.log").read_text(errors="replace")
+    assert "ALARM: enclave configured by another" in text, text[-2000:]

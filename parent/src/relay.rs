@@ -160,8 +160,12 @@ impl Relay {
     /// The keyring new keys go to, once initialised.
     ///
     /// # Errors
+    /// [`Error::EnclaveConfiguredByAnother`] once the alarm is raised;
     /// [`Error::EnclaveUnavailable`] before the first connection is initialised.
     pub async fn current_keyring(&self) -> Result<KeyringRef, Error> {
+        if let Some(reason) = self.alarm() {
+            return Err(Error::EnclaveConfiguredByAnother(reason));
+        }
         self.inner
             .keyring
             .lock()
@@ -782,6 +786,10 @@ mod tests {
         assert!(relay.health().is_none());
         assert!(matches!(
             relay.call(sign(b"ok")).await,
+            Err(Error::EnclaveConfiguredByAnother(_))
+        ));
+        assert!(matches!(
+            relay.current_keyring().await,
             Err(Error::EnclaveConfiguredByAnother(_))
         ));
         // Sticky: the supervisors stopped, nothing is published again.
