@@ -109,15 +109,28 @@ pub fn policy_pcr0(policy_text: &str) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// A KMS client for the kms-sim at `endpoint_url` (`http://127.0.0.1:PORT`), with the
-/// simulation's static credentials and no retries (kms-sim is local; a failure is real).
-pub fn sim_client(endpoint_url: &str) -> Client {
+/// A KMS client for the kms-sim at `endpoint_url` (`https://127.0.0.1:PORT`) whose TLS
+/// trusts only `tls_root_pem` (the kms-sim TLS CA certificate), with the simulation's
+/// static credentials and no retries (kms-sim is local; a failure is real).
+///
+/// # Errors
+/// [`Error::Kms`] if `tls_root_pem` holds no usable certificate.
+pub fn sim_client(endpoint_url: &str, tls_root_pem: &str) -> Result<Client, Error> {
     use aws_smithy_http_client::tls;
-    // One TLS stack (rustls + ring, DESIGN §8), even though kms-sim speaks plain HTTP.
+    // One TLS stack (rustls + ring, DESIGN §8).
+    let context = tls::TlsContext::builder()
+        .with_trust_store(
+            tls::TrustStore::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(tls_root_pem.as_bytes()),
+        )
+        .build()
+        .map_err(|e| Error::Kms(format!("kms-sim TLS root: {e}")))?;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
+        .tls_context(context)
         .build_https();
     let config = aws_sdk_kms::Config::builder()
         .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
@@ -133,7 +146,7 @@ pub fn sim_client(endpoint_url: &str) -> Client {
         .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
         .http_client(http)
         .build();
-    Client::from_conf(config)
+    Ok(Client::from_conf(config))
 }
 
 fn kms_err<E>(what: &str, e: aws_sdk_kms::error::SdkError<E>) -> Error
@@ -145,6 +158,54 @@ where
         None => DisplayErrorContext(&e).to_string(),
     };
     Error::Kms(format!("{what}: {detail}"))
+}
+
+/// The key policy of a key created before the enclave's PCR0 is known: the
+/// administrative statement only, so no one gets data keys until [`ensure_key`] adds
+/// the PCR0 condition.
+pub fn admin_only_key_policy(account_id: &str) -> String {
+    let mut policy: Value = match serde_json::from_str(&key_policy("", account_id)) {
+        Ok(v) => v,
+        Err(_) => return String::new(),
+    };
+    if let Some(Value::Array(statements)) = policy.get_mut("Statement") {
+        statements.retain(|s| s.get("Sid").and_then(Value::as_str) != Some(ENCLAVE_SID));
+    }
+    policy.to_string()
+}
+
+/// The ARN remembered in `arn_file`, or a new key's (with [`admin_only_key_policy`],
+/// remembered there atomically); `true` when it was created now. Does not check that
+/// a remembered key exists ([`ensure_key`] does).
+///
+/// # Errors
+/// [`Error::Kms`] if `CreateKey` fails; [`Error::Io`] if `arn_file` cannot be read or
+/// written.
+pub async fn ensure_key_exists(client: &Client, arn_file: &Path) -> Result<(String, bool), Error> {
+    match std::fs::read_to_string(arn_file) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("reading {}", arn_file.display()), e)),
+    }
+    let arn = create_key(client, admin_only_key_policy(SIM_ACCOUNT_ID)).await?;
+    crate::sim::write_atomically(arn_file, format!("{arn}\n").as_bytes())?;
+    Ok((arn, true))
+}
+
+async fn create_key(client: &Client, policy: String) -> Result<String, Error> {
+    let created = client
+        .create_key()
+        .description("enclave-kms simulation: data keys released only to the measured enclave")
+        .policy(policy)
+        .send()
+        .await
+        .map_err(|e| kms_err("CreateKey", e))?;
+    Ok(created
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .ok_or_else(|| Error::Kms("CreateKey answered without an ARN".into()))?
+        .to_owned())
 }
 
 /// Makes sure the key remembered in `arn_file` exists and requires `pcr0_hex`, or
@@ -165,18 +226,7 @@ pub async fn ensure_key(
         Err(e) => return Err(Error::io(format!("reading {}", arn_file.display()), e)),
     };
     let Some(arn) = remembered.filter(|a| !a.is_empty()) else {
-        let created = client
-            .create_key()
-            .description("enclave-kms simulation: data keys released only to the measured enclave")
-            .policy(policy)
-            .send()
-            .await
-            .map_err(|e| kms_err("CreateKey", e))?;
-        let arn = created
-            .key_metadata()
-            .and_then(|m| m.arn())
-            .ok_or_else(|| Error::Kms("CreateKey answered without an ARN".into()))?
-            .to_owned();
+        let arn = create_key(client, policy).await?;
         crate::sim::write_atomically(arn_file, format!("{arn}\n").as_bytes())?;
         return Ok(KeySetup::Created { arn });
     };
@@ -248,6 +298,16 @@ mod tests {
             .unwrap()
             .contains(&json!("kms:PutKeyPolicy")));
         assert_eq!(policy_pcr0(&text).as_deref(), Some(PCR0));
+    }
+
+    #[test]
+    fn admin_only_policy_releases_no_data_keys() {
+        let text = admin_only_key_policy(SIM_ACCOUNT_ID);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let statements = v["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1);
+        assert!(!text.contains("kms:GenerateDataKey"));
+        assert_eq!(policy_pcr0(&text), None);
     }
 
     #[test]

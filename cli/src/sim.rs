@@ -123,7 +123,17 @@ impl SimPaths {
     fn log(&self, name: &str) -> PathBuf {
         self.logs_dir.join(format!("{name}.log"))
     }
+
+    /// The kms-sim TLS CA certificate, which kms-sim writes into the CA directory
+    /// (`kms_sim::tls::TLS_ROOT_FILE`).
+    pub fn kms_tls_root(&self) -> PathBuf {
+        self.ca_dir.join(KMS_TLS_ROOT_FILE)
+    }
 }
+
+/// Name of the kms-sim TLS CA certificate in the CA directory (kms-sim's
+/// `tls::TLS_ROOT_FILE`).
+pub const KMS_TLS_ROOT_FILE: &str = "kms-tls-root.pem";
 
 /// The three executables the simulation runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +453,8 @@ impl Signals {
 /// What the startup learned, for the summary and `sim.json`.
 #[derive(Debug)]
 struct Started {
+    /// What every (re)start of the enclave is pinned to.
+    pin: EnclavePin,
     kms_endpoint: String,
     key: KeySetup,
     pcr0_hex: String,
@@ -528,6 +540,8 @@ async fn start(
         .arg(&paths.kms_dir)
         .arg("--attestation-root")
         .arg(&paths.root_pem)
+        .arg("--tls-ca-dir")
+        .arg(&paths.ca_dir)
         .args([
             "--region",
             kms::SIM_REGION,
@@ -542,8 +556,22 @@ async fn start(
         paths.log("kms-sim"),
     )
     .await?;
-    let kms_endpoint = format!("http://{}", kms_proc.listening);
-    launch_enclave(&mut procs.enclave, paths, bins).await?;
+    // kms-sim serves HTTPS only, with a certificate from its TLS CA (written before it
+    // prints its address): the enclave and our client trust that CA and nothing else.
+    let kms_endpoint = format!("https://{}", kms_proc.listening);
+    let tls_root = paths.kms_tls_root();
+    let tls_root_pem = std::fs::read_to_string(&tls_root)
+        .map_err(|e| Error::io(format!("reading {}", tls_root.display()), e))?;
+    let client = kms::sim_client(&kms_endpoint, &tls_root_pem)?;
+    // The enclave is started pinned to the key and endpoint: the key must exist first.
+    // Its policy names the enclave's PCR0 once our measurement is done (below); until
+    // then no one gets data keys from it.
+    let (arn, created) = kms::ensure_key_exists(&client, &paths.arn_file).await?;
+    let pin = EnclavePin {
+        kms_key_arn: arn,
+        kms_endpoint: kms_endpoint.clone(),
+    };
+    launch_enclave(&mut procs.enclave, paths, bins, &pin).await?;
 
     let pcrs = measurement
         .await
@@ -553,8 +581,10 @@ async fn start(
         .get(&0)
         .map(hex::encode)
         .ok_or_else(|| Error::Sim("the measurement has no PCR0".into()))?;
-    let client = kms::sim_client(&kms_endpoint);
-    let key = kms::ensure_key(&client, &paths.arn_file, &pcr0_hex).await?;
+    let key = match kms::ensure_key(&client, &paths.arn_file, &pcr0_hex).await? {
+        KeySetup::PolicyUpdated { arn, .. } if created => KeySetup::Created { arn },
+        other => other,
+    };
     match &key {
         KeySetup::Created { arn } => println!("ekms sim: created KMS key {arn}"),
         KeySetup::Unchanged { .. } => {}
@@ -597,6 +627,7 @@ async fn start(
         kms_endpoint,
         key,
         pcr0_hex,
+        pin,
     })
 }
 
@@ -604,18 +635,34 @@ fn unix_addr(path: &Path) -> String {
     format!("unix:{}", path.display())
 }
 
+/// The KMS target the enclave is started pinned to (its `--kms-key-arn` and
+/// `--kms-endpoint`): it refuses a `Configure` naming anything else.
+#[derive(Debug, Clone)]
+struct EnclavePin {
+    kms_key_arn: String,
+    kms_endpoint: String,
+}
+
 /// Starts the enclave into `slot` (replacing an exited one) and waits for its address.
+/// It is pinned to `pin` and trusts only the kms-sim TLS CA for KMS.
 async fn launch_enclave<'a>(
     slot: &'a mut Option<Proc>,
     paths: &SimPaths,
     bins: &Binaries,
+    pin: &EnclavePin,
 ) -> Result<&'a mut Proc, Error> {
     claim_socket_path(&paths.enclave_socket)?;
     let mut cmd = Command::new(&bins.enclave);
     cmd.arg("--listen")
         .arg(unix_addr(&paths.enclave_socket))
         .args(["--nsm", "simulation", "--sim-ca-dir"])
-        .arg(&paths.ca_dir);
+        .arg(&paths.ca_dir)
+        .arg("--kms-key-arn")
+        .arg(&pin.kms_key_arn)
+        .arg("--kms-endpoint")
+        .arg(&pin.kms_endpoint)
+        .arg("--danger-sim-kms-ca")
+        .arg(paths.kms_tls_root());
     Proc::launch(slot, "enclave", &bins.enclave, cmd, paths.log("enclave")).await
 }
 
@@ -705,7 +752,7 @@ async fn supervise(
                 // A signal while the new enclave boots leaves it in its slot, and the
                 // caller stops it with the others.
                 let pid = tokio::select! {
-                    r = launch_enclave(&mut procs.enclave, paths, bins) => r?.pid,
+                    r = launch_enclave(&mut procs.enclave, paths, bins, &started.pin) => r?.pid,
                     sig = signals.recv() => {
                         println!("ekms sim: {sig}: stopping parent, enclave and kms-sim");
                         return Ok(());
@@ -748,6 +795,7 @@ fn write_status(
         "db": paths.db,
         "ca_root_pem": paths.root_pem,
         "kms_endpoint": started.kms_endpoint,
+        "kms_tls_root_pem": paths.kms_tls_root(),
         "kms_key_arn": started.key.arn(),
         "pcr0": started.pcr0_hex,
         "enclave_restarts": enclave_restarts,

@@ -11,12 +11,13 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use ekms_cli::kms::{ensure_key, policy_pcr0, sim_client, KeySetup};
+use ekms_cli::kms::{ensure_key, ensure_key_exists, policy_pcr0, sim_client, KeySetup};
 
 /// A running kms-sim, killed on drop.
 struct KmsSim {
     child: Child,
     port: u16,
+    dir: std::path::PathBuf,
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -35,6 +36,8 @@ impl KmsSim {
             .arg(dir.join("kms"))
             .arg("--attestation-root")
             .arg(dir.join("ca/root.pem"))
+            .arg("--tls-ca-dir")
+            .arg(dir.join("ca"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -51,8 +54,16 @@ impl KmsSim {
         Self {
             child,
             port,
+            dir: dir.to_path_buf(),
             _stdout: stdout,
         }
+    }
+
+    /// A client trusting only kms-sim's TLS CA.
+    fn client(&self) -> aws_sdk_kms::Client {
+        let root = self.dir.join("ca").join(ekms_cli::sim::KMS_TLS_ROOT_FILE);
+        let pem = std::fs::read_to_string(root).unwrap();
+        sim_client(&format!("https://127.0.0.1:{}", self.port), &pem).unwrap()
     }
 }
 
@@ -67,7 +78,7 @@ impl Drop for KmsSim {
 async fn creates_keeps_and_repins_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let sim = KmsSim::start(dir.path());
-    let client = sim_client(&format!("http://127.0.0.1:{}", sim.port));
+    let client = sim.client();
     let arn_file = dir.path().join("kms-key-arn");
     let pcr_a = "aa".repeat(48);
     let pcr_b = "bb".repeat(48);
@@ -106,10 +117,49 @@ async fn creates_keeps_and_repins_the_key() {
 }
 
 #[tokio::test]
+async fn creates_the_key_before_the_enclave_starts_and_pins_pcr0_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = KmsSim::start(dir.path());
+    let client = sim.client();
+    let arn_file = dir.path().join("kms-key-arn");
+    let (arn, created) = ensure_key_exists(&client, &arn_file).await.unwrap();
+    assert!(created);
+    let stored = client.get_key_policy().key_id(&arn).send().await.unwrap();
+    assert_eq!(policy_pcr0(stored.policy().unwrap()), None);
+    assert_eq!(
+        ensure_key_exists(&client, &arn_file).await.unwrap(),
+        (arn.clone(), false)
+    );
+    let pcr0 = "ab".repeat(48);
+    let setup = ensure_key(&client, &arn_file, &pcr0).await.unwrap();
+    assert!(matches!(
+        setup,
+        KeySetup::PolicyUpdated { old_pcr0: None, .. }
+    ));
+    let stored = client.get_key_policy().key_id(&arn).send().await.unwrap();
+    assert_eq!(policy_pcr0(stored.policy().unwrap()), Some(pcr0));
+}
+
+#[tokio::test]
+async fn rejects_plain_http_to_kms_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = KmsSim::start(dir.path());
+    let root = dir.path().join("ca").join(ekms_cli::sim::KMS_TLS_ROOT_FILE);
+    let pem = std::fs::read_to_string(root).unwrap();
+    let plain = sim_client(&format!("http://127.0.0.1:{}", sim.port), &pem).unwrap();
+    assert!(plain
+        .generate_random()
+        .number_of_bytes(8)
+        .send()
+        .await
+        .is_err());
+}
+
+#[tokio::test]
 async fn rejects_a_remembered_key_that_kms_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     let sim = KmsSim::start(dir.path());
-    let client = sim_client(&format!("http://127.0.0.1:{}", sim.port));
+    let client = sim.client();
     let arn_file = dir.path().join("kms-key-arn");
     let ghost = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000";
     std::fs::write(&arn_file, format!("{ghost}\n")).unwrap();

@@ -100,6 +100,7 @@ fn status(enclave: &Enclave) -> ResponseBody {
         state: enclave.state(),
         mode: enclave.mode(),
         pcrs: enclave.pcrs().clone(),
+        kms_target: enclave.kms_target(),
     })
 }
 
@@ -601,7 +602,7 @@ mod tests {
             .port();
         let kms = KmsConfig {
             region: "us-east-1".into(),
-            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            endpoint_url: Some(format!("https://127.0.0.1:{port}")),
             kms_key_id: "k".into(),
             credentials: Credentials {
                 access_key_id: "a".into(),

@@ -30,7 +30,7 @@ use aws_sdk_kms::config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
-use ekms_shared::{Credentials, KmsConfig, Mode, WireError};
+use ekms_shared::{Credentials, KmsConfig, KmsTarget, Mode, WireError};
 use tokio::sync::Mutex;
 
 use crate::recipient::{open_kms_answer, RecipientError, RecipientKey};
@@ -181,6 +181,8 @@ pub struct Kms {
     region: String,
     endpoint_url: Option<String>,
     key_id: String,
+    /// The roots the TLS connection to KMS is checked against.
+    trust: KmsTrust,
     nsm: Arc<dyn NsmProvider>,
     session: Mutex<Option<Arc<RecipientSession>>>,
 }
@@ -215,21 +217,28 @@ impl Kms {
     /// In [`Mode::Nitro`] the endpoint must be the regional KMS endpoint over HTTPS
     /// (`None`, or `https://kms[-fips].<region>.amazonaws.com[:port]`): an endpoint the
     /// parent picks could otherwise answer `GenerateDataKey` with a data key of its own
-    /// choosing (DESIGN §2). In simulation any `http`/`https` URL is accepted.
+    /// choosing (DESIGN §2). In simulation any `https` URL is accepted (plain HTTP is
+    /// refused). TLS is checked against `trust`'s roots only.
+    ///
+    /// Which endpoint and key a `Configure` may name at all is the enclave's
+    /// [`KmsPin`], checked before this.
     ///
     /// # Errors
-    /// [`KmsError::Config`] for an empty or malformed region, key id or endpoint.
+    /// [`KmsError::Config`] for an empty or malformed region, key id or endpoint, or an
+    /// unusable trust store.
     pub fn new(
         config: &KmsConfig,
         mode: Mode,
         nsm: Arc<dyn NsmProvider>,
+        trust: &KmsTrust,
     ) -> Result<Self, KmsError> {
         check_config(config, mode)?;
         let client = sdk_client(
             &config.region,
             config.endpoint_url.as_deref(),
             &config.credentials,
-        );
+            trust,
+        )?;
         Ok(Self {
             current: std::sync::RwLock::new(Current {
                 client,
@@ -238,6 +247,7 @@ impl Kms {
             region: config.region.clone(),
             endpoint_url: config.endpoint_url.clone(),
             key_id: config.kms_key_id.clone(),
+            trust: trust.clone(),
             nsm,
             session: Mutex::new(None),
         })
@@ -249,6 +259,15 @@ impl Kms {
         config.region == self.region
             && config.endpoint_url == self.endpoint_url
             && config.kms_key_id == self.key_id
+    }
+
+    /// The region, endpoint and key this client is for (no credentials).
+    pub fn target(&self) -> KmsTarget {
+        KmsTarget {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            kms_key_id: self.key_id.clone(),
+        }
     }
 
     /// The access key id of the credentials in use (not secret; for logs and tests).
@@ -287,7 +306,12 @@ impl Kms {
         if self.read_current().credentials == *credentials {
             return Ok(CredentialsUpdate::Unchanged);
         }
-        let client = sdk_client(&self.region, self.endpoint_url.as_deref(), credentials);
+        let client = sdk_client(
+            &self.region,
+            self.endpoint_url.as_deref(),
+            credentials,
+            &self.trust,
+        )?;
         self.round_trip(&client).await?;
         let mut current = self
             .current
@@ -427,17 +451,28 @@ impl Kms {
 }
 
 /// An SDK client for `region` (and `endpoint_url`, when set) signing with
-/// `credentials`: rustls with ring, standard retries, an operation deadline.
+/// `credentials`: rustls with ring trusting only `trust`'s roots (never the platform's
+/// store), standard retries, an operation deadline.
+///
+/// # Errors
+/// [`KmsError::Config`] if the trust store cannot be built (a PEM without a usable
+/// certificate).
 fn sdk_client(
     region: &str,
     endpoint_url: Option<&str>,
     credentials: &Credentials,
-) -> aws_sdk_kms::Client {
+    trust: &KmsTrust,
+) -> Result<aws_sdk_kms::Client, KmsError> {
     use aws_smithy_http_client::tls;
+    let tls_context = tls::TlsContext::builder()
+        .with_trust_store(trust.trust_store())
+        .build()
+        .map_err(|e| KmsError::Config(format!("KMS TLS trust store: {e}")))?;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
+        .tls_context(tls_context)
         .build_https();
     let credentials = aws_credential_types::Credentials::new(
         credentials.access_key_id.clone(),
@@ -460,7 +495,7 @@ fn sdk_client(
     if let Some(url) = endpoint_url {
         builder = builder.endpoint_url(url.to_owned());
     }
-    aws_sdk_kms::Client::from_conf(builder.build())
+    Ok(aws_sdk_kms::Client::from_conf(builder.build()))
 }
 
 fn data_key(plaintext: &[u8]) -> Result<DataKey, KmsError> {
@@ -470,14 +505,14 @@ fn data_key(plaintext: &[u8]) -> Result<DataKey, KmsError> {
     DataKey::from_slice(plaintext).map_err(|_| KmsError::Answer("data key is not 32 bytes"))
 }
 
-/// Checks a KMS key ARN given to pin the enclave's key
-/// ([`crate::Enclave::with_pinned_kms_key`]): `arn:<partition>:kms:<region>:<account>:key/<id>`
-/// with a 12-digit account. An alias is refused: whoever administers the account can
-/// point an alias at another key.
+/// Checks a KMS key ARN given to pin the enclave's key ([`KmsPin`]):
+/// `arn:<partition>:kms:<region>:<account>:key/<id>` with a 12-digit account, and
+/// returns its region. An alias is refused: whoever administers the account can point
+/// an alias at another key.
 ///
 /// # Errors
 /// [`KmsError::Config`] for anything else.
-pub fn check_pinned_key_arn(arn: &str) -> Result<(), KmsError> {
+pub fn check_pinned_key_arn(arn: &str) -> Result<&str, KmsError> {
     let bad = || KmsError::Config("the pinned KMS key must be a full key ARN".into());
     let mut parts = arn.splitn(6, ':');
     let (Some("arn"), Some(partition), Some("kms"), Some(region), Some(account), Some(key)) = (
@@ -492,16 +527,25 @@ pub fn check_pinned_key_arn(arn: &str) -> Result<(), KmsError> {
     };
     let id = key.strip_prefix("key/").ok_or_else(bad)?;
     let ok = !partition.is_empty()
-        && !region.is_empty()
+        && region_ok(region)
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
         && !id.is_empty()
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
-        Ok(())
+        Ok(region)
     } else {
         Err(bad())
     }
+}
+
+/// Whether `region` looks like an AWS region: 1-32 lowercase letters, digits and '-'.
+fn region_ok(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Refuses credentials without an access key id or secret.
@@ -514,13 +558,7 @@ fn check_credentials(credentials: &Credentials) -> Result<(), KmsError> {
 
 /// Validates `Configure`'s KMS settings (see [`Kms::new`]).
 fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
-    let region_ok = !config.region.is_empty()
-        && config.region.len() <= 32
-        && config
-            .region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !region_ok {
+    if !region_ok(&config.region) {
         return Err(KmsError::Config(
             "region must be 1-32 lowercase letters, digits and '-'".into(),
         ));
@@ -532,42 +570,184 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
     let Some(url) = &config.endpoint_url else {
         return Ok(());
     };
-    match mode {
-        Mode::Simulation => {
-            if url.starts_with("http://") || url.starts_with("https://") {
-                Ok(())
-            } else {
-                Err(KmsError::Config(
-                    "endpoint_url must be http:// or https://".into(),
+    check_endpoint(url, &config.region, mode)
+}
+
+/// Checks an endpoint URL for `region`: on [`Mode::Nitro`] the regional KMS endpoint
+/// (`https://kms[-fips].<region>.amazonaws.com[:port][/]`), in simulation any `https://`
+/// URL (kms-sim serves TLS with a certificate of the simulation CA; plain HTTP would let
+/// anything on the host answer).
+///
+/// # Errors
+/// [`KmsError::Config`] naming what is wrong.
+fn check_endpoint(url: &str, region: &str, mode: Mode) -> Result<(), KmsError> {
+    let host_port = url
+        .strip_prefix("https://")
+        .map(|r| r.strip_suffix('/').unwrap_or(r))
+        .ok_or_else(|| KmsError::Config("endpoint_url must be https://".into()))?;
+    if mode == Mode::Simulation {
+        return if host_port.is_empty() {
+            Err(KmsError::Config("endpoint_url has no host".into()))
+        } else {
+            Ok(())
+        };
+    }
+    let host = match host_port.split_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some(_) => return Err(KmsError::Config("endpoint_url has a bad port".into())),
+        None => host_port,
+    };
+    let allowed = [
+        format!("kms.{region}.amazonaws.com"),
+        format!("kms-fips.{region}.amazonaws.com"),
+    ];
+    if allowed.iter().any(|a| a == host) {
+        Ok(())
+    } else {
+        Err(KmsError::Config(
+            "on Nitro, endpoint_url must be the regional KMS endpoint".into(),
+        ))
+    }
+}
+
+/// The Amazon Trust Services roots (Amazon Root CA 1-4, PEM) that AWS service
+/// endpoints, KMS included, chain to. The only roots a Nitro build trusts for KMS.
+const AMAZON_ROOT_CAS_PEM: &str = include_str!("amazon-root-cas.pem");
+
+/// Which roots the enclave's TLS connection to KMS is checked against.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum KmsTrust {
+    /// The Amazon Trust Services roots only ([`AMAZON_ROOT_CAS_PEM`]), checked by
+    /// rustls-webpki; never the platform's certificate store. The only choice of a
+    /// Nitro (`--no-default-features`) build.
+    #[default]
+    AmazonRoots,
+    /// SIMULATION ONLY (feature `simulation`): the kms-sim TLS CA certificate (PEM)
+    /// from the simulation CA directory, and nothing else. Whoever holds that CA's key
+    /// (anyone who can read the simulation CA directory) can impersonate KMS.
+    #[cfg(feature = "simulation")]
+    DangerSimulationCa(String),
+}
+
+impl std::fmt::Debug for KmsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KmsTrust::AmazonRoots => f.write_str("AmazonRoots"),
+            #[cfg(feature = "simulation")]
+            KmsTrust::DangerSimulationCa(_) => f.write_str("DangerSimulationCa"),
+        }
+    }
+}
+
+impl KmsTrust {
+    /// A trust store with exactly these roots (no native roots).
+    fn trust_store(&self) -> aws_smithy_http_client::tls::TrustStore {
+        let pem = match self {
+            KmsTrust::AmazonRoots => AMAZON_ROOT_CAS_PEM.as_bytes().to_vec(),
+            #[cfg(feature = "simulation")]
+            KmsTrust::DangerSimulationCa(pem) => pem.as_bytes().to_vec(),
+        };
+        aws_smithy_http_client::tls::TrustStore::empty()
+            .with_native_roots(false)
+            .with_pem_certificate(pem)
+    }
+}
+
+/// The KMS target an enclave image is pinned to, from its own (measured) command line:
+/// the key ARN, the region it names, and the endpoint. `Configure` must name exactly
+/// these ([`KmsPin::check`]); the parent supplies only credentials and cache bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsPin {
+    key_arn: String,
+    region: String,
+    endpoint_url: Option<String>,
+}
+
+impl KmsPin {
+    /// The pin from the enclave's flags (`--kms-key-arn`, `--kms-endpoint`).
+    ///
+    /// - Both modes: the key ARN is mandatory and must be a full key ARN
+    ///   ([`check_pinned_key_arn`]); the region is the ARN's.
+    /// - [`Mode::Nitro`]: the endpoint is optional (`None`: the SDK's regional
+    ///   endpoint) and, when given, must be the ARN region's KMS endpoint.
+    /// - [`Mode::Simulation`]: the endpoint (kms-sim's `https://` URL) is mandatory: an
+    ///   unpinned simulation endpoint is what let a host process configure its own KMS.
+    ///
+    /// # Errors
+    /// [`KmsError::Config`] for a missing or malformed ARN or endpoint.
+    pub fn from_flags(
+        key_arn: Option<&str>,
+        endpoint_url: Option<&str>,
+        mode: Mode,
+    ) -> Result<Self, KmsError> {
+        let key_arn = key_arn.ok_or_else(|| {
+            KmsError::Config(
+                "--kms-key-arn is required: the enclave talks only to the KMS key its image \
+                 names"
+                    .into(),
+            )
+        })?;
+        let region = check_pinned_key_arn(key_arn)?.to_owned();
+        match (endpoint_url, mode) {
+            (Some(url), _) => check_endpoint(url, &region, mode)?,
+            (None, Mode::Nitro) => {}
+            (None, Mode::Simulation) => {
+                return Err(KmsError::Config(
+                    "--kms-endpoint is required in simulation (kms-sim's https:// URL)".into(),
                 ))
             }
         }
-        Mode::Nitro => {
-            let host_port = url
-                .strip_prefix("https://")
-                .map(|r| r.strip_suffix('/').unwrap_or(r))
-                .ok_or_else(|| KmsError::Config("endpoint_url must be https:// on Nitro".into()))?;
-            let host = match host_port.split_once(':') {
-                Some((host, port))
-                    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    host
-                }
-                Some(_) => return Err(KmsError::Config("endpoint_url has a bad port".into())),
-                None => host_port,
-            };
-            let allowed = [
-                format!("kms.{}.amazonaws.com", config.region),
-                format!("kms-fips.{}.amazonaws.com", config.region),
-            ];
-            if allowed.iter().any(|a| a == host) {
-                Ok(())
-            } else {
-                Err(KmsError::Config(
-                    "on Nitro, endpoint_url must be the regional KMS endpoint".into(),
-                ))
+        Ok(Self {
+            key_arn: key_arn.to_owned(),
+            region,
+            endpoint_url: endpoint_url.map(str::to_owned),
+        })
+    }
+
+    /// The pinned key ARN.
+    pub fn key_arn(&self) -> &str {
+        &self.key_arn
+    }
+
+    /// The region of the pinned key ARN.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The pinned endpoint, if any.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
+    }
+
+    /// Refuses a `Configure` whose key, region or endpoint is not the pinned one. With
+    /// no pinned endpoint (Nitro), `config` may name none or any endpoint that
+    /// [`Kms::new`] accepts for the pinned region.
+    ///
+    /// # Errors
+    /// [`KmsError::Config`] saying which setting differs (the pinned values are not
+    /// secret: they are in the image).
+    pub fn check(&self, config: &KmsConfig) -> Result<(), KmsError> {
+        if config.kms_key_id != self.key_arn {
+            return Err(KmsError::Config(format!(
+                "kms_key_id is not the KMS key this enclave is pinned to ({})",
+                self.key_arn
+            )));
+        }
+        if config.region != self.region {
+            return Err(KmsError::Config(format!(
+                "region is not the region of the pinned KMS key ({})",
+                self.region
+            )));
+        }
+        if let Some(pinned) = &self.endpoint_url {
+            if config.endpoint_url.as_deref() != Some(pinned.as_str()) {
+                return Err(KmsError::Config(format!(
+                    "endpoint_url is not the KMS endpoint this enclave is pinned to ({pinned})"
+                )));
             }
         }
+        Ok(())
     }
 }
 
@@ -601,7 +781,125 @@ mod tests {
             Mode::Nitro,
         )
         .unwrap();
-        check_config(&config(Some("http://127.0.0.1:4566")), Mode::Simulation).unwrap();
+        check_config(&config(Some("https://127.0.0.1:4566")), Mode::Simulation).unwrap();
+    }
+
+    #[test]
+    fn rejects_plain_http_in_simulation() {
+        for url in ["http://127.0.0.1:4566", "127.0.0.1:4566", "https://"] {
+            assert!(
+                check_config(&config(Some(url)), Mode::Simulation).is_err(),
+                "{url}"
+            );
+        }
+    }
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd";
+
+    #[test]
+    fn pin_takes_its_region_from_the_arn() {
+        let pin = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
+        assert_eq!(pin.region(), "eu-west-1");
+        assert_eq!(pin.key_arn(), ARN);
+        assert_eq!(pin.endpoint_url(), None);
+        let pin = KmsPin::from_flags(
+            Some(ARN),
+            Some("https://kms.eu-west-1.amazonaws.com"),
+            Mode::Nitro,
+        )
+        .unwrap();
+        assert_eq!(
+            pin.endpoint_url(),
+            Some("https://kms.eu-west-1.amazonaws.com")
+        );
+        let pin = KmsPin::from_flags(Some(ARN), Some("https://127.0.0.1:4566"), Mode::Simulation)
+            .unwrap();
+        assert_eq!(pin.region(), "eu-west-1");
+    }
+
+    #[test]
+    fn rejects_nitro_without_a_key_arn() {
+        for mode in [Mode::Nitro, Mode::Simulation] {
+            let r = KmsPin::from_flags(None, Some("https://kms.eu-west-1.amazonaws.com"), mode);
+            assert!(
+                matches!(&r, Err(KmsError::Config(m)) if m.contains("--kms-key-arn")),
+                "{r:?}"
+            );
+        }
+        assert!(KmsPin::from_flags(Some("alias/ekms"), None, Mode::Nitro).is_err());
+    }
+
+    #[test]
+    fn rejects_pins_with_a_foreign_or_missing_endpoint() {
+        for url in [
+            "https://kms.us-east-1.amazonaws.com",
+            "https://127.0.0.1:4566",
+            "http://kms.eu-west-1.amazonaws.com",
+        ] {
+            assert!(
+                KmsPin::from_flags(Some(ARN), Some(url), Mode::Nitro).is_err(),
+                "{url}"
+            );
+        }
+        assert!(KmsPin::from_flags(Some(ARN), None, Mode::Simulation).is_err());
+        assert!(
+            KmsPin::from_flags(Some(ARN), Some("http://127.0.0.1:4566"), Mode::Simulation).is_err()
+        );
+    }
+
+    fn pinned_config(endpoint: Option<&str>) -> KmsConfig {
+        let mut c = config(endpoint);
+        c.region = "eu-west-1".into();
+        c.kms_key_id = ARN.into();
+        c
+    }
+
+    #[test]
+    fn accepts_configure_naming_the_pinned_target() {
+        let sim = "https://127.0.0.1:4566";
+        let pin = KmsPin::from_flags(Some(ARN), Some(sim), Mode::Simulation).unwrap();
+        pin.check(&pinned_config(Some(sim))).unwrap();
+        let nitro = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
+        nitro.check(&pinned_config(None)).unwrap();
+        nitro
+            .check(&pinned_config(Some("https://kms.eu-west-1.amazonaws.com")))
+            .unwrap();
+    }
+
+    #[test]
+    fn rejects_configure_naming_another_key_region_or_endpoint() {
+        let sim = "https://127.0.0.1:4566";
+        let pin = KmsPin::from_flags(Some(ARN), Some(sim), Mode::Simulation).unwrap();
+        let mut other_key = pinned_config(Some(sim));
+        other_key.kms_key_id = "arn:aws:kms:eu-west-1:444455556666:key/attacker".into();
+        let mut other_region = pinned_config(Some(sim));
+        other_region.region = "us-east-1".into();
+        let other_port = pinned_config(Some("https://127.0.0.1:4567"));
+        let plain = pinned_config(Some("http://127.0.0.1:4566"));
+        let none = pinned_config(None);
+        for (what, c) in [
+            ("kms_key_id", other_key),
+            ("region", other_region),
+            ("endpoint_url", other_port),
+            ("endpoint_url", plain),
+            ("endpoint_url", none),
+        ] {
+            let r = pin.check(&c);
+            assert!(
+                matches!(&r, Err(KmsError::Config(m)) if m.starts_with(what)),
+                "{what}: {r:?}"
+            );
+            assert!(matches!(
+                KmsError::Config(String::new()).to_wire(),
+                WireError::BadRequest { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn trust_stores_hold_only_the_chosen_roots() {
+        assert_eq!(AMAZON_ROOT_CAS_PEM.matches("BEGIN CERTIFICATE").count(), 4);
+        assert_eq!(format!("{:?}", KmsTrust::default()), "AmazonRoots");
     }
 
     #[test]

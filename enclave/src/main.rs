@@ -1,5 +1,6 @@
 //! `ekms-enclave`: the enclave binary. Parses flags, hardens the process, sets up
-//! tracing (stderr), opens the NSM, binds the listener, prints `listening on ADDR` on
+//! tracing (stderr), opens the NSM, pins the KMS target (`--kms-key-arn`, required;
+//! `--kms-endpoint`, required in simulation), binds the listener, prints `listening on ADDR` on
 //! stdout and serves until SIGTERM/SIGINT (then drains and removes a Unix socket).
 
 use std::net::SocketAddr;
@@ -8,8 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use ekms_enclave::kms::KmsPin;
 use ekms_enclave::{io, open_nsm, Enclave, Limits, NsmKind};
-use ekms_shared::{Address, KMS_PROXY_PORT, PARENT_CID};
+use ekms_shared::{Address, Mode, KMS_PROXY_PORT, PARENT_CID};
 
 /// The enclave side of enclave-kms.
 #[derive(Debug, Parser)]
@@ -36,11 +38,24 @@ struct Args {
     /// TLS. See `io::forward_tcp_to_vsock` for the full setup.
     #[arg(long)]
     kms_forward: Option<SocketAddr>,
-    /// The only KMS key `Configure` may name (a full key ARN). Set it in the enclave
-    /// image, where it is measured: unpinned, a compromised parent can configure a key
-    /// of its own whose policy lets it decrypt new keyrings' data keys.
+    /// Required: the only KMS key `Configure` may name (a full key ARN; its region is
+    /// the only region `Configure` may name). Set it in the enclave image, where it is
+    /// measured: unpinned, a compromised parent can configure a key of its own whose
+    /// policy lets it decrypt new keyrings' data keys. The enclave refuses to start
+    /// without it.
     #[arg(long, env = "EKMS_KMS_KEY_ARN")]
     kms_key_arn: Option<String>,
+    /// The only KMS endpoint `Configure` may name. Nitro: optional, and if given the
+    /// regional endpoint of the key's region. Simulation: required, kms-sim's
+    /// `https://` URL.
+    #[arg(long, env = "EKMS_KMS_ENDPOINT")]
+    kms_endpoint: Option<String>,
+    /// SIMULATION ONLY (not in a `--no-default-features` build): PEM file of the
+    /// kms-sim TLS CA, the only root the KMS client then trusts. Required with
+    /// `--nsm simulation`, refused with `--nsm nitro`.
+    #[cfg(feature = "simulation")]
+    #[arg(long)]
+    danger_sim_kms_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -70,28 +85,59 @@ async fn main() -> ExitCode {
 }
 
 async fn start(args: Args) -> Result<(), String> {
+    // The KMS pin first: an enclave without one must not even open its NSM.
+    let (kind, mode) = match args.nsm {
+        NsmArg::Nitro => (NsmKind::Nitro, Mode::Nitro),
+        NsmArg::Simulation => (NsmKind::Simulation, Mode::Simulation),
+    };
+    let pin = KmsPin::from_flags(
+        args.kms_key_arn.as_deref(),
+        args.kms_endpoint.as_deref(),
+        mode,
+    )
+    .map_err(|e| e.to_string())?;
+    #[cfg(feature = "simulation")]
+    let sim_kms_ca = match (mode, &args.danger_sim_kms_ca) {
+        (Mode::Simulation, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        (Mode::Simulation, None) => {
+            return Err("--danger-sim-kms-ca is required with --nsm simulation".into())
+        }
+        (Mode::Nitro, Some(_)) => {
+            return Err("--danger-sim-kms-ca is refused with --nsm nitro".into())
+        }
+        (Mode::Nitro, None) => None,
+    };
+
     let hardened =
         ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
     tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
 
-    let kind = match args.nsm {
-        NsmArg::Nitro => NsmKind::Nitro,
-        NsmArg::Simulation => NsmKind::Simulation,
-    };
-    let (nsm, mode) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
-    let mut enclave = Enclave::new(nsm, mode).map_err(|e| e.to_string())?;
-    match args.kms_key_arn {
-        Some(arn) => {
-            ekms_enclave::kms::check_pinned_key_arn(&arn).map_err(|e| e.to_string())?;
-            tracing::info!(kms_key = %arn, "KMS key pinned");
-            enclave = enclave.with_pinned_kms_key(arn);
-        }
-        None if mode == ekms_shared::Mode::Nitro => tracing::warn!(
-            "no --kms-key-arn: the parent chooses the KMS key, and a compromised parent \
-             could choose one it can decrypt with"
-        ),
-        None => {}
+    let (nsm, opened) = open_nsm(kind, &args.sim_ca_dir).map_err(|e| e.to_string())?;
+    if opened != mode {
+        return Err(format!("the NSM opened in {opened:?} mode, not {mode:?}"));
     }
+    tracing::info!(
+        kms_key = pin.key_arn(),
+        region = pin.region(),
+        endpoint = pin.endpoint_url().unwrap_or("(regional)"),
+        "KMS target pinned"
+    );
+    let enclave = Enclave::new(nsm, mode)
+        .map_err(|e| e.to_string())?
+        .with_kms_pin(pin);
+    #[cfg(feature = "simulation")]
+    let enclave = match sim_kms_ca {
+        Some(pem) => {
+            tracing::warn!("SIMULATION: the KMS client trusts the kms-sim TLS CA only");
+            enclave
+                .danger_trust_simulation_kms_ca(pem)
+                .map_err(|e| e.to_string())?
+        }
+        None => enclave,
+    };
     let enclave = Arc::new(enclave);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

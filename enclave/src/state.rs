@@ -28,13 +28,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use attestation::NsmProvider;
-use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, Mode, Request, WireError};
+use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, KmsTarget, Mode, Request, WireError};
 use serde_bytes::ByteBuf;
 
 use crate::floor::PolicyFloors;
 use crate::identity::Identity;
 use crate::keyring::Keyrings;
-use crate::kms::{CredentialsUpdate, Kms};
+use crate::kms::{CredentialsUpdate, Kms, KmsPin, KmsTrust};
 use crate::EnclaveError;
 
 /// PCRs reported by `Status`: 0 (image), 1 (kernel and boot ramfs), 2 (application).
@@ -143,8 +143,11 @@ pub struct Enclave {
     phase: RwLock<Phase>,
     /// Serialises `Configure` handling (each holds it across its KMS round trip).
     configuring: tokio::sync::Mutex<()>,
-    /// The only KMS key `Configure` may name, when the image pins one.
-    pinned_kms_key: Option<String>,
+    /// The only KMS key, region and endpoint `Configure` may name (the binary always
+    /// sets one; unit tests may leave it out).
+    pin: Option<KmsPin>,
+    /// The roots the KMS client's TLS is checked against.
+    kms_trust: KmsTrust,
     /// The identity key that signs key statements (drawn at boot).
     identity: Identity,
 }
@@ -179,7 +182,8 @@ impl Enclave {
             pcrs,
             phase: RwLock::new(Phase::Booting),
             configuring: tokio::sync::Mutex::new(()),
-            pinned_kms_key: None,
+            pin: None,
+            kms_trust: KmsTrust::default(),
         })
     }
 
@@ -188,24 +192,41 @@ impl Enclave {
         &self.identity
     }
 
-    /// Pins the KMS key: `Configure` is then refused unless its `kms_key_id` is exactly
-    /// `key_arn` (a full key ARN, `arn:aws:kms:<region>:<account>:key/<id>`; see
-    /// [`crate::kms::check_pinned_key_arn`]).
+    /// Pins the KMS target: `Configure` is then refused unless it names exactly the
+    /// pinned key ARN, its region and the pinned endpoint ([`KmsPin::check`]).
     ///
-    /// Why: the parent chooses the key and the credentials. Unpinned, a compromised
-    /// parent can configure a key in its own account whose policy lets it `Decrypt`
-    /// without a `Recipient`, and so read the data key of every keyring created
-    /// afterwards, and every execution key sealed under it. The pin must come from the
-    /// measured image (the enclave's command line or environment in the EIF), never
-    /// from the parent.
-    pub fn with_pinned_kms_key(mut self, key_arn: String) -> Self {
-        self.pinned_kms_key = Some(key_arn);
+    /// Why: the parent chooses the key, the endpoint and the credentials. Unpinned, a
+    /// compromised parent (or any host process that configures a freshly started
+    /// enclave first) can configure a key in its own account whose policy lets it
+    /// `Decrypt` without a `Recipient`, or an endpoint of its own that answers
+    /// `GenerateDataKey` with a data key it chose, and so read every execution key
+    /// sealed afterwards. The pin must come from the measured image (the enclave's
+    /// command line in the EIF), never from the parent.
+    pub fn with_kms_pin(mut self, pin: KmsPin) -> Self {
+        self.pin = Some(pin);
         self
     }
 
-    /// The pinned KMS key ARN, if any.
-    pub fn pinned_kms_key(&self) -> Option<&str> {
-        self.pinned_kms_key.as_deref()
+    /// The pinned KMS target, if any.
+    pub fn kms_pin(&self) -> Option<&KmsPin> {
+        self.pin.as_ref()
+    }
+
+    /// SIMULATION ONLY: trust the kms-sim TLS CA certificate `pem` (and nothing else)
+    /// for the KMS client's TLS, instead of the Amazon roots. Not compiled into a Nitro
+    /// (`--no-default-features`) build; refused on [`Mode::Nitro`].
+    ///
+    /// # Errors
+    /// [`EnclaveError::Simulation`] when the enclave runs on Nitro.
+    #[cfg(feature = "simulation")]
+    pub fn danger_trust_simulation_kms_ca(mut self, pem: String) -> Result<Self, EnclaveError> {
+        if self.mode == Mode::Nitro {
+            return Err(EnclaveError::Simulation(
+                "a simulation KMS CA is never trusted on Nitro".into(),
+            ));
+        }
+        self.kms_trust = KmsTrust::DangerSimulationCa(pem);
+        Ok(self)
     }
 
     /// The NSM.
@@ -245,6 +266,14 @@ impl Enclave {
         self.read_phase().state()
     }
 
+    /// The KMS target once `Ready` (reported by `Status`), else `None`.
+    pub fn kms_target(&self) -> Option<KmsTarget> {
+        match &*self.read_phase() {
+            Phase::Ready(services) => Some(services.kms.target()),
+            Phase::Booting | Phase::Configured => None,
+        }
+    }
+
     /// Admits a request of `kind` in the current state: `Ok(Some(services))` in
     /// `Ready`, `Ok(None)` for a request the earlier states accept.
     ///
@@ -273,8 +302,10 @@ impl Enclave {
     ///
     /// # Errors
     /// [`WireError::AlreadyConfigured`] when `Ready` and `kms` names another region,
-    /// endpoint or key id; [`WireError::BadRequest`] for invalid settings, including a
-    /// `kms_key_id` other than the pinned one (state unchanged); [`WireError::Kms`] /
+    /// endpoint or key id (so only when the enclave was configured by someone else's
+    /// settings); [`WireError::BadRequest`] for invalid settings, including a key,
+    /// region or endpoint other than the pinned ones ([`KmsPin::check`], state
+    /// unchanged); [`WireError::Kms`] /
     /// [`WireError::Attestation`] when the round trip fails (when `Ready`, the previous
     /// credentials stay in use).
     pub async fn configure(
@@ -288,21 +319,23 @@ impl Enclave {
                 message: format!("dek_cache.ttl_secs must be at most {MAX_DEK_TTL_SECS}"),
             });
         }
-        if let Some(pinned) = &self.pinned_kms_key {
-            if kms.kms_key_id != *pinned {
-                return Err(WireError::BadRequest {
-                    message: "kms_key_id is not the KMS key this enclave image is pinned to".into(),
-                });
-            }
-        }
         let ready = match &*self.read_phase() {
             Phase::Ready(services) => Some(Arc::clone(services)),
             Phase::Booting | Phase::Configured => None,
         };
         if let Some(services) = ready {
+            // Before the pin: a Ready enclave answers a Configure for another target
+            // with AlreadyConfigured, which the parent takes as "configured by another".
             return refresh_credentials(&services.kms, &kms).await;
         }
-        let client = Kms::new(&kms, self.mode, Arc::clone(&self.nsm)).map_err(|e| e.to_wire())?;
+        if let Some(pin) = &self.pin {
+            if let Err(e) = pin.check(&kms) {
+                tracing::warn!(error = %e, "Configure refused: not the pinned KMS target");
+                return Err(e.to_wire());
+            }
+        }
+        let client = Kms::new(&kms, self.mode, Arc::clone(&self.nsm), &self.kms_trust)
+            .map_err(|e| e.to_wire())?;
         let client = Arc::new(client);
         self.set_phase(Phase::Configured);
         if let Err(e) = client.check_attested_round_trip().await {
@@ -358,6 +391,7 @@ mod tests {
     fn new_enclave_is_booting_with_three_pcrs() {
         let e = test_enclave();
         assert_eq!(e.state(), EnclaveState::Booting);
+        assert_eq!(e.kms_target(), None);
         assert_eq!(e.pcrs().keys().copied().collect::<Vec<_>>(), STATUS_PCRS);
         assert!(e.admit(RequestKind::Status).unwrap().is_none());
     }
@@ -406,7 +440,7 @@ mod tests {
     fn kms_config(key: &str, port: u16) -> KmsConfig {
         KmsConfig {
             region: "us-east-1".into(),
-            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            endpoint_url: Some(format!("https://127.0.0.1:{port}")),
             kms_key_id: key.into(),
             credentials: ekms_shared::Credentials {
                 access_key_id: "a".into(),
@@ -422,10 +456,15 @@ mod tests {
         max_uses: 10,
     };
 
+    fn pin(port: u16) -> KmsPin {
+        let url = format!("https://127.0.0.1:{port}");
+        KmsPin::from_flags(Some(PINNED), Some(&url), Mode::Simulation).unwrap()
+    }
+
     #[tokio::test]
     async fn rejects_configure_with_another_kms_key_than_the_pinned_one() {
-        let e = test_enclave().with_pinned_kms_key(PINNED.into());
-        assert_eq!(e.pinned_kms_key(), Some(PINNED));
+        let e = test_enclave().with_kms_pin(pin(1));
+        assert_eq!(e.kms_pin().map(KmsPin::key_arn), Some(PINNED));
         for other in [
             "arn:aws:kms:us-east-1:444455556666:key/attacker",
             "alias/ekms",
@@ -433,11 +472,48 @@ mod tests {
         ] {
             let r = e.configure(kms_config(other, 1), CACHE).await;
             assert!(
-                matches!(r, Err(WireError::BadRequest { .. })),
+                matches!(&r, Err(WireError::BadRequest { message }) if message.contains("kms_key_id")),
                 "{other}: {r:?}"
             );
             assert_eq!(e.state(), EnclaveState::Booting, "{other}");
         }
+    }
+
+    #[tokio::test]
+    async fn rejects_configure_with_another_endpoint_or_region_than_the_pinned_ones() {
+        let e = test_enclave().with_kms_pin(pin(1));
+        let mut other_region = kms_config(PINNED, 1);
+        other_region.region = "eu-west-1".into();
+        let other_port = kms_config(PINNED, 2);
+        let mut plain = kms_config(PINNED, 1);
+        plain.endpoint_url = Some("http://127.0.0.1:1".into());
+        let mut none = kms_config(PINNED, 1);
+        none.endpoint_url = None;
+        for (what, c) in [
+            ("region", other_region),
+            ("endpoint_url", other_port),
+            ("endpoint_url", plain),
+            ("endpoint_url", none),
+        ] {
+            let r = e.configure(c, CACHE).await;
+            assert!(
+                matches!(&r, Err(WireError::BadRequest { message }) if message.contains(what)),
+                "{what}: {r:?}"
+            );
+            assert_eq!(e.state(), EnclaveState::Booting, "{what}");
+        }
+    }
+
+    #[cfg(feature = "simulation")]
+    #[test]
+    fn rejects_a_simulation_kms_ca_on_nitro() {
+        let ca = attestation::SimulatedCa::generate().unwrap();
+        let pcrs = attestation::pcrs_from_digest(b"nitro");
+        let nsm = attestation::SimulatedNsm::new(&ca, pcrs).unwrap();
+        let e = Enclave::new(Arc::new(nsm), Mode::Nitro).unwrap();
+        assert!(e.danger_trust_simulation_kms_ca("pem".into()).is_err());
+        let e = test_enclave().danger_trust_simulation_kms_ca("pem".into());
+        assert!(e.is_ok());
     }
 
     #[tokio::test]
@@ -449,7 +525,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let e = test_enclave().with_pinned_kms_key(PINNED.into());
+        let e = test_enclave().with_kms_pin(pin(port));
         let r = e.configure(kms_config(PINNED, port), CACHE).await;
         assert!(matches!(r, Err(WireError::Kms { .. })), "{r:?}");
         assert_eq!(e.state(), EnclaveState::Configured);
@@ -467,7 +543,15 @@ mod tests {
     /// the endpoint is a port nothing listens on).
     fn ready_enclave(config: &KmsConfig) -> (Enclave, Arc<Services>) {
         let e = test_enclave();
-        let kms = Arc::new(Kms::new(config, Mode::Simulation, Arc::clone(e.nsm())).unwrap());
+        let kms = Arc::new(
+            Kms::new(
+                config,
+                Mode::Simulation,
+                Arc::clone(e.nsm()),
+                &KmsTrust::default(),
+            )
+            .unwrap(),
+        );
         let services = Arc::new(Services {
             keyrings: Keyrings::new(Arc::clone(&kms), CACHE),
             kms,
@@ -493,6 +577,7 @@ mod tests {
         };
         e.configure(config.clone(), other_cache).await.unwrap();
         assert_eq!(e.state(), EnclaveState::Ready);
+        assert_eq!(e.kms_target(), Some(config.target()));
         assert!(same_services(&e, &services));
         assert_eq!(services.kms.access_key_id(), "a");
     }
@@ -506,7 +591,7 @@ mod tests {
         let mut other_region = config.clone();
         other_region.region = "eu-west-1".into();
         let mut other_endpoint = config.clone();
-        other_endpoint.endpoint_url = Some("http://127.0.0.1:1".into());
+        other_endpoint.endpoint_url = Some("https://127.0.0.1:1".into());
         let mut no_endpoint = config.clone();
         no_endpoint.endpoint_url = None;
         for mut changed in [other_key, other_region, other_endpoint, no_endpoint] {
@@ -541,13 +626,16 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_ready_configure_with_another_key_than_the_pinned_one() {
-        let config = kms_config(PINNED, dead_port());
+        let port = dead_port();
+        let config = kms_config(PINNED, port);
         let (e, services) = ready_enclave(&config);
-        let e = e.with_pinned_kms_key(PINNED.into());
+        let e = e.with_kms_pin(pin(port));
         let mut other = config.clone();
         other.kms_key_id = "arn:aws:kms:us-east-1:444455556666:key/attacker".into();
+        // A Ready enclave answers another target with AlreadyConfigured (the parent's
+        // alarm), before the pin is looked at.
         let r = e.configure(other, CACHE).await;
-        assert!(matches!(r, Err(WireError::BadRequest { .. })), "{r:?}");
+        assert_eq!(r, Err(WireError::AlreadyConfigured));
         e.configure(config, CACHE).await.unwrap();
         assert!(same_services(&e, &services));
     }

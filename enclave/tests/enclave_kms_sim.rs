@@ -10,6 +10,13 @@
 //! a Solana transfer signature (verified with ed25519), policy denials, tampered
 //! records and policies (SealedStateInvalid), SetPolicy, and `max_uses = 0`.
 //!
+//! Every enclave here is started as the binary starts it: pinned to the KMS key the
+//! test created and to kms-sim's `https://` endpoint, trusting only the kms-sim TLS CA.
+//! The fake-KMS tests (`rejects_a_fake_kms_…`) race the honest Configure with a KMS of
+//! the attacker's (another kms-sim, with a key whose policy lets the attacker decrypt
+//! and its own TLS CA): refused by the pin, or by the TLS handshake on kms-sim's own
+//! port after kms-sim stopped; no keyring or key is made until the honest Configure.
+//!
 //! The PCRs come from a fixed digest rather than from measuring the test binary: the
 //! debug binary is ~200 MB and hashing it would dominate the test's run time.
 
@@ -23,6 +30,7 @@ use std::sync::Arc;
 
 use attestation::{SimulatedCa, SimulatedNsm};
 use aws_sdk_kms::Client;
+use ekms_enclave::kms::KmsPin;
 use ekms_enclave::{io::Listener, Enclave, Limits};
 use ekms_shared::{
     decode_response, encode_request, frame_len, Address, Algorithm, Credentials, DekCachePolicy,
@@ -41,12 +49,41 @@ const PCR_DIGEST: &[u8] = b"ekms-enclave integration test";
 
 /// kms-sim and the enclave server, both stopped on drop.
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     kms_port: u16,
     kms_key_arn: String,
+    /// The kms-sim TLS CA certificate (PEM).
+    tls_root_pem: String,
     socket: PathBuf,
-    stops: Vec<oneshot::Sender<()>>,
+    /// Stops kms-sim (taken by [`World::stop_kms`]).
+    kms_stop: Option<oneshot::Sender<()>>,
+    kms_task: Option<tokio::task::JoinHandle<()>>,
+    enclave_stop: Option<oneshot::Sender<()>>,
     enclave_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A kms-sim served in-process on `tcp` with its TLS CA in `tls_ca_dir`; returns its
+/// stop sender, its task, and its TLS root (PEM).
+async fn start_kms_sim(
+    tcp: tokio::net::TcpListener,
+    state_dir: PathBuf,
+    attestation_root: PathBuf,
+    tls_ca_dir: PathBuf,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>, String) {
+    let tls_root_pem = kms_sim::tls::TlsCa::load_or_create(&tls_ca_dir)
+        .unwrap()
+        .root_pem()
+        .to_owned();
+    let config = kms_sim::Config::new(state_dir, Some(attestation_root), tls_ca_dir);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        kms_sim::run(tcp, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stop, task, tls_root_pem)
 }
 
 impl World {
@@ -68,52 +105,82 @@ impl World {
         // kms-sim in-process.
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let kms_port = tcp.local_addr().unwrap().port();
-        let config = kms_sim::Config::new(dir.path().join("kms-state"), Some(root));
-        let (kms_stop, kms_stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            kms_sim::run(tcp, config, async {
-                let _ = kms_stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let kms_key_arn = create_enclave_key(&admin_client(kms_port), &pcr0_hex).await;
+        let (kms_stop, kms_task, tls_root_pem) = start_kms_sim(
+            tcp,
+            dir.path().join("kms-state"),
+            root,
+            dir.path().join("ca"),
+        )
+        .await;
+        let kms_key_arn =
+            create_enclave_key(&admin_client(kms_port, &tls_root_pem), &pcr0_hex).await;
 
-        // The enclave server.
+        // The enclave server, pinned as `ekms sim` pins the binary.
         let socket = dir.path().join("enclave.sock");
         let listener = Listener::bind(&Address::Unix(socket.clone()))
             .await
             .unwrap();
-        let enclave = Arc::new(Enclave::new(Arc::new(nsm), Mode::Simulation).unwrap());
+        let pin = KmsPin::from_flags(
+            Some(&kms_key_arn),
+            Some(&format!("https://127.0.0.1:{kms_port}")),
+            Mode::Simulation,
+        )
+        .unwrap();
+        let enclave = Enclave::new(Arc::new(nsm), Mode::Simulation)
+            .unwrap()
+            .with_kms_pin(pin)
+            .danger_trust_simulation_kms_ca(tls_root_pem.clone())
+            .unwrap();
         let (enclave_stop, enclave_stopped) = oneshot::channel::<()>();
         let enclave_task = tokio::spawn(ekms_enclave::run(
             listener,
-            enclave,
+            Arc::new(enclave),
             Limits::default(),
             async {
                 let _ = enclave_stopped.await;
             },
         ));
         Self {
-            _dir: dir,
+            dir,
             kms_port,
             kms_key_arn,
+            tls_root_pem,
             socket,
-            stops: vec![kms_stop, enclave_stop],
+            kms_stop: Some(kms_stop),
+            kms_task: Some(kms_task),
+            enclave_stop: Some(enclave_stop),
             enclave_task: Some(enclave_task),
         }
+    }
+
+    fn kms_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.kms_port)
     }
 
     fn kms_config(&self) -> KmsConfig {
         KmsConfig {
             region: "us-east-1".into(),
-            endpoint_url: Some(format!("http://127.0.0.1:{}", self.kms_port)),
+            endpoint_url: Some(self.kms_endpoint()),
             kms_key_id: self.kms_key_arn.clone(),
             credentials: Credentials {
                 access_key_id: "AKIDSIMULATION".into(),
                 secret_access_key: "secret".into(),
                 session_token: Some("token".into()),
             },
+        }
+    }
+
+    fn admin(&self) -> Client {
+        admin_client(self.kms_port, &self.tls_root_pem)
+    }
+
+    /// Stops kms-sim and waits until its port is closed.
+    async fn stop_kms(&mut self) {
+        if let Some(s) = self.kms_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.kms_task.take() {
+            t.await.unwrap();
         }
     }
 
@@ -125,9 +192,10 @@ impl World {
     }
 
     async fn stop(mut self) {
-        for s in self.stops.drain(..).rev() {
+        if let Some(s) = self.enclave_stop.take() {
             let _ = s.send(());
         }
+        self.stop_kms().await;
         if let Some(t) = self.enclave_task.take() {
             t.await.unwrap();
         }
@@ -135,16 +203,26 @@ impl World {
     }
 }
 
-fn admin_client(port: u16) -> Client {
+/// An administrator's KMS client for the kms-sim on `port`, trusting `tls_root_pem`.
+fn admin_client(port: u16, tls_root_pem: &str) -> Client {
     use aws_smithy_http_client::tls;
+    let context = tls::TlsContext::builder()
+        .with_trust_store(
+            tls::TrustStore::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(tls_root_pem.as_bytes()),
+        )
+        .build()
+        .unwrap();
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
+        .tls_context(context)
         .build_https();
     let config = aws_sdk_kms::Config::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .endpoint_url(format!("https://127.0.0.1:{port}"))
         .region(aws_sdk_kms::config::Region::new("us-east-1"))
         .credentials_provider(aws_credential_types::Credentials::new(
             "AKIDADMIN",
@@ -863,7 +941,7 @@ async fn refreshes_credentials_while_ready_and_refuses_another_key() {
 
     // The parent may not re-point the running enclave, not even with new credentials.
     let other_key = create_enclave_key(
-        &admin_client(world.kms_port),
+        &world.admin(),
         &hex::encode(&attestation::pcrs_from_digest(PCR_DIGEST)[&0]),
     )
     .await;
@@ -892,4 +970,295 @@ async fn refreshes_credentials_while_ready_and_refuses_another_key() {
     drop(parent);
     drop(reconnected);
     world.stop().await;
+}
+
+/// The attacker's KMS: another kms-sim, with its own TLS CA and state, that accepts the
+/// simulation's attestation documents and holds a key of the attacker's. Were the
+/// enclave to use it, the attacker would choose (and know) every data key.
+struct FakeKms {
+    port: u16,
+    key_arn: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeKms {
+    async fn start(world: &World, tcp: tokio::net::TcpListener, name: &str) -> Self {
+        let port = tcp.local_addr().unwrap().port();
+        let dir = world.dir.path().join(name);
+        let (stop, task, root) = start_kms_sim(
+            tcp,
+            dir.join("state"),
+            world.dir.path().join("root.pem"),
+            dir.join("ca"),
+        )
+        .await;
+        assert_ne!(root, world.tls_root_pem, "the fake has a CA of its own");
+        let pcr0 = hex::encode(&attestation::pcrs_from_digest(PCR_DIGEST)[&0]);
+        let key_arn = create_enclave_key(&admin_client(port, &root), &pcr0).await;
+        Self {
+            port,
+            key_arn,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// Binds 127.0.0.1:`port` again once its previous listener is gone.
+async fn rebind(port: u16) -> tokio::net::TcpListener {
+    for _ in 0..200 {
+        if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("port {port} stayed busy");
+}
+
+const CACHE: DekCachePolicy = DekCachePolicy {
+    ttl_secs: 60,
+    max_uses: 10,
+};
+
+/// No keyring and no key can be made: nothing can be sealed.
+async fn assert_nothing_can_be_sealed(parent: &mut Parent) {
+    let r = parent
+        .call(Request::CreateKeyring {
+            keyring: "main".into(),
+            epoch: 1,
+        })
+        .await;
+    assert_eq!(r, Err(WireError::NotReady));
+    assert_ne!(parent.state().await, EnclaveState::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_a_fake_kms_that_configures_a_fresh_enclave_first() {
+    let world = World::start().await;
+    let fake_tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = FakeKms::start(&world, fake_tcp, "fake").await;
+    let fake_endpoint = format!("https://127.0.0.1:{}", fake.port);
+
+    // The attacker connects to the freshly started enclave before the parent.
+    let mut attacker = world.connect().await;
+    let mut everything_fake = world.kms_config();
+    everything_fake.kms_key_id = fake.key_arn.clone();
+    everything_fake.endpoint_url = Some(fake_endpoint.clone());
+    everything_fake.credentials.access_key_id = "AKIDATTACKER".into();
+    let mut fake_endpoint_only = world.kms_config();
+    fake_endpoint_only.endpoint_url = Some(fake_endpoint.clone());
+    let mut plain_http = world.kms_config();
+    plain_http.endpoint_url = Some(format!("http://127.0.0.1:{}", world.kms_port));
+    let mut fake_key_only = world.kms_config();
+    fake_key_only.kms_key_id = fake.key_arn.clone();
+    let mut other_region = world.kms_config();
+    other_region.region = "eu-west-1".into();
+    for (what, kms) in [
+        ("kms_key_id", everything_fake),
+        ("endpoint_url", fake_endpoint_only),
+        ("endpoint_url", plain_http),
+        ("kms_key_id", fake_key_only),
+        ("region", other_region),
+    ] {
+        let r = attacker
+            .call(Request::Configure {
+                kms,
+                dek_cache: CACHE,
+            })
+            .await;
+        assert!(
+            matches!(&r, Err(WireError::BadRequest { message }) if message.contains(what)),
+            "{what}: {r:?}"
+        );
+        assert_eq!(attacker.state().await, EnclaveState::Booting, "{what}");
+        assert_nothing_can_be_sealed(&mut attacker).await;
+    }
+
+    // The honest parent configures it: keys are sealed under kms-sim's data keys.
+    let mut parent = world.connect().await;
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: CACHE,
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    // Status reports the target (no credentials), for the parent to compare.
+    let Ok(ResponseBody::Status(status)) = parent.call(Request::Status).await else {
+        panic!("Status");
+    };
+    assert_eq!(status.kms_target, Some(world.kms_config().target()));
+    let created = parent
+        .call(Request::CreateKeyring {
+            keyring: "main".into(),
+            epoch: 1,
+        })
+        .await;
+    assert!(
+        matches!(created, Ok(ResponseBody::KeyringCreated { .. })),
+        "{created:?}"
+    );
+    drop((attacker, parent));
+    fake.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_a_fake_kms_on_kms_sims_port_after_it_stopped() {
+    let mut world = World::start().await;
+    // kms-sim stops; the attacker's KMS takes over its port, the pinned endpoint.
+    world.stop_kms().await;
+    let port = world.kms_port;
+    let fake = FakeKms::start(&world, rebind(port).await, "fake").await;
+    assert_eq!(fake.port, port);
+
+    // It races the parent with exactly the pinned settings: the pin passes, the TLS
+    // handshake does not (its certificate is not from the kms-sim CA).
+    let mut attacker = world.connect().await;
+    let mut kms = world.kms_config();
+    kms.credentials.access_key_id = "AKIDATTACKER".into();
+    let r = attacker
+        .call(Request::Configure {
+            kms,
+            dek_cache: CACHE,
+        })
+        .await;
+    match &r {
+        Err(WireError::Kms { code, message }) => {
+            assert_eq!(code, "RequestFailed", "{message}");
+            assert!(
+                message.contains("certificate") || message.contains("UnknownIssuer"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(attacker.state().await, EnclaveState::Configured);
+    assert_nothing_can_be_sealed(&mut attacker).await;
+
+    // The real kms-sim comes back on its port: the honest Configure gets the enclave
+    // Ready, and it works.
+    fake.stop().await;
+    let (stop, task, root) = start_kms_sim(
+        rebind(port).await,
+        world.dir.path().join("kms-state"),
+        world.dir.path().join("root.pem"),
+        world.dir.path().join("ca"),
+    )
+    .await;
+    assert_eq!(root, world.tls_root_pem);
+    world.kms_stop = Some(stop);
+    world.kms_task = Some(task);
+    let mut parent = world.connect().await;
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: CACHE,
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    let created = parent
+        .call(Request::CreateKeyring {
+            keyring: "main".into(),
+            epoch: 1,
+        })
+        .await;
+    assert!(
+        matches!(created, Ok(ResponseBody::KeyringCreated { .. })),
+        "{created:?}"
+    );
+    drop((attacker, parent));
+    world.stop().await;
+}
+
+/// Runs the enclave binary with `args`; its exit status and stderr.
+fn run_enclave_binary(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ekms-enclave"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rejects_starting_on_nitro_without_a_key_arn() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix:{}", dir.path().join("e.sock").display());
+    let (status, stderr) = run_enclave_binary(&["--nsm", "nitro", "--listen", &listen]);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-key-arn is required"), "{stderr}");
+    // An alias or a foreign endpoint is no pin either.
+    let (status, stderr) = run_enclave_binary(&[
+        "--nsm",
+        "nitro",
+        "--listen",
+        &listen,
+        "--kms-key-arn",
+        "alias/ekms",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("full key ARN"), "{stderr}");
+    let (status, stderr) = run_enclave_binary(&[
+        "--nsm",
+        "nitro",
+        "--listen",
+        &listen,
+        "--kms-key-arn",
+        "arn:aws:kms:us-east-1:111122223333:key/k",
+        "--kms-endpoint",
+        "https://127.0.0.1:4566",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("regional KMS endpoint"), "{stderr}");
+    assert!(!dir.path().join("e.sock").exists());
+}
+
+#[test]
+fn rejects_starting_a_simulation_without_the_pin_or_the_kms_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix:{}", dir.path().join("e.sock").display());
+    let ca_dir = dir.path().join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    let arn = "arn:aws:kms:us-east-1:111122223333:key/k";
+    let base = [
+        "--nsm",
+        "simulation",
+        "--listen",
+        &listen,
+        "--sim-ca-dir",
+        ca,
+    ];
+    let (status, stderr) = run_enclave_binary(&base);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-key-arn is required"), "{stderr}");
+    let mut no_endpoint = base.to_vec();
+    no_endpoint.extend(["--kms-key-arn", arn]);
+    let (status, stderr) = run_enclave_binary(&no_endpoint);
+    assert!(!status.success());
+    assert!(stderr.contains("--kms-endpoint is required"), "{stderr}");
+    let mut no_ca = no_endpoint.clone();
+    no_ca.extend(["--kms-endpoint", "https://127.0.0.1:4566"]);
+    let (status, stderr) = run_enclave_binary(&no_ca);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--danger-sim-kms-ca is required"),
+        "{stderr}"
+    );
+    let mut plain = no_endpoint.clone();
+    plain.extend(["--kms-endpoint", "http://127.0.0.1:4566"]);
+    let (status, stderr) = run_enclave_binary(&plain);
+    assert!(!status.success());
+    assert!(stderr.contains("https://"), "{stderr}");
+    // Nothing was started: no socket, no CA made.
+    assert!(!dir.path().join("e.sock").exists());
+    assert!(!ca_dir.exists());
 }

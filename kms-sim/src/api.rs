@@ -772,7 +772,12 @@ mod tests {
         let ca = attestation::SimulatedCa::generate().unwrap();
         let root = dir.join("root.pem");
         std::fs::write(&root, ca.root_pem()).unwrap();
-        crate::load(&crate::Config::new(dir.join("state"), Some(root))).unwrap()
+        crate::load(&crate::Config::new(
+            dir.join("state"),
+            Some(root),
+            dir.join("tls"),
+        ))
+        .unwrap()
     }
 
     async fn call(state: &Arc<AppState>, operation: &str, body: &str) -> Result<Value, ApiError> {
@@ -888,7 +893,8 @@ mod tests {
         let ca = attestation::SimulatedCa::generate().unwrap();
         let root = dir.path().join("root.pem");
         std::fs::write(&root, ca.root_pem()).unwrap();
-        let config = crate::Config::new(dir.path().join("state"), Some(root));
+        let config =
+            crate::Config::new(dir.path().join("state"), Some(root), dir.path().join("tls"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -897,7 +903,16 @@ mod tests {
         }));
 
         let body = r#"{"NumberOfBytes":16}"#;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // `run` creates the TLS CA before it accepts connections.
+        let root_file = dir.path().join("tls").join(crate::tls::TLS_ROOT_FILE);
+        for _ in 0..200 {
+            if root_file.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let root_pem = std::fs::read_to_string(&root_file).unwrap();
+        let mut stream = crate::tls::test_connect(addr, &root_pem).await;
         let request = format!(
             "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: TrentService.GenerateRandom\r\n\
              Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\

@@ -8,6 +8,10 @@
 //! (`SYMMETRIC_DEFAULT`, AES-256-GCM); aliases, grants, key rotation, deletion and
 //! IAM policies are not emulated.
 //!
+//! It serves HTTPS only ([`tls`]): a server certificate from a TLS CA kept in a
+//! directory beside the simulation's attestation CA, so that the simulated enclave can
+//! check it is talking to this kms-sim and nothing else.
+//!
 //! Not a security boundary: key material is stored IN PLAINTEXT in the state
 //! directory (files 0600), SigV4 signatures are not checked, and a key policy's
 //! `Principal` is not evaluated (there is one caller). The `Condition`s that matter
@@ -31,6 +35,7 @@ pub mod faults;
 pub mod policy;
 pub mod recipient;
 pub mod store;
+pub mod tls;
 
 pub use error::{ApiError, ErrorKind, SimError};
 pub use faults::FaultSettings;
@@ -54,15 +59,20 @@ pub struct Config {
     pub account_id: String,
     /// Faults injected from the start.
     pub faults: FaultSettings,
+    /// Directory of the TLS CA ([`tls::TlsCa::load_or_create`]; `ekms sim` uses its
+    /// simulation CA directory).
+    pub tls_ca_dir: PathBuf,
 }
 
 impl Config {
     /// A configuration with the defaults of the command line: region `us-east-1`,
-    /// account `111122223333`, documents at most 300 s old, no faults.
-    pub fn new(state_dir: PathBuf, attestation_root: Option<PathBuf>) -> Self {
+    /// account `111122223333`, documents at most 300 s old, no faults, the TLS CA in
+    /// `tls_ca_dir`.
+    pub fn new(state_dir: PathBuf, attestation_root: Option<PathBuf>, tls_ca_dir: PathBuf) -> Self {
         Self {
             state_dir,
             attestation_root,
+            tls_ca_dir,
             max_document_age: DEFAULT_MAX_DOCUMENT_AGE,
             region: "us-east-1".into(),
             account_id: "111122223333".into(),
@@ -120,19 +130,23 @@ pub fn load(config: &Config) -> Result<Arc<api::AppState>, SimError> {
     )))
 }
 
-/// Runs the emulator on `listener` until `shutdown` completes, then drains in-flight
-/// requests and returns.
+/// Runs the emulator on `listener` (HTTPS, a server certificate from the TLS CA in
+/// [`Config::tls_ca_dir`], created if missing) until `shutdown` completes, then drains
+/// in-flight requests and returns.
 ///
 /// # Errors
-/// [`SimError`] from [`load`], or [`SimError::Serve`] when the server fails.
+/// [`SimError`] from [`load`] or the TLS CA, or [`SimError::Serve`] when the server
+/// fails.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimError> {
     let state = load(&config)?;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, region = %config.region, account = %config.account_id, "kms-sim serving");
+    let tls = tls::TlsCa::load_or_create(&config.tls_ca_dir)?.server_config()?;
+    let listener = tls::TlsListener::new(listener, tls).map_err(SimError::Serve)?;
+    if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
+        tracing::info!(%addr, region = %config.region, account = %config.account_id, "kms-sim serving HTTPS");
     }
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
@@ -148,15 +162,17 @@ mod tests {
 
     #[test]
     fn accepts_default_config() {
-        assert!(Config::new("/tmp/x".into(), None).validate().is_ok());
+        assert!(Config::new("/tmp/x".into(), None, "/tmp/x".into())
+            .validate()
+            .is_ok());
     }
 
     #[test]
     fn rejects_bad_account_and_region() {
-        let mut config = Config::new("/tmp/x".into(), None);
+        let mut config = Config::new("/tmp/x".into(), None, "/tmp/x".into());
         config.account_id = "12345".into();
         assert!(config.validate().is_err());
-        let mut config = Config::new("/tmp/x".into(), None);
+        let mut config = Config::new("/tmp/x".into(), None, "/tmp/x".into());
         config.region = "US East".into();
         assert!(config.validate().is_err());
     }
@@ -164,7 +180,11 @@ mod tests {
     #[test]
     fn rejects_missing_attestation_root() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::new(dir.path().into(), Some(dir.path().join("absent.pem")));
+        let config = Config::new(
+            dir.path().into(),
+            Some(dir.path().join("absent.pem")),
+            dir.path().into(),
+        );
         assert!(matches!(
             load(&config),
             Err(SimError::AttestationRoot { .. })

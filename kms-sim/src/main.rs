@@ -1,5 +1,6 @@
-//! The `kms-sim` command: parses flags, sets up tracing (stderr), binds the listener,
-//! prints `listening on <addr>` as the first line on stdout (so a test starting it on
+//! The `kms-sim` command: parses flags, sets up tracing (stderr), loads or creates the
+//! TLS CA (`--tls-ca-dir`), binds the listener, prints `listening on <addr>` (served as
+//! `https://<addr>`) as the first line on stdout (so a test starting it on
 //! port 0 can read the port), and runs [`kms_sim::run`] until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
@@ -42,6 +43,10 @@ struct Args {
     /// Answer the first N KMS requests with KMSInternalException, HTTP 500 (fault injection).
     #[arg(long, default_value_t = 0)]
     inject_fail_next: u64,
+    /// Directory of the TLS CA (created if missing): kms-sim serves HTTPS only, with a
+    /// certificate from this CA; clients trust its `kms-tls-root.pem`.
+    #[arg(long, env = "KMS_SIM_TLS_CA_DIR")]
+    tls_ca_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -67,7 +72,13 @@ async fn main() -> ExitCode {
             throttle_next: Some(args.inject_throttle_next),
             fail_next: Some(args.inject_fail_next),
         },
+        tls_ca_dir: args.tls_ca_dir,
     };
+    // Before "listening on": whoever waits for that line may read the root file.
+    if let Err(e) = kms_sim::tls::TlsCa::load_or_create(&config.tls_ca_dir) {
+        eprintln!("kms-sim: {e}");
+        return ExitCode::FAILURE;
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {

@@ -27,17 +27,22 @@ const ACCOUNT: &str = "111122223333";
 struct SimGuard {
     child: Child,
     port: u16,
+    /// The kms-sim TLS CA certificate (PEM), the only root the clients trust.
+    tls_root_pem: String,
     // Kept open so the child's stdout never hits a closed pipe.
     _stdout: BufReader<ChildStdout>,
 }
 
 impl SimGuard {
     fn start(state_dir: &Path, root_pem: &Path, extra: &[&str]) -> Self {
+        let tls_dir = root_pem.parent().unwrap().join("tls");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kms-sim"))
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state_dir)
             .arg("--attestation-root")
             .arg(root_pem)
+            .arg("--tls-ca-dir")
+            .arg(&tls_dir)
             .args(["--max-document-age", "300"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -52,23 +57,40 @@ impl SimGuard {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let tls_root_pem =
+            std::fs::read_to_string(tls_dir.join(kms_sim::tls::TLS_ROOT_FILE)).unwrap();
         Self {
             child,
             port,
+            tls_root_pem,
             _stdout: stdout,
         }
     }
 
     fn client(&self) -> Client {
+        self.client_trusting(&self.tls_root_pem)
+    }
+
+    /// A client for this kms-sim whose TLS trusts only `root_pem`.
+    fn client_trusting(&self, root_pem: &str) -> Client {
         use aws_smithy_http_client::tls;
+        let context = tls::TlsContext::builder()
+            .with_trust_store(
+                tls::TrustStore::empty()
+                    .with_native_roots(false)
+                    .with_pem_certificate(root_pem.as_bytes()),
+            )
+            .build()
+            .unwrap();
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(context)
             .build_https();
         let config = aws_sdk_kms::Config::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
-            .endpoint_url(format!("http://127.0.0.1:{}", self.port))
+            .endpoint_url(format!("https://127.0.0.1:{}", self.port))
             .region(aws_sdk_kms::config::Region::new("us-east-1"))
             .credentials_provider(aws_credential_types::Credentials::new(
                 "AKIDSIMULATION",
@@ -83,9 +105,24 @@ impl SimGuard {
         Client::from_conf(config)
     }
 
-    /// `POST /_sim/faults` with `body` over a raw HTTP/1.1 connection; the status line.
+    /// `POST /_sim/faults` with `body` over a raw HTTP/1.1 connection in TLS; the status
+    /// line.
     async fn set_faults(&self, body: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let der = pem::parse(&self.tls_root_pem).unwrap().into_contents();
+        roots.add(der.into()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
             .await
             .unwrap();
         let request = format!(
@@ -606,4 +643,48 @@ async fn injected_faults_surface_as_kms_errors() {
         .await
         .is_ok());
     assert!(sim.set_faults(r#"{"bogus":1}"#).await.contains("400"));
+}
+
+#[tokio::test]
+async fn rejects_clients_without_tls_or_trusting_another_ca() {
+    let fx = Fixture::new();
+    let sim = fx.start(&[]);
+    // The CA persists across restarts: a restarted kms-sim is trusted by the same root.
+    let first_root = sim.tls_root_pem.clone();
+    sim.kill();
+    let sim = fx.start(&[]);
+    assert_eq!(sim.tls_root_pem, first_root);
+    sim.client()
+        .generate_random()
+        .number_of_bytes(8)
+        .send()
+        .await
+        .unwrap();
+
+    // A client that trusts another CA cannot complete the handshake.
+    let other = kms_sim::tls::TlsCa::generate().unwrap();
+    let err = sim
+        .client_trusting(other.root_pem())
+        .generate_random()
+        .number_of_bytes(8)
+        .send()
+        .await
+        .unwrap_err();
+    let text = format!("{}", aws_sdk_kms::error::DisplayErrorContext(&err));
+    assert!(
+        text.contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
+
+    // Plain HTTP gets no KMS answer.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", sim.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
 }

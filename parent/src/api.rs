@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 until ready |
+//! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready, 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
 //! | `POST /v1/keys` `{"algorithm","label"?,"policy"?}` | 201 `{"key_id","algorithm","label","public_key","address","policy_version","created_at"}` |
 //! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first |
 //! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) |
@@ -190,6 +190,9 @@ fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
 }
 
 async fn health(State(state): State<AppState>) -> Response {
+    if let Some(reason) = state.relay.alarm() {
+        return ApiError::from(Error::EnclaveConfiguredByAnother(reason)).into_response();
+    }
     match state.relay.health() {
         Some(h) => {
             let pcrs: serde_json::Map<String, Value> = h
@@ -928,6 +931,57 @@ mod tests {
         .await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_policy"));
         assert!(h.store.list_keys(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rejects_everything_once_the_enclave_was_configured_by_another() {
+        let mut h = Harness::start(2).await;
+        let app = app(&h, 4096, 8);
+        let evm = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let uri = format!("/v1/keys/{}/sign", evm["key_id"].as_str().unwrap());
+        // The enclave restarts, and another process configures it (another KMS key)
+        // before the parent reconnects.
+        let state = Arc::clone(&h.fake.state);
+        let path = h.fake.path.clone();
+        h.fake = crate::testing::FakeEnclave::start_configured_by(
+            &path,
+            state,
+            Some("arn:aws:kms:us-east-1:444455556666:key/attacker"),
+        );
+        for _ in 0..300 {
+            if h.relay.alarm().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (s, v) = send(&app, "GET", "/v1/health", None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enclave_configured_by_another"
+            )
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("someone else configured it"), "{message}");
+        assert!(message.contains("alias/ekms"), "{message}");
+        let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
+        let (s, v) = send(&app, "POST", &uri, Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enclave_configured_by_another"
+            )
+        );
+        let (s, v) = send(&app, "POST", "/v1/keys", Some(r#"{"algorithm":"ed25519"}"#)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enclave_configured_by_another"
+            )
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,10 @@ pub enum Error {
     /// No connection to the enclave, or it dropped while the request was in flight.
     #[error("enclave unavailable: {0}")]
     EnclaveUnavailable(String),
+    /// The enclave is Ready for a KMS target that is not this parent's (someone else
+    /// configured it first): a fatal alarm, nothing is sent to it any more.
+    #[error("the enclave was configured by someone else: {0}")]
+    EnclaveConfiguredByAnother(String),
     /// The enclave did not answer within the request deadline.
     #[error("the enclave did not answer within {0} s")]
     EnclaveTimeout(u64),
@@ -145,6 +149,11 @@ impl From<Error> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "enclave_unavailable",
                 message,
+            ),
+            Error::EnclaveConfiguredByAnother(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enclave_configured_by_another",
+                reason,
             ),
             Error::EnclaveTimeout(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -14,6 +14,16 @@
 //!    unpublish the slot, fail every pending request with
 //!    [`Error::EnclaveUnavailable`], and go back to 1.
 //!
+//! **Alarm.** An enclave whose `Status` reports a KMS target (region, endpoint, key)
+//! other than ours, or that answers our `Configure` with `AlreadyConfigured` (it answers
+//! that only when Ready for another target), was configured by someone else, with a KMS
+//! of their choosing. That is fatal and
+//! sticky ([`Relay::alarm`]): an error is logged, every connection is unpublished and
+//! its supervisor stops, [`Relay::call`] fails with
+//! [`Error::EnclaveConfiguredByAnother`] (signing stops), and `/v1/health` reports it.
+//! Recovery is an operator's: restart the enclave (it boots unconfigured), then the
+//! parent.
+//!
 //! Refreshed credentials ([`Relay::set_credentials`], from the IMDS refresher) replace
 //! those of [`RelayConfig::kms`] and are sent in `Configure` on every ready connection
 //! at once, and on every later (re)connection.
@@ -93,6 +103,8 @@ struct Inner {
     next_slot: AtomicUsize,
     next_id: AtomicU64,
     health: RwLock<Option<Health>>,
+    /// Set, once and for good, when the enclave turns out configured by another.
+    alarm: RwLock<Option<String>>,
     /// Credentials that replaced those of `config.kms` ([`Relay::set_credentials`]).
     refreshed: RwLock<Option<AwsCredentials>>,
     /// The current keyring; the async mutex makes creation happen once.
@@ -113,6 +125,7 @@ impl Relay {
             next_slot: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             health: RwLock::new(None),
+            alarm: RwLock::new(None),
             refreshed: RwLock::new(None),
             keyring: tokio::sync::Mutex::new(None),
             supervisors: Mutex::new(Vec::new()),
@@ -124,9 +137,18 @@ impl Relay {
         Relay { inner }
     }
 
+    /// Why the relay stopped for good, if it did: the enclave was found configured for
+    /// another KMS target than this parent's (module docs, "Alarm").
+    pub fn alarm(&self) -> Option<String> {
+        read(&self.inner.alarm).clone()
+    }
+
     /// Mode and PCRs of the enclave if at least one connection is initialised, else
-    /// `None` (not ready).
+    /// `None` (not ready, or the alarm is raised).
     pub fn health(&self) -> Option<Health> {
+        if self.alarm().is_some() {
+            return None;
+        }
         let any = self.inner.slots.iter().any(|s| read(s).is_some());
         if any {
             read(&self.inner.health).clone()
@@ -138,8 +160,12 @@ impl Relay {
     /// The keyring new keys go to, once initialised.
     ///
     /// # Errors
+    /// [`Error::EnclaveConfiguredByAnother`] once the alarm is raised;
     /// [`Error::EnclaveUnavailable`] before the first connection is initialised.
     pub async fn current_keyring(&self) -> Result<KeyringRef, Error> {
+        if let Some(reason) = self.alarm() {
+            return Err(Error::EnclaveConfiguredByAnother(reason));
+        }
         self.inner
             .keyring
             .lock()
@@ -151,10 +177,14 @@ impl Relay {
     /// Sends `request` on a ready connection (round robin) and waits for the answer.
     ///
     /// # Errors
+    /// [`Error::EnclaveConfiguredByAnother`] once the alarm is raised;
     /// [`Error::EnclaveUnavailable`] if no connection is ready or it drops before the
     /// answer; [`Error::EnclaveTimeout`] after the deadline; [`Error::Enclave`] when the
     /// enclave refuses; [`Error::Protocol`] for an undecodable answer.
     pub async fn call(&self, request: Request) -> Result<ResponseBody, Error> {
+        if let Some(reason) = self.alarm() {
+            return Err(Error::EnclaveConfiguredByAnother(reason));
+        }
         let conn = self.pick()?;
         conn.call(&self.inner, request).await
     }
@@ -172,10 +202,11 @@ impl Relay {
     /// identical ones are a no-op there). Connections made later send them too.
     ///
     /// # Errors
-    /// The first failure among the connections ([`Error::Enclave`] with
-    /// `AlreadyConfigured` if the enclave runs for another KMS key, or a KMS error if
-    /// KMS refused the new credentials: the enclave then keeps its previous ones).
-    /// `Ok` when no connection is ready: the next one sends them.
+    /// The first failure among the connections
+    /// ([`Error::EnclaveConfiguredByAnother`], raising the alarm, if the enclave runs
+    /// for another KMS target, or a KMS error if KMS refused the new credentials: the
+    /// enclave then keeps its previous ones). `Ok` when no connection is ready: the
+    /// next one sends them.
     pub async fn set_credentials(&self, credentials: AwsCredentials) -> Result<(), Error> {
         *write(&self.inner.refreshed) = Some(credentials);
         let conns: Vec<Conn> = self
@@ -194,6 +225,10 @@ impl Relay {
                 }
                 // A connection that just dropped reconnects and sends them then.
                 Err(Error::EnclaveUnavailable(_)) => {}
+                Err(Error::Enclave(WireError::AlreadyConfigured)) => {
+                    let e = raise_alarm(&self.inner, None);
+                    first_error.get_or_insert(e);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the enclave refused the refreshed credentials");
                     first_error.get_or_insert(e);
@@ -319,8 +354,21 @@ async fn supervise(inner: Arc<Inner>, slot: usize) {
                 *write(&inner.slots[slot]) = Some(conn.clone());
                 backoff = BACKOFF_MIN;
             }
+            Err(e @ Error::EnclaveConfiguredByAnother(_)) => {
+                // Fatal (module docs, "Alarm"): this slot stops for good.
+                tracing::error!(slot, %addr, error = %e, "enclave connection abandoned");
+                conn.close();
+                return;
+            }
             Err(e) => {
-                tracing::warn!(slot, %addr, error = %e, "enclave initialisation failed");
+                match &e {
+                    Error::Enclave(WireError::BadRequest { .. }) => tracing::error!(
+                        slot, %addr, error = %e,
+                        "the enclave refuses this parent's KMS settings (not the KMS key, \
+                         region or endpoint its image is pinned to?)"
+                    ),
+                    _ => tracing::warn!(slot, %addr, error = %e, "enclave initialisation failed"),
+                }
                 conn.close();
                 drop((writer, reader));
                 tokio::time::sleep(backoff).await;
@@ -436,13 +484,18 @@ async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
         ResponseBody::Status(s) => s,
         _ => return Err(Error::UnexpectedResponse("Status")),
     };
+    // A Ready enclave reports its target: compare before sending our credentials.
+    if let Some(theirs) = &status.kms_target {
+        if *theirs != inner.config.kms.to_wire().target() {
+            return Err(raise_alarm(inner, Some(theirs)));
+        }
+    }
     match conn.call(inner, configure_request(inner)).await {
         Ok(ResponseBody::Configured) => {}
         Ok(_) => return Err(Error::UnexpectedResponse("Configure")),
-        Err(Error::Enclave(WireError::AlreadyConfigured)) => tracing::warn!(
-            "the enclave is configured for another KMS region, endpoint or key; \
-             credentials are not refreshed"
-        ),
+        Err(Error::Enclave(WireError::AlreadyConfigured)) => {
+            return Err(raise_alarm(inner, status.kms_target.as_ref()))
+        }
         // A Ready enclave serves on with its previous credentials.
         Err(e) if status.state == EnclaveState::Ready => {
             tracing::warn!(error = %e, "credentials refresh refused by the enclave");
@@ -451,6 +504,41 @@ async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
     }
     ensure_keyring(inner, conn).await?;
     Ok(status)
+}
+
+/// Raises the alarm (module docs): the enclave reported a KMS target (`theirs`, when
+/// known) other than ours, or answered `AlreadyConfigured`, so it is Ready for another
+/// KMS target. Logs at error level once, unpublishes every connection, and returns the
+/// error callers pass on.
+fn raise_alarm(inner: &Inner, theirs: Option<&ekms_shared::KmsTarget>) -> Error {
+    let describe = |t: &ekms_shared::KmsTarget| {
+        format!(
+            "region {}, endpoint {}, key {}",
+            t.region,
+            t.endpoint_url.as_deref().unwrap_or("(regional)"),
+            t.kms_key_id
+        )
+    };
+    let ours = describe(&inner.config.kms.to_wire().target());
+    let theirs = theirs.map_or_else(|| "another".to_owned(), |t| format!("({})", describe(t)));
+    let reason = format!(
+        "the enclave is serving a KMS target {theirs} other than this parent's ({ours}): \
+         someone else configured it first, possibly with a KMS that knows its data keys. \
+         Signing is stopped; restart the enclave, then the parent"
+    );
+    {
+        let mut alarm = write(&inner.alarm);
+        if alarm.is_none() {
+            tracing::error!(alarm = %reason, "ALARM: enclave configured by another");
+            *alarm = Some(reason.clone());
+        }
+    }
+    for slot in &inner.slots {
+        if let Some(conn) = write(slot).take() {
+            conn.close();
+        }
+    }
+    Error::EnclaveConfiguredByAnother(reason)
 }
 
 async fn ensure_keyring(inner: &Inner, conn: &Conn) -> Result<(), Error> {
@@ -676,6 +764,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn raises_the_alarm_when_the_enclave_was_configured_by_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(crate::testing::FakeState::default());
+        let fake = FakeEnclave::start_configured_by(
+            &dir.path().join("e.sock"),
+            Arc::clone(&state),
+            Some("arn:aws:kms:us-east-1:444455556666:key/attacker"),
+        );
+        let relay = Relay::start(relay_config(&fake.path, 2), store_with_keyring().await);
+        for _ in 0..300 {
+            if relay.alarm().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let alarm = relay.alarm().expect("the alarm is raised");
+        // It names both targets: ours and the one the enclave reported in Status.
+        assert!(alarm.contains("alias/ekms"), "{alarm}");
+        assert!(alarm.contains("key/attacker"), "{alarm}");
+        assert!(relay.health().is_none());
+        assert!(matches!(
+            relay.call(sign(b"ok")).await,
+            Err(Error::EnclaveConfiguredByAnother(_))
+        ));
+        assert!(matches!(
+            relay.current_keyring().await,
+            Err(Error::EnclaveConfiguredByAnother(_))
+        ));
+        // Sticky: the supervisors stopped, nothing is published again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(relay.inner.slots.iter().all(|s| read(s).is_none()));
+        assert!(relay.alarm().is_some());
+        assert_eq!(state.configures.load(SeqCst), 0);
+        relay.shutdown();
+    }
+
+    #[tokio::test]
+    async fn takes_a_same_target_configure_as_a_refresh_without_alarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(crate::testing::FakeState::default());
+        // Configured first by someone else, but for exactly our target: a credentials
+        // refresh, no alarm.
+        let fake = FakeEnclave::start_configured_by(
+            &dir.path().join("e.sock"),
+            Arc::clone(&state),
+            Some("alias/ekms"),
+        );
+        let relay = Relay::start(relay_config(&fake.path, 2), store_with_keyring().await);
+        wait_ready(&relay).await;
+        assert!(relay.alarm().is_none());
+        assert!(relay.call(attest()).await.is_ok());
+        relay.shutdown();
+    }
+
+    #[tokio::test]
+    async fn raises_the_alarm_when_a_credentials_refresh_meets_another_target() {
+        let h = Harness::start(1).await;
+        let state = Arc::clone(&h.fake.state);
+        // The enclave now serves another target (as if restarted and taken over between
+        // two refreshes, on a connection the relay kept).
+        *state.target.lock().unwrap() = Some("arn:aws:kms:us-east-1:444455556666:key/x".into());
+        let r = h
+            .relay
+            .set_credentials(AwsCredentials::new("ASIANEW".into(), "s".into(), None))
+            .await;
+        assert!(
+            matches!(r, Err(Error::EnclaveConfiguredByAnother(_))),
+            "{r:?}"
+        );
+        assert!(h.relay.alarm().is_some());
+        assert!(matches!(
+            h.relay.call(attest()).await,
+            Err(Error::EnclaveConfiguredByAnother(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn rejects_late_answers_after_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeEnclave::start(&dir.path().join("e.sock"));
@@ -725,6 +890,7 @@ mod tests {
                                 state: EnclaveState::Ready,
                                 mode: Mode::Simulation,
                                 pcrs: BTreeMap::new(),
+                                kms_target: None,
                             })),
                             Request::Configure { kms, .. } => {
                                 let id = kms.credentials.access_key_id;

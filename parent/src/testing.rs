@@ -40,6 +40,10 @@ pub const G_ADDRESS: &str = "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf";
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub configured: AtomicBool,
+    /// The `kms_key_id` of the Configure that configured it: a later Configure with the
+    /// same key is a credentials refresh, another key is `AlreadyConfigured` (as the
+    /// real enclave answers once Ready).
+    pub target: std::sync::Mutex<Option<String>>,
     pub configures: AtomicUsize,
     pub keyrings_created: AtomicUsize,
     pub connections: AtomicUsize,
@@ -69,7 +73,20 @@ impl FakeEnclave {
     /// Starts a fake on `path` with existing state (a restart that kept nothing but
     /// the counters: `configured` is reset, as a restarted enclave boots again).
     pub fn start_with(path: &Path, state: Arc<FakeState>) -> FakeEnclave {
-        state.configured.store(false, Ordering::SeqCst);
+        Self::start_configured_by(path, state, None)
+    }
+
+    /// Like [`FakeEnclave::start_with`], but already Ready for `kms_key_id` when given:
+    /// a restarted enclave that someone else configured before the parent reconnected.
+    pub fn start_configured_by(
+        path: &Path,
+        state: Arc<FakeState>,
+        kms_key_id: Option<&str>,
+    ) -> FakeEnclave {
+        state
+            .configured
+            .store(kms_key_id.is_some(), Ordering::SeqCst);
+        *state.target.lock().unwrap() = kms_key_id.map(str::to_owned);
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).unwrap();
         let st = Arc::clone(&state);
@@ -154,11 +171,30 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             },
             mode: Mode::Simulation,
             pcrs: BTreeMap::from([(0, serde_bytes::ByteBuf::from(vec![0xaa; 48]))]),
+            // The fake reports only its key (region and endpoint as the parent's tests
+            // configure them).
+            kms_target: state
+                .target
+                .lock()
+                .unwrap()
+                .clone()
+                .filter(|_| configured)
+                .map(|kms_key_id| ekms_shared::KmsTarget {
+                    region: "us-east-1".into(),
+                    endpoint_url: Some("http://127.0.0.1:4566".into()),
+                    kms_key_id,
+                }),
         })),
-        Request::Configure { .. } => {
+        Request::Configure { kms, .. } => {
+            let mut target = state.target.lock().unwrap();
             if state.configured.swap(true, Ordering::SeqCst) {
-                return Err(WireError::AlreadyConfigured);
+                return if target.as_deref() == Some(kms.kms_key_id.as_str()) {
+                    Ok(ResponseBody::Configured)
+                } else {
+                    Err(WireError::AlreadyConfigured)
+                };
             }
+            *target = Some(kms.kms_key_id);
             state.configures.fetch_add(1, Ordering::SeqCst);
             Ok(ResponseBody::Configured)
         }

@@ -308,6 +308,11 @@ mod tests {
                 state: EnclaveState::Ready,
                 mode: Mode::Simulation,
                 pcrs,
+                kms_target: Some(crate::KmsTarget {
+                    region: "us-east-1".into(),
+                    endpoint_url: Some("https://127.0.0.1:4566".into()),
+                    kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+                }),
             })),
             Ok(ResponseBody::Attestation {
                 document: vec![0xd2, 0x84],

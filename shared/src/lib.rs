@@ -24,9 +24,10 @@ pub use codec::{
 };
 pub use error::{ProtocolError, WireError};
 pub use messages::{
-    Algorithm, Credentials, DekCachePolicy, EnclaveState, KeyringRef, KmsConfig, Mode, PayloadKind,
-    Request, RequestFrame, Response, ResponseBody, ResponseFrame, SealedKeyRecord, SealedPolicy,
-    SignOutput, SignPayload, StatusInfo, MAX_ATTESTATION_NONCE_LEN, MAX_ATTESTATION_USER_DATA_LEN,
+    Algorithm, Credentials, DekCachePolicy, EnclaveState, KeyringRef, KmsConfig, KmsTarget, Mode,
+    PayloadKind, Request, RequestFrame, Response, ResponseBody, ResponseFrame, SealedKeyRecord,
+    SealedPolicy, SignOutput, SignPayload, StatusInfo, MAX_ATTESTATION_NONCE_LEN,
+    MAX_ATTESTATION_USER_DATA_LEN,
 };
 
 /// vsock CID of the parent instance as seen from inside an enclave (`VMADDR_CID_HOST`,

@@ -290,6 +290,33 @@ pub struct StatusInfo {
     pub mode: Mode,
     /// Platform configuration registers by index (48 bytes each, SHA-384).
     pub pcrs: BTreeMap<u16, ByteBuf>,
+    /// The KMS target a `Ready` enclave serves (`None` before `Ready`), so that the
+    /// parent can tell an enclave configured by someone else. Absent on the wire = `None`.
+    #[serde(default)]
+    pub kms_target: Option<KmsTarget>,
+}
+
+/// Which KMS an enclave uses: [`KmsConfig`] without the credentials (nothing secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsTarget {
+    /// AWS region.
+    pub region: String,
+    /// Endpoint override; `None` = the regional endpoint.
+    pub endpoint_url: Option<String>,
+    /// KMS key id or ARN.
+    pub kms_key_id: String,
+}
+
+impl KmsConfig {
+    /// The target these settings name (region, endpoint, key; not the credentials).
+    pub fn target(&self) -> KmsTarget {
+        KmsTarget {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+        }
+    }
 }
 
 /// The enclave's state machine (STYLE rule 5).
