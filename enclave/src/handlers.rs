@@ -23,6 +23,7 @@ use ekms_signer::{
 };
 use zeroize::Zeroizing;
 
+use crate::floor::RecordId;
 use crate::keyring::check_keyring_name;
 use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
@@ -246,7 +247,9 @@ async fn set_policy(
         .checked_add(1)
         .ok_or(WireError::SealedStateInvalid)?;
     let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
-    services.policy_floors.raise(&record.key_id, version);
+    services
+        .policy_floors
+        .raise(RecordId::of(&record), version);
     Ok(ResponseBody::PolicySet { policy })
 }
 
@@ -325,7 +328,7 @@ fn open_and_verify(
     sealing::verify_policy(dek, record, policy).map_err(|_| WireError::SealedStateInvalid)?;
     services
         .policy_floors
-        .check_and_raise(&record.key_id, policy.version)
+        .check_and_raise(RecordId::of(record), policy.version)
         .map_err(|_| WireError::SealedStateInvalid)?;
     Ok(secret)
 }
