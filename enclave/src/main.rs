@@ -41,6 +41,21 @@ struct Args {
     /// of its own whose policy lets it decrypt new keyrings' data keys.
     #[arg(long, env = "EKMS_KMS_KEY_ARN")]
     kms_key_arn: Option<String>,
+
+    // ---- bounded resources (issue 6 item 6; see ekms_enclave::workers) ----
+    /// Threads that open records and sign (their stacks are scrubbed after each job).
+    /// Default: the number of cores, at most 16.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    signing_threads: Option<u32>,
+    /// Threads that make NSM calls (attestation documents).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    nsm_threads: u32,
+    /// Jobs waiting per pool; more are answered `Busy` (`enclave_busy`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    worker_queue: u32,
+    /// Most threads of the async runtime's blocking pool (RSA key generation, DNS).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    max_blocking_threads: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -49,9 +64,24 @@ enum NsmArg {
     Simulation,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // A bounded blocking pool: tokio's default (512 threads) is what let an attestation
+    // flood grow the enclave to hundreds of threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(args.max_blocking_threads as usize)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(async_main(args)),
+        Err(e) => {
+            eprintln!("ekms-enclave: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -118,9 +148,16 @@ async fn start(args: Args) -> Result<(), String> {
     tracing::info!(address = %bound, ?mode, "listening");
     println!("listening on {bound}");
 
+    let mut pools = ekms_enclave::workers::PoolSizes::default();
+    if let Some(n) = args.signing_threads {
+        pools.signing_threads = n as usize;
+    }
+    pools.blocking_threads = args.nsm_threads as usize;
+    pools.queue = args.worker_queue as usize;
     let limits = Limits {
         max_connections: args.max_connections as usize,
         max_in_flight: args.max_in_flight as usize,
+        pools,
     };
     let shutdown = shutdown_signal().await?;
     ekms_enclave::run(listener, enclave, limits, shutdown).await;

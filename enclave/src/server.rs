@@ -35,6 +35,7 @@ use tracing::Instrument;
 use crate::handlers;
 use crate::io::{Duplex, Listener};
 use crate::state::{Enclave, RequestKind};
+use crate::workers::{self, PoolSizes};
 
 /// Deadline for the rest of a frame once its first byte has arrived.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -45,13 +46,17 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Responses queued per connection before request tasks wait for the writer.
 const WRITE_QUEUE: usize = 256;
 
-/// Server limits (`--max-connections`, `--max-in-flight`).
+/// Server limits (`--max-connections`, `--max-in-flight`, and the worker pools'
+/// `--signing-threads`, `--nsm-threads`, `--worker-queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once; further connections wait in the listen backlog.
     pub max_connections: usize,
     /// Requests executing at once across all connections; more are answered `Busy`.
     pub max_in_flight: usize,
+    /// Threads and queue bounds of the signing and NSM pools ([`crate::workers`]);
+    /// applied by the first [`serve`] of the process.
+    pub pools: PoolSizes,
 }
 
 impl Default for Limits {
@@ -59,6 +64,7 @@ impl Default for Limits {
         Self {
             max_connections: 16,
             max_in_flight: 512,
+            pools: PoolSizes::default(),
         }
     }
 }
@@ -73,6 +79,10 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    if let Err(e) = workers::init(limits.pools) {
+        // Requests that need a pool will answer `Internal`; Status still works.
+        tracing::error!(error = %e, "worker pools not started");
+    }
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -400,6 +410,7 @@ mod tests {
         let server = start(Limits {
             max_connections: 4,
             max_in_flight: 1,
+            ..Limits::default()
         })
         .await;
         let mut s = UnixStream::connect(&server.path).await.unwrap();
