@@ -108,13 +108,16 @@ impl Sim {
     }
 
     fn diagnostics(&self) -> String {
-        let mut text = std::fs::read_to_string(self.state_dir.with_extension("log"))
-            .unwrap_or_default();
+        let mut text =
+            std::fs::read_to_string(self.state_dir.with_extension("log")).unwrap_or_default();
         for log in ["enclave", "parent"] {
             let path = self.state_dir.join("logs").join(format!("{log}.log"));
             let content = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = content.lines().rev().take(20).collect();
-            text.push_str(&format!("\n--- {log}.log (newest first):\n{}", tail.join("\n")));
+            text.push_str(&format!(
+                "\n--- {log}.log (newest first):\n{}",
+                tail.join("\n")
+            ));
         }
         text
     }
@@ -258,7 +261,14 @@ struct Key {
 fn create_key(sim: &Sim, algorithm: &str, policy: &str) -> Key {
     let created = ok_json(
         &sim.socket(),
-        &["keys", "create", "--algorithm", algorithm, "--policy", policy],
+        &[
+            "keys",
+            "create",
+            "--algorithm",
+            algorithm,
+            "--policy",
+            policy,
+        ],
     );
     let id = created["key_id"].as_str().unwrap().to_owned();
     let db = rusqlite::Connection::open_with_flags(
@@ -296,7 +306,9 @@ struct Recovered {
 fn recover(state_dir: &Path, key: &Key) -> Recovered {
     let store = kms_sim::store::KeyStore::open(&state_dir.join("kms")).unwrap();
     let kms_key_id = kms_sim::blob::key_id(&key.dek_ciphertext).unwrap();
-    let material = store.get(&kms_key_id).expect("the KMS key is in kms-sim's store");
+    let material = store
+        .get(&kms_key_id)
+        .expect("the KMS key is in kms-sim's store");
     let context: kms_sim::blob::EncryptionContext = BTreeMap::from([
         (
             ekms_enclave::kms::CONTEXT_KEYRING.to_owned(),
@@ -361,7 +373,11 @@ fn regions(pid: i32) -> Vec<(u64, u64, String)> {
             let mut parts = line.split_whitespace();
             let range = parts.next()?;
             let perms = parts.next()?;
-            let name = line.split_whitespace().nth(5).unwrap_or("[anon]").to_owned();
+            let name = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .to_owned();
             if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" {
                 return None;
             }
@@ -464,10 +480,14 @@ fn sign_both(sim: &Sim, evm: &Key, sol: &Key, n: usize) {
 fn memory_scan_finds_no_key_material_after_signing() {
     require_siblings();
     if !is_root() {
-        eprintln!("memory_scan: not root; /proc/PID/mem of a non-dumpable process is unreadable: skipped");
+        eprintln!(
+            "memory_scan: not root; /proc/PID/mem of a non-dumpable process is unreadable: skipped"
+        );
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state_dir = tmp.path().join("state");
 
@@ -480,7 +500,10 @@ fn memory_scan_finds_no_key_material_after_signing() {
     sign_both(&sim, &evm, &sol, SIGNATURES);
     let e = recover(&state_dir, &evm);
     let s = recover(&state_dir, &sol);
-    assert_eq!(e.data_key, s.data_key, "both keys are in the current keyring");
+    assert_eq!(
+        e.data_key, s.data_key,
+        "both keys are in the current keyring"
+    );
     let secrets = [
         ("secp256k1 scalar", e.secret),
         ("ed25519 seed", s.secret),
@@ -533,7 +556,11 @@ fn memory_of(pid: i32) -> (u64, u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:") * 1024, field("VmLck:") * 1024, field("Threads:"))
+    (
+        field("VmRSS:") * 1024,
+        field("VmLck:") * 1024,
+        field("Threads:"),
+    )
 }
 
 /// Issue 6 item 6: 3,000 `Attestation` requests written back to back on one enclave
@@ -544,7 +571,9 @@ fn memory_of(pid: i32) -> (u64, u64, u64) {
 #[test]
 fn attestation_flood_stays_bounded_and_signing_goes_on() {
     require_siblings();
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state_dir = tmp.path().join("state");
     let sim = Sim::start(&state_dir, 1000);
@@ -586,13 +615,19 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
 
     // Sample memory and sign while the flood runs.
     let mut peak = (0u64, 0u64, 0u64);
-    let mut signed_during = 0;
-    while !answers.is_finished() {
+    let (mut signed_during, mut refused_during) = (0u32, 0u32);
+    loop {
         let m = memory_of(pid);
         peak = (peak.0.max(m.0), peak.1.max(m.1), peak.2.max(m.2));
         let out = ekms(&sim.socket(), &["sign", "evm", &evm.id, &evm_tx(1)]);
         if out.status.success() {
             signed_during += 1;
+        } else {
+            // Over the in-flight cap a request may be answered busy; that is allowed.
+            refused_during += 1;
+        }
+        if answers.is_finished() {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -603,13 +638,17 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
     eprintln!(
         "attestation flood: {documents} documents, {busy} busy, {other} other; enclave RSS \
          {} MiB before, peak {} MiB; peak locked {} MiB; threads {threads_before} before, \
-         peak {}; {signed_during} signatures during the flood",
+         peak {}; {signed_during} signatures during the flood ({refused_during} refused)",
         rss_before >> 20,
         peak.0 >> 20,
         peak.1 >> 20,
         peak.2
     );
-    assert_eq!(documents + busy, FLOOD_REQUESTS, "{other} unexpected answers");
+    assert_eq!(
+        documents + busy,
+        FLOOD_REQUESTS,
+        "{other} unexpected answers"
+    );
     assert!(documents > 0);
     assert!(
         peak.0 < RSS_BOUND_BYTES,
@@ -618,6 +657,7 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
     );
     assert!(peak.1 < RSS_BOUND_BYTES, "locked {} MiB", peak.1 >> 20);
     assert!(peak.2 < 64, "{} threads", peak.2);
+    assert!(signed_during > 0, "no signature succeeded during the flood");
     // Signing keeps working after the flood (and did during it, unless the flood was
     // over before the first sample).
     ok_json(&sim.socket(), &["sign", "evm", &evm.id, &evm_tx(2)]);

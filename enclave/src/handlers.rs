@@ -119,8 +119,8 @@ async fn attestation(
         })
         .await?
         .map_err(|e| WireError::Attestation {
-        message: e.to_string(),
-    })?;
+            message: e.to_string(),
+        })?;
     Ok(ResponseBody::Attestation { document })
 }
 
@@ -257,9 +257,7 @@ async fn set_policy(
                 .checked_add(1)
                 .ok_or(WireError::SealedStateInvalid)?;
             let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
-            services
-                .policy_floors
-                .raise(RecordId::of(&record), version);
+            services.policy_floors.raise(RecordId::of(&record), version);
             Ok::<_, WireError>(policy)
         })
         .await??;

@@ -138,7 +138,9 @@ fn worker(jobs: &Mutex<Receiver<Job>>, scrub: bool) {
     loop {
         // The lock is held only while waiting for the next job.
         let job = {
-            let rx = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rx = jobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             rx.recv()
         };
         let Ok(job) = job else { return };
