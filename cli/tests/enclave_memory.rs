@@ -6,7 +6,7 @@
 //!   policy-MAC keys, or the keyring's data key;
 //! - [`attestation_flood_stays_bounded_and_signing_goes_on`]: 3,000 pipelined
 //!   `Attestation` requests on the enclave socket keep the enclave's RSS below
-//!   [`RSS_BOUND_BYTES`], its locked memory and thread count bounded, and signing
+//!   [`RSS_BOUND_BYTES`], its locked memory from growing, its thread count bounded, and signing
 //!   requests through the parent keep succeeding during and after the flood.
 //!
 //! The secrets are recovered by a test-only path that adds no export capability to the
@@ -579,7 +579,7 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
     let sim = Sim::start(&state_dir, 1000);
     let evm = create_key(&sim, "secp256k1", &evm_policy());
     let pid = sim.pid("enclave");
-    let (rss_before, _, threads_before) = memory_of(pid);
+    let (rss_before, locked_before, threads_before) = memory_of(pid);
 
     let mut stream = UnixStream::connect(state_dir.join("enclave.sock")).unwrap();
     let mut reader = stream.try_clone().unwrap();
@@ -637,10 +637,12 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
     peak = (peak.0.max(m.0), peak.1.max(m.1), peak.2.max(m.2));
     eprintln!(
         "attestation flood: {documents} documents, {busy} busy, {other} other; enclave RSS \
-         {} MiB before, peak {} MiB; peak locked {} MiB; threads {threads_before} before, \
+         {} MiB before, peak {} MiB; locked {} MiB before, peak {} MiB; threads \
+         {threads_before} before, \
          peak {}; {signed_during} signatures during the flood ({refused_during} refused)",
         rss_before >> 20,
         peak.0 >> 20,
+        locked_before >> 20,
         peak.1 >> 20,
         peak.2
     );
@@ -655,7 +657,15 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
         "enclave RSS peaked at {} MiB",
         peak.0 >> 20
     );
-    assert!(peak.1 < RSS_BOUND_BYTES, "locked {} MiB", peak.1 >> 20);
+    // VmLck is the size of the locked mappings (the binary and the stacks locked at
+    // start, including reserved address space), not resident memory: what matters is
+    // that the flood locks nothing more (no `MCL_FUTURE`).
+    assert!(
+        peak.1 <= locked_before + (16 << 20),
+        "locked memory grew from {} to {} MiB",
+        locked_before >> 20,
+        peak.1 >> 20
+    );
     assert!(peak.2 < 64, "{} threads", peak.2);
     assert!(signed_during > 0, "no signature succeeded during the flood");
     // Signing keeps working after the flood (and did during it, unless the flood was

@@ -4,7 +4,8 @@
 //!
 //! Only `MCL_CURRENT`: with `MCL_FUTURE` every later mapping (each thread stack, every
 //! heap arena) is locked and resident in full, which let 3,000 pipelined attestation
-//! requests lock 2 GB (issue 6). Memory mapped later is not locked; inside a Nitro
+//! requests lock 2 GB (issue 6). The binary starts its signing and NSM pools before
+//! calling [`apply`], so their stacks are locked; memory mapped later is not. Inside a Nitro
 //! Enclave there is no swap, and in simulation secrets live in zeroizing buffers and
 //! scrubbed worker stacks (crate::workers) for the time of one operation.
 //!

@@ -100,6 +100,15 @@ async fn async_main(args: Args) -> ExitCode {
 }
 
 async fn start(args: Args) -> Result<(), String> {
+    // The worker pools start before hardening, so that mlockall(MCL_CURRENT) locks
+    // their stacks too (the stacks where records are opened and keys used).
+    let mut pools = ekms_enclave::workers::PoolSizes::default();
+    if let Some(n) = args.signing_threads {
+        pools.signing_threads = n as usize;
+    }
+    pools.blocking_threads = args.nsm_threads as usize;
+    pools.queue = args.worker_queue as usize;
+    ekms_enclave::workers::init(pools)?;
     let hardened =
         ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
     tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
@@ -148,12 +157,6 @@ async fn start(args: Args) -> Result<(), String> {
     tracing::info!(address = %bound, ?mode, "listening");
     println!("listening on {bound}");
 
-    let mut pools = ekms_enclave::workers::PoolSizes::default();
-    if let Some(n) = args.signing_threads {
-        pools.signing_threads = n as usize;
-    }
-    pools.blocking_threads = args.nsm_threads as usize;
-    pools.queue = args.worker_queue as usize;
     let limits = Limits {
         max_connections: args.max_connections as usize,
         max_in_flight: args.max_in_flight as usize,
