@@ -25,9 +25,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ekms_shared::WireError;
 use zeroize::Zeroize;
 
-/// Bytes of stack wiped below a signing job's frame after each job. Signing, sealing
-/// and opening use well under this (measured: the deepest path, an EVM signature, stays
-/// within a few KiB of the worker loop's frame; see the `memory_scan` test).
+/// Bytes of stack wiped below a signing job's frame after each job. Measured by
+/// `tests::scrub_covers_the_deepest_signing_job` (unoptimised test build): a Solana
+/// signature reaches ~32 KiB below the worker loop's frame, an EVM signature and
+/// sealing/opening ~20 KiB; the test fails if any job needs more than half of this.
 pub const SCRUB_BYTES: usize = 128 * 1024;
 
 /// Stack size of each pool thread: room for the job and for the scrub below it.
@@ -318,5 +319,108 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(found, (true, false), "(before scrub, after scrub)");
+    }
+    /// Reads `len` bytes of this process's memory at `addr` (test helper).
+    fn read_self(addr: usize, len: usize) -> Vec<u8> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut mem = std::fs::File::open("/proc/self/mem").unwrap();
+        mem.seek(SeekFrom::Start(addr as u64)).unwrap();
+        let mut bytes = vec![0u8; len];
+        mem.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+
+    const PAINT: u64 = 0xa5a5_5a5a_a5a5_5a5a;
+    const PAINT_BYTES: usize = 512 * 1024;
+
+    /// Fills `PAINT_BYTES` of stack below the caller's frame with [`PAINT`] and returns
+    /// the painted range `(low, high)`.
+    #[inline(never)]
+    fn paint_stack() -> (usize, usize) {
+        let mut area = [PAINT; PAINT_BYTES / 8];
+        std::hint::black_box(&mut area);
+        let low = area.as_ptr() as usize;
+        (low, low + PAINT_BYTES)
+    }
+
+    /// How far below the painted range's top `job`'s frames reached, in bytes.
+    fn stack_depth_of(job: Job) -> usize {
+        std::thread::Builder::new()
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                let (low, high) = paint_stack();
+                run_job(job);
+                let bytes = read_self(low, high - low);
+                let untouched = bytes
+                    .chunks_exact(8)
+                    .take_while(|w| *w == PAINT.to_ne_bytes())
+                    .count()
+                    * 8;
+                (high - low) - untouched
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// [`SCRUB_BYTES`] covers the deepest job the signing pool runs: an EVM and a Solana
+    /// signature, and sealing and opening a record, each measured by painting the
+    /// stack, running the job exactly as a worker does, and finding the deepest word
+    /// it overwrote.
+    #[test]
+    fn scrub_covers_the_deepest_signing_job() {
+        use ekms_shared::Algorithm;
+        let evm: Job = Box::new(|| {
+            let tx = ekms_signer::decode_unsigned(
+                &hex::decode(
+                    "02df0180010182520894111111111111111111111111111111111111111180\
+                     80c0",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let key = ekms_signer::Secp256k1Secret::from_bytes(&[0x46; 32]).unwrap();
+            std::hint::black_box(ekms_signer::sign_evm(&tx, &key).unwrap());
+        });
+        let solana: Job = Box::new(|| {
+            let key = ekms_signer::Ed25519Secret::from_bytes(&[7; 32]).unwrap();
+            let public: [u8; 32] = key.public_key().try_into().unwrap();
+            let mut m = vec![1u8, 0, 1, 2];
+            m.extend_from_slice(&public);
+            m.extend_from_slice(&[0; 32]);
+            m.extend_from_slice(&[0x33; 32]);
+            m.extend_from_slice(&[1, 1, 2, 0, 0, 12, 2, 0, 0, 0]);
+            m.extend_from_slice(&5u64.to_le_bytes());
+            let p = ekms_signer::decode_solana(&m).unwrap();
+            std::hint::black_box(ekms_signer::sign_solana(&p, &key, &public).unwrap());
+        });
+        let sealing: Job = Box::new(|| {
+            let dek = crate::sealing::DataKey::from_slice(&[1; 32]).unwrap();
+            let r = crate::sealing::seal(
+                &dek,
+                "k",
+                None,
+                Algorithm::Secp256k1,
+                &[2; 33],
+                "main",
+                1,
+                [3; 32],
+                [4; 12],
+                &[0x11; 32],
+            )
+            .unwrap();
+            std::hint::black_box(crate::sealing::open(&dek, &r).unwrap());
+            let p = crate::sealing::mac_policy(&dek, &r, 1, "{}".into());
+            crate::sealing::verify_policy(&dek, &r, &p).unwrap();
+        });
+        for (name, job) in [("evm", evm), ("solana", solana), ("sealing", sealing)] {
+            let depth = stack_depth_of(job);
+            eprintln!("{name}: {depth} bytes of stack");
+            assert!(depth > 0, "{name}: the measurement saw no stack use");
+            assert!(
+                depth < SCRUB_BYTES / 2,
+                "{name} used {depth} bytes of stack; SCRUB_BYTES = {SCRUB_BYTES}"
+            );
+        }
     }
 }
