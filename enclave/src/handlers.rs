@@ -9,6 +9,11 @@
 //!   says it is;
 //! - secrets are drawn from the NSM, held in zeroizing types, and dropped as soon as the
 //!   signature or the sealed record exists.
+//! - every step that holds a secret on the stack (drawing it, sealing, opening, deriving
+//!   the wrap or policy-MAC key, signing) runs inside one job on the signing pool
+//!   ([`crate::workers::signing`]), whose thread scrubs its stack after the job; never on
+//!   a runtime thread;
+//! - policy floors are keyed by the record ([`RecordId`]), never by the key id.
 
 use std::sync::Arc;
 
