@@ -50,9 +50,16 @@ struct Args {
     /// Threads that make NSM calls (attestation documents).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     nsm_threads: u32,
-    /// Jobs waiting per pool; more are answered `Busy` (`enclave_busy`).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    worker_queue: u32,
+    /// Signing jobs waiting for a signing thread; more are answered `Busy`.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    signing_queue: u32,
+    /// NSM jobs (attestation documents) waiting; more are answered `Busy`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    nsm_queue: u32,
+    /// Sum of the frame sizes of the requests executing at once, in MiB (more are
+    /// answered `Busy`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_in_flight_mib: u32,
     /// Most threads of the async runtime's blocking pool (RSA key generation, DNS).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
     max_blocking_threads: u32,
@@ -107,7 +114,8 @@ async fn start(args: Args) -> Result<(), String> {
         pools.signing_threads = n as usize;
     }
     pools.blocking_threads = args.nsm_threads as usize;
-    pools.queue = args.worker_queue as usize;
+    pools.signing_queue = args.signing_queue as usize;
+    pools.blocking_queue = args.nsm_queue as usize;
     ekms_enclave::workers::init(pools)?;
     let hardened =
         ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
@@ -160,6 +168,7 @@ async fn start(args: Args) -> Result<(), String> {
     let limits = Limits {
         max_connections: args.max_connections as usize,
         max_in_flight: args.max_in_flight as usize,
+        max_in_flight_bytes: args.max_in_flight_mib as usize * 1024 * 1024,
         pools,
     };
     let shutdown = shutdown_signal().await?;

@@ -34,16 +34,20 @@ pub const SCRUB_BYTES: usize = 128 * 1024;
 /// Stack size of each pool thread: room for the job and for the scrub below it.
 pub const WORKER_STACK_BYTES: usize = 1024 * 1024;
 
-/// Threads and queue bounds of the two pools (`--signing-threads`, `--blocking-threads`,
-/// `--worker-queue`).
+/// Threads and queue bounds of the two pools (`--signing-threads`, `--signing-queue`,
+/// `--nsm-threads`, `--nsm-queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSizes {
     /// Threads of the signing pool.
     pub signing_threads: usize,
     /// Threads of the blocking (NSM) pool.
     pub blocking_threads: usize,
-    /// Jobs waiting per pool before further jobs are refused with `Busy`.
-    pub queue: usize,
+    /// Signing jobs waiting before further ones are refused with `Busy`. By default
+    /// above the server's in-flight cap, so signing is refused only by that cap.
+    pub signing_queue: usize,
+    /// NSM jobs waiting before further ones are refused with `Busy`: small, since each
+    /// attestation document takes milliseconds and a client only needs a few.
+    pub blocking_queue: usize,
 }
 
 impl Default for PoolSizes {
@@ -52,7 +56,8 @@ impl Default for PoolSizes {
         Self {
             signing_threads: cores.clamp(1, 16),
             blocking_threads: 2,
-            queue: 256,
+            signing_queue: 1024,
+            blocking_queue: 64,
         }
     }
 }
@@ -184,8 +189,18 @@ fn pools(sizes: PoolSizes) -> Result<&'static Pools, WireError> {
     let pools = POOLS.get_or_init(|| {
         let start = || -> std::io::Result<Pools> {
             Ok(Pools {
-                signing: Pool::start("ekms-sign", sizes.signing_threads, sizes.queue, true)?,
-                blocking: Pool::start("ekms-nsm", sizes.blocking_threads, sizes.queue, false)?,
+                signing: Pool::start(
+                    "ekms-sign",
+                    sizes.signing_threads,
+                    sizes.signing_queue,
+                    true,
+                )?,
+                blocking: Pool::start(
+                    "ekms-nsm",
+                    sizes.blocking_threads,
+                    sizes.blocking_queue,
+                    false,
+                )?,
             })
         };
         start().map_err(|e| e.to_string())
