@@ -16,8 +16,10 @@
 //! A panicking job is caught; its caller gets [`WireError::Internal`] and the worker
 //! goes on.
 //!
-//! Threads are started once by [`init`] (the first call wins; later calls and
-//! [`signing`]/[`blocking`] before any `init` use [`PoolSizes::default`]).
+//! The threads are started once per process, by the first of [`init`] (the binary calls
+//! it before hardening, so mlockall locks their stacks), [`signing`] or [`blocking`];
+//! the latter two start them with [`PoolSizes::default`]. Later `init` calls change
+//! nothing.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
