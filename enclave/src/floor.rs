@@ -3,9 +3,16 @@
 //!
 //! A sealed policy's MAC proves that this enclave wrote it, not that it is the newest:
 //! a database admin could put back an older, looser policy row with its valid MAC. The
-//! enclave has no disk, so it remembers, per key id, the highest policy version it has
-//! issued ([`PolicyFloors::raise`] at `SetPolicy`) or seen authenticated (at `Sign`), and
-//! refuses any older version from then on.
+//! enclave has no disk, so it remembers, per sealed key record, the highest policy
+//! version it has issued ([`PolicyFloors::raise`] at `SetPolicy`) or seen authenticated
+//! (at `Sign`), and refuses any older version from then on.
+//!
+//! Floors are keyed by [`RecordId`], the SHA-256 of the record's authenticated bytes
+//! (its AAD and ciphertext), never by the key id: the parent picks key ids, so a
+//! `GenerateKey` reusing a victim's key id followed by `SetPolicy` calls would otherwise
+//! raise the victim's floor above its real policy version (a denial of service). Two
+//! records that open share a [`RecordId`] only if they are the same record, since the
+//! salt and nonce are fresh NSM randomness at every `GenerateKey`.
 //!
 //! Limits, by design of a stateless enclave: floors live in memory, so an enclave restart
 //! forgets them; and at most [`MAX_TRACKED_KEYS`] keys are tracked (the oldest entries are
@@ -15,10 +22,32 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use ekms_shared::SealedKeyRecord;
+use sha2::{Digest, Sha256};
+
 /// Keys whose floors are remembered at once (~100 bytes each).
 pub const MAX_TRACKED_KEYS: usize = 1 << 20;
 
-/// Per-key minimum policy versions (see the module docs).
+/// The identity of one sealed key record: SHA-256 over
+/// `u64_be(len(aad)) || aad || ciphertext`, where `aad` is [`SealedKeyRecord::aad`]
+/// (every field but the ciphertext, length-prefixed, so the encoding is injective).
+/// Compute it only for a record that has opened under its data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordId([u8; 32]);
+
+impl RecordId {
+    /// The id of `record` (see the type's docs).
+    pub fn of(record: &SealedKeyRecord) -> Self {
+        let aad = record.aad();
+        let mut h = Sha256::new();
+        h.update((aad.len() as u64).to_be_bytes());
+        h.update(&aad);
+        h.update(&record.ciphertext);
+        Self(h.finalize().into())
+    }
+}
+
+/// Per-record minimum policy versions (see the module docs).
 #[derive(Debug, Default)]
 pub struct PolicyFloors {
     inner: Mutex<Floors>,
@@ -26,9 +55,9 @@ pub struct PolicyFloors {
 
 #[derive(Debug, Default)]
 struct Floors {
-    by_key: HashMap<String, u64>,
+    by_key: HashMap<RecordId, u64>,
     /// Insertion order, for dropping the oldest entry when full.
-    order: VecDeque<String>,
+    order: VecDeque<RecordId>,
 }
 
 /// A policy version below the key's floor.
@@ -37,33 +66,33 @@ struct Floors {
 pub struct RolledBack;
 
 impl PolicyFloors {
-    /// Checks that `version` is not below `key_id`'s floor, then raises the floor to
+    /// Checks that `version` is not below `record`'s floor, then raises the floor to
     /// `version`. Call only with a version whose MAC has been verified.
     ///
     /// # Errors
     /// [`RolledBack`] when `version` is below the floor (nothing changes).
-    pub fn check_and_raise(&self, key_id: &str, version: u64) -> Result<(), RolledBack> {
+    pub fn check_and_raise(&self, record: RecordId, version: u64) -> Result<(), RolledBack> {
         let mut floors = self.lock();
-        match floors.by_key.get_mut(key_id) {
+        match floors.by_key.get_mut(&record) {
             Some(floor) if version < *floor => Err(RolledBack),
             Some(floor) => {
                 *floor = version;
                 Ok(())
             }
             None => {
-                floors.insert(key_id, version);
+                floors.insert(record, version);
                 Ok(())
             }
         }
     }
 
-    /// Raises `key_id`'s floor to `version` (a policy version this enclave just issued);
+    /// Raises `record`'s floor to `version` (a policy version this enclave just issued);
     /// never lowers it.
-    pub fn raise(&self, key_id: &str, version: u64) {
+    pub fn raise(&self, record: RecordId, version: u64) {
         let mut floors = self.lock();
-        match floors.by_key.get_mut(key_id) {
+        match floors.by_key.get_mut(&record) {
             Some(floor) => *floor = (*floor).max(version),
-            None => floors.insert(key_id, version),
+            None => floors.insert(record, version),
         }
     }
 
@@ -76,15 +105,15 @@ impl PolicyFloors {
 }
 
 impl Floors {
-    fn insert(&mut self, key_id: &str, version: u64) {
+    fn insert(&mut self, record: RecordId, version: u64) {
         if self.by_key.len() >= MAX_TRACKED_KEYS {
             if let Some(oldest) = self.order.pop_front() {
                 self.by_key.remove(&oldest);
                 tracing::warn!("policy floor table full: forgot the oldest key's floor");
             }
         }
-        self.by_key.insert(key_id.to_owned(), version);
-        self.order.push_back(key_id.to_owned());
+        self.by_key.insert(record, version);
+        self.order.push_back(record);
     }
 }
 
@@ -92,35 +121,78 @@ impl Floors {
 mod tests {
     use super::*;
 
+    fn id(b: u8) -> RecordId {
+        RecordId([b; 32])
+    }
+
     #[test]
     fn accepts_equal_and_newer_versions() {
         let f = PolicyFloors::default();
-        f.check_and_raise("k", 1).unwrap();
-        f.check_and_raise("k", 1).unwrap();
-        f.check_and_raise("k", 3).unwrap();
-        f.check_and_raise("other", 1).unwrap();
+        f.check_and_raise(id(1), 1).unwrap();
+        f.check_and_raise(id(1), 1).unwrap();
+        f.check_and_raise(id(1), 3).unwrap();
+        f.check_and_raise(id(2), 1).unwrap();
     }
 
     #[test]
     fn rejects_version_below_floor() {
         let f = PolicyFloors::default();
-        f.check_and_raise("k", 2).unwrap();
-        assert_eq!(f.check_and_raise("k", 1), Err(RolledBack));
+        f.check_and_raise(id(1), 2).unwrap();
+        assert_eq!(f.check_and_raise(id(1), 1), Err(RolledBack));
         // A refused check leaves the floor where it was.
-        f.check_and_raise("k", 2).unwrap();
+        f.check_and_raise(id(1), 2).unwrap();
     }
 
     #[test]
     fn rejects_old_version_after_an_issued_one() {
         let f = PolicyFloors::default();
-        f.check_and_raise("k", 1).unwrap();
-        f.raise("k", 2);
-        assert_eq!(f.check_and_raise("k", 1), Err(RolledBack));
-        f.raise("k", 1);
+        f.check_and_raise(id(1), 1).unwrap();
+        f.raise(id(1), 2);
+        assert_eq!(f.check_and_raise(id(1), 1), Err(RolledBack));
+        f.raise(id(1), 1);
         assert_eq!(
-            f.check_and_raise("k", 1),
+            f.check_and_raise(id(1), 1),
             Err(RolledBack),
             "raise never lowers"
         );
+    }
+
+    fn record(key_id: &str, salt: u8) -> SealedKeyRecord {
+        SealedKeyRecord {
+            version: 1,
+            key_id: key_id.into(),
+            owner: None,
+            algorithm: ekms_shared::Algorithm::Secp256k1,
+            public_key: vec![2; 33],
+            keyring: "default".into(),
+            epoch: 1,
+            salt: [salt; 32],
+            nonce: [0; 12],
+            ciphertext: vec![9; 48],
+        }
+    }
+
+    #[test]
+    fn record_id_depends_on_every_byte_not_the_key_id_alone() {
+        let a = record("victim", 1);
+        assert_eq!(RecordId::of(&a), RecordId::of(&a.clone()));
+        // Same key id, another record (fresh salt): another floor.
+        assert_ne!(RecordId::of(&a), RecordId::of(&record("victim", 2)));
+        let mut c = a.clone();
+        c.ciphertext[47] ^= 1;
+        assert_ne!(RecordId::of(&a), RecordId::of(&c));
+    }
+
+    #[test]
+    fn rejects_nothing_of_a_victim_when_another_record_reuses_its_key_id() {
+        let f = PolicyFloors::default();
+        let victim = RecordId::of(&record("victim", 1));
+        let attacker = RecordId::of(&record("victim", 2));
+        f.check_and_raise(victim, 1).unwrap();
+        f.raise(attacker, 50);
+        f.check_and_raise(attacker, 50).unwrap();
+        assert_eq!(f.check_and_raise(attacker, 1), Err(RolledBack));
+        // The victim's floor is its own.
+        f.check_and_raise(victim, 1).unwrap();
     }
 }

@@ -9,6 +9,11 @@
 //!   says it is;
 //! - secrets are drawn from the NSM, held in zeroizing types, and dropped as soon as the
 //!   signature or the sealed record exists.
+//! - every step that holds a secret on the stack (drawing it, sealing, opening, deriving
+//!   the wrap or policy-MAC key, signing) runs inside one job on the signing pool
+//!   ([`crate::workers::signing`]), whose thread scrubs its stack after the job; never on
+//!   a runtime thread;
+//! - policy floors are keyed by the record ([`RecordId`]), never by the key id.
 
 use std::sync::Arc;
 
@@ -24,9 +29,11 @@ use ekms_signer::{
 };
 use zeroize::Zeroizing;
 
+use crate::floor::RecordId;
 use crate::keyring::check_keyring_name;
 use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
+use crate::workers;
 
 /// Longest key id accepted, in bytes.
 pub const MAX_KEY_ID_LEN: usize = 128;
@@ -46,6 +53,7 @@ const MAX_SCALAR_DRAWS: usize = 4;
 pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody, WireError> {
     let services = enclave.admit(RequestKind::of(&request))?;
     let ready = || services.as_deref().ok_or(WireError::NotReady);
+    let ready_arc = || services.clone().ok_or(WireError::NotReady);
     match request {
         Request::Configure { kms, dek_cache } => configure(enclave, kms, dek_cache).await,
         Request::Status => Ok(status(enclave)),
@@ -76,13 +84,13 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
             keyring,
             current,
             policy_json,
-        } => set_policy(ready()?, record, keyring, current, policy_json).await,
+        } => set_policy(ready_arc()?, record, keyring, current, policy_json).await,
         Request::Sign {
             record,
             keyring,
             policy,
             payload,
-        } => sign(ready()?, record, keyring, policy, payload).await,
+        } => sign(ready_arc()?, record, keyring, policy, payload).await,
     }
 }
 
@@ -109,19 +117,20 @@ async fn attestation(
     nonce: Option<Vec<u8>>,
     user_data: Option<Vec<u8>>,
 ) -> Result<ResponseBody, WireError> {
+    // On the fixed NSM pool: a flood of these is answered `Busy`, not given threads.
     let nsm = Arc::clone(enclave.nsm());
-    let document = tokio::task::spawn_blocking(move || {
-        nsm.attestation_document(&AttestationRequest {
-            user_data: user_data.as_deref(),
-            nonce: nonce.as_deref(),
-            public_key: None,
+    let document = workers::blocking()?
+        .run(move || {
+            nsm.attestation_document(&AttestationRequest {
+                user_data: user_data.as_deref(),
+                nonce: nonce.as_deref(),
+                public_key: None,
+            })
         })
-    })
-    .await
-    .map_err(|_| WireError::Internal)?
-    .map_err(|e| WireError::Attestation {
-        message: e.to_string(),
-    })?;
+        .await?
+        .map_err(|e| WireError::Attestation {
+            message: e.to_string(),
+        })?;
     Ok(ResponseBody::Attestation { document })
 }
 
@@ -152,7 +161,7 @@ async fn generate_key(
     enclave: &Enclave,
     new: NewKey,
 ) -> Result<ResponseBody, WireError> {
-    let nsm = enclave.nsm().as_ref();
+    let nsm = Arc::clone(enclave.nsm());
     check_key_id(&new.key_id)?;
     if new
         .owner
@@ -167,31 +176,35 @@ async fn generate_key(
     let policy = Policy::parse(&new.policy_json).map_err(policy_error)?;
     let dek = services.keyrings.data_key(&new.keyring).await?;
 
-    let (secret, public_key) = new_secret(nsm, new.algorithm)?;
-    let mut salt = [0u8; 32];
-    let mut nonce = [0u8; 12];
-    nsm_random(nsm, &mut salt)?;
-    nsm_random(nsm, &mut nonce)?;
-    let record = sealing::seal(
-        &dek,
-        &new.key_id,
-        new.owner.as_deref(),
-        new.algorithm,
-        &public_key,
-        &new.keyring.keyring,
-        new.keyring.epoch,
-        salt,
-        nonce,
-        secret.as_slice(),
-    )
-    .map_err(|_| WireError::Internal)?;
-    drop(secret);
-    let policy = sealing::mac_policy(
-        &dek,
-        &record,
-        INITIAL_POLICY_VERSION,
-        policy.canonical_json(),
-    );
+    let policy_json = policy.canonical_json();
+    // The secret, the wrap key and the policy-MAC key exist only on a signing thread,
+    // whose stack is scrubbed after the job (crate::workers).
+    let (record, policy) = workers::signing()?
+        .run(move || {
+            let nsm = nsm.as_ref();
+            let (secret, public_key) = new_secret(nsm, new.algorithm)?;
+            let mut salt = [0u8; 32];
+            let mut nonce = [0u8; 12];
+            nsm_random(nsm, &mut salt)?;
+            nsm_random(nsm, &mut nonce)?;
+            let record = sealing::seal(
+                &dek,
+                &new.key_id,
+                new.owner.as_deref(),
+                new.algorithm,
+                &public_key,
+                &new.keyring.keyring,
+                new.keyring.epoch,
+                salt,
+                nonce,
+                secret.as_slice(),
+            )
+            .map_err(|_| WireError::Internal)?;
+            drop(secret);
+            let policy = sealing::mac_policy(&dek, &record, INITIAL_POLICY_VERSION, policy_json);
+            Ok::<_, WireError>((record, policy))
+        })
+        .await??;
     let now = now_ms();
     let (statement, identity_document) = state_key(enclave, &record, Some(now), now).await?;
     Ok(ResponseBody::KeyGenerated {
@@ -213,8 +226,14 @@ async fn certify_key(
 ) -> Result<ResponseBody, WireError> {
     check_record_keyring(&record, &keyring)?;
     let dek = services.keyrings.data_key(&keyring).await?;
-    drop(sealing::open(&dek, &record).map_err(|_| WireError::SealedStateInvalid)?);
-    drop(dek);
+    // Opening the record yields the secret: on a signing thread, like every use of it.
+    let record = workers::signing()?
+        .run(move || {
+            drop(sealing::open(&dek, &record).map_err(|_| WireError::SealedStateInvalid)?);
+            drop(dek);
+            Ok::<_, WireError>(record)
+        })
+        .await??;
     let (statement, identity_document) = state_key(enclave, &record, None, now_ms()).await?;
     Ok(ResponseBody::KeyCertified {
         statement,
@@ -311,7 +330,7 @@ fn nsm_random(nsm: &dyn NsmProvider, out: &mut [u8]) -> Result<(), WireError> {
 }
 
 async fn set_policy(
-    services: &Services,
+    services: Arc<Services>,
     record: SealedKeyRecord,
     keyring: KeyringRef,
     current: SealedPolicy,
@@ -322,19 +341,25 @@ async fn set_policy(
     // refused while this enclave runs (crate::floor); a persistent anchor is future work.
     check_record_keyring(&record, &keyring)?;
     let dek = services.keyrings.data_key(&keyring).await?;
-    open_and_verify(services, &dek, &record, &current)?;
-    let policy = Policy::parse(&policy_json).map_err(policy_error)?;
-    let version = current
-        .version
-        .checked_add(1)
-        .ok_or(WireError::SealedStateInvalid)?;
-    let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
-    services.policy_floors.raise(&record.key_id, version);
+    // Opening the record and the MAC keys run on a scrubbed signing thread.
+    let policy = workers::signing()?
+        .run(move || {
+            drop(open_and_verify(&services, &dek, &record, &current)?);
+            let policy = Policy::parse(&policy_json).map_err(policy_error)?;
+            let version = current
+                .version
+                .checked_add(1)
+                .ok_or(WireError::SealedStateInvalid)?;
+            let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
+            services.policy_floors.raise(RecordId::of(&record), version);
+            Ok::<_, WireError>(policy)
+        })
+        .await??;
     Ok(ResponseBody::PolicySet { policy })
 }
 
 async fn sign(
-    services: &Services,
+    services: Arc<Services>,
     record: SealedKeyRecord,
     keyring: KeyringRef,
     policy: SealedPolicy,
@@ -353,7 +378,24 @@ async fn sign(
         )));
     }
     let dek = services.keyrings.data_key(&keyring).await?;
-    let secret = open_and_verify(services, &dek, &record, &policy)?;
+    // Everything that touches the secret, the wrap key or the MAC key runs on a signing
+    // thread whose stack is scrubbed afterwards (crate::workers).
+    let output = workers::signing()?
+        .run(move || sign_on_worker(&services, dek, &record, &policy, &payload))
+        .await??;
+    Ok(ResponseBody::Signed(output))
+}
+
+/// The synchronous part of `Sign`: open, verify, evaluate, sign. Runs on a signing
+/// thread.
+fn sign_on_worker(
+    services: &Services,
+    dek: Arc<DataKey>,
+    record: &SealedKeyRecord,
+    policy: &SealedPolicy,
+    payload: &SignPayload,
+) -> Result<SignOutput, WireError> {
+    let secret = open_and_verify(services, &dek, record, policy)?;
     drop(dek);
     let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
     let output = match record.algorithm {
@@ -393,7 +435,7 @@ async fn sign(
             }
         }
     };
-    Ok(ResponseBody::Signed(output))
+    Ok(output)
 }
 
 /// Opens `record`, verifies `policy`'s MAC and that its version is not below the key's
@@ -408,7 +450,7 @@ fn open_and_verify(
     sealing::verify_policy(dek, record, policy).map_err(|_| WireError::SealedStateInvalid)?;
     services
         .policy_floors
-        .check_and_raise(&record.key_id, policy.version)
+        .check_and_raise(RecordId::of(record), policy.version)
         .map_err(|_| WireError::SealedStateInvalid)?;
     Ok(secret)
 }

@@ -1,6 +1,13 @@
 //! Process hardening applied once at start, before any secret exists: no core dumps,
 //! no ptrace/`/proc/<pid>/mem` access by other processes of the same user, and (best
-//! effort) memory locked so plaintext data keys and execution keys are never swapped.
+//! effort) the memory mapped at start locked so it is never swapped.
+//!
+//! Only `MCL_CURRENT`: with `MCL_FUTURE` every later mapping (each thread stack, every
+//! heap arena) is locked and resident in full, which let 3,000 pipelined attestation
+//! requests lock 2 GB (issue 6). The binary starts its signing and NSM pools before
+//! calling [`apply`], so their stacks are locked; memory mapped later is not. Inside a Nitro
+//! Enclave there is no swap, and in simulation secrets live in zeroizing buffers and
+//! scrubbed worker stacks (crate::workers) for the time of one operation.
 //!
 //! Uses nix's safe wrappers only; no `unsafe` here. Inside a Nitro Enclave there is no
 //! swap and no other tenant, so these matter most in simulation and as defence in depth.
@@ -13,17 +20,16 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 /// is best effort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hardening {
-    /// `mlockall(MCL_CURRENT | MCL_FUTURE)` succeeded.
+    /// `mlockall(MCL_CURRENT)` succeeded.
     pub memory_locked: bool,
 }
 
 /// Applies the hardening: `prctl(PR_SET_DUMPABLE, 0)`, `RLIMIT_CORE = 0` (soft and hard),
-/// then `mlockall(MCL_CURRENT | MCL_FUTURE)`.
+/// then `mlockall(MCL_CURRENT)` (never `MCL_FUTURE`, see the module docs).
 ///
-/// Memory locking is attempted only when it cannot starve the process later: as root
-/// (CAP_IPC_LOCK) or when `RLIMIT_MEMLOCK` is unlimited. Otherwise `MCL_FUTURE` would make
-/// every allocation past the limit fail (an abort, not an error). A skipped or failed
-/// lock logs a warning; this is expected in simulation as an ordinary user.
+/// Memory locking is attempted only as root (CAP_IPC_LOCK) or when `RLIMIT_MEMLOCK` is
+/// unlimited; a skipped or failed lock logs a warning; this is expected in simulation
+/// as an ordinary user.
 ///
 /// # Errors
 /// The `prctl` or `setrlimit` error: a process that cannot turn off core dumps must not
@@ -43,7 +49,7 @@ fn lock_memory() -> bool {
         tracing::warn!("not locking memory: no CAP_IPC_LOCK and RLIMIT_MEMLOCK is limited (secrets may be swapped)");
         return false;
     }
-    match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+    match mlockall(MlockAllFlags::MCL_CURRENT) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "mlockall failed (secrets may be swapped)");

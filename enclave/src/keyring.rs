@@ -6,7 +6,9 @@
 //! for it. Entries expire after `ttl_secs` or `max_uses` uses (`Configure`'s
 //! [`DekCachePolicy`]); `max_uses == 0` turns caching off: a KMS `Decrypt` for every
 //! request. At most [`MAX_CACHED_KEYS`] keys are held; the oldest is evicted first.
-//! Plaintext data keys live only in [`DataKey`] (zeroized when the last user drops it).
+//! Plaintext data keys live only in [`DataKey`] (on the heap, zeroized when the last
+//! user drops it); the runtime thread that opened KMS's answer scrubs its stack
+//! afterwards ([`crate::workers::scrub_stack`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::kms::Kms;
 use crate::sealing::DataKey;
+use crate::workers;
 
 /// Most plaintext data keys cached at once.
 pub const MAX_CACHED_KEYS: usize = 64;
@@ -171,11 +174,11 @@ impl Keyrings {
     /// [`WireError::Attestation`] from KMS.
     pub async fn create(&self, keyring: &str, epoch: u32) -> Result<Vec<u8>, WireError> {
         check_keyring_name(keyring)?;
-        let (dek, blob) = self
-            .kms
-            .generate_data_key(keyring, epoch)
-            .await
-            .map_err(|e| e.to_wire())?;
+        let generated = self.kms.generate_data_key(keyring, epoch).await;
+        // The KMS answer was opened (RSA-OAEP, AES-CBC) in frames below this one, on
+        // this runtime thread: wipe them (crate::workers).
+        workers::scrub_stack();
+        let (dek, blob) = generated.map_err(|e| e.to_wire())?;
         self.cache.put(
             cache_key(keyring, epoch, &blob),
             Arc::new(dek),
@@ -231,13 +234,15 @@ impl Keyrings {
 
     /// KMS `Decrypt` of `keyring`'s blob, bypassing the cache.
     async fn fetch(&self, keyring: &KeyringRef) -> Result<Arc<DataKey>, WireError> {
-        let dek = Arc::new(
-            self.kms
-                .decrypt_data_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext)
-                .await
-                .map_err(|e| e.to_wire())?,
-        );
-        Ok(dek)
+        let decrypted = self
+            .kms
+            .decrypt_data_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext)
+            .await;
+        // The KMS answer was opened (RSA-OAEP, AES-CBC) in frames below this one, on
+        // this runtime thread, in the poll that just completed: wipe them
+        // (crate::workers). The data key itself is on the heap ([`DataKey`]).
+        workers::scrub_stack();
+        Ok(Arc::new(decrypted.map_err(|e| e.to_wire())?))
     }
 }
 

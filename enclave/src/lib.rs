@@ -38,6 +38,7 @@ pub mod recipient;
 pub mod sealing;
 pub mod server;
 pub mod state;
+pub mod workers;
 
 pub use server::Limits;
 pub use state::Enclave;

@@ -56,6 +56,28 @@ struct Args {
     #[cfg(feature = "simulation")]
     #[arg(long)]
     danger_sim_kms_ca: Option<PathBuf>,
+
+    // ---- bounded resources (issue 6 item 6; see ekms_enclave::workers) ----
+    /// Threads that open records and sign (their stacks are scrubbed after each job).
+    /// Default: the number of cores, at most 16.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    signing_threads: Option<u32>,
+    /// Threads that make NSM calls (attestation documents).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    nsm_threads: u32,
+    /// Signing jobs waiting for a signing thread; more are answered `Busy`.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    signing_queue: u32,
+    /// NSM jobs (attestation documents) waiting; more are answered `Busy`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    nsm_queue: u32,
+    /// Sum of the frame sizes of the requests executing at once, in MiB (more are
+    /// answered `Busy`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_in_flight_mib: u32,
+    /// Most threads of the async runtime's blocking pool (RSA key generation, DNS).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    max_blocking_threads: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,9 +86,24 @@ enum NsmArg {
     Simulation,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // A bounded blocking pool: tokio's default (512 threads) is what let an attestation
+    // flood grow the enclave to hundreds of threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(args.max_blocking_threads as usize)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(async_main(args)),
+        Err(e) => {
+            eprintln!("ekms-enclave: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -111,6 +148,16 @@ async fn start(args: Args) -> Result<(), String> {
         (Mode::Nitro, None) => None,
     };
 
+    // The worker pools start before hardening, so that mlockall(MCL_CURRENT) locks
+    // their stacks too (the stacks where records are opened and keys used).
+    let mut pools = ekms_enclave::workers::PoolSizes::default();
+    if let Some(n) = args.signing_threads {
+        pools.signing_threads = n as usize;
+    }
+    pools.blocking_threads = args.nsm_threads as usize;
+    pools.signing_queue = args.signing_queue as usize;
+    pools.blocking_queue = args.nsm_queue as usize;
+    ekms_enclave::workers::init(pools)?;
     let hardened =
         ekms_enclave::hardening::apply().map_err(|e| format!("cannot harden the process: {e}"))?;
     tracing::info!(memory_locked = hardened.memory_locked, "process hardened");
@@ -167,6 +214,8 @@ async fn start(args: Args) -> Result<(), String> {
     let limits = Limits {
         max_connections: args.max_connections as usize,
         max_in_flight: args.max_in_flight as usize,
+        max_in_flight_bytes: args.max_in_flight_mib as usize * 1024 * 1024,
+        pools,
     };
     let shutdown = shutdown_signal().await?;
     ekms_enclave::run(listener, enclave, limits, shutdown).await;

@@ -46,7 +46,11 @@ pub enum SealingError {
 }
 
 /// A keyring's plaintext data key: 32 bytes, zeroized on drop, never printed.
-pub struct DataKey(Zeroizing<[u8; 32]>);
+///
+/// The bytes live on the heap from the start (written in place by
+/// [`DataKey::from_slice`]), so moving a `DataKey` (out of a KMS answer, into an `Arc`,
+/// out of a future) moves a pointer and leaves no copy of the key in a dead stack frame.
+pub struct DataKey(Box<Zeroizing<[u8; 32]>>);
 
 impl DataKey {
     /// Takes a data key from KMS's answer; `bytes` must be exactly 32 bytes (AES_256).
@@ -54,10 +58,10 @@ impl DataKey {
     /// # Errors
     /// [`SealingError::Invalid`] for any other length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, SealingError> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        if bytes.len() != key.len() {
+        if bytes.len() != 32 {
             return Err(SealingError::Invalid);
         }
+        let mut key = Box::new(Zeroizing::new([0u8; 32]));
         key.copy_from_slice(bytes);
         Ok(Self(key))
     }

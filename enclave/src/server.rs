@@ -7,8 +7,9 @@
 //!   reading or allocating the body, and reads the body within [`FRAME_DEADLINE`] once a
 //!   frame has started (an idle connection may stay open);
 //! - each decoded request runs in its own task, bounded by the server-wide in-flight
-//!   semaphore (over the cap: [`WireError::Busy`]), so one pipelined connection uses
-//!   every core;
+//!   semaphore and by a budget of in-flight frame bytes ([`Limits::max_in_flight_bytes`];
+//!   over either: [`WireError::Busy`]), so one pipelined connection uses every core but
+//!   no pipeline of large frames can hold more than the budget in memory;
 //! - a writer task owns the write half and sends the encoded responses it receives on
 //!   an mpsc channel.
 //!
@@ -35,6 +36,7 @@ use tracing::Instrument;
 use crate::handlers;
 use crate::io::{Duplex, Listener};
 use crate::state::{Enclave, RequestKind};
+use crate::workers::{self, PoolSizes};
 
 /// Deadline for the rest of a frame once its first byte has arrived.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
@@ -45,13 +47,21 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Responses queued per connection before request tasks wait for the writer.
 const WRITE_QUEUE: usize = 256;
 
-/// Server limits (`--max-connections`, `--max-in-flight`).
+/// Server limits (`--max-connections`, `--max-in-flight`, and the worker pools'
+/// `--signing-threads`, `--signing-queue`, `--nsm-threads`, `--nsm-queue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once; further connections wait in the listen backlog.
     pub max_connections: usize,
     /// Requests executing at once across all connections; more are answered `Busy`.
     pub max_in_flight: usize,
+    /// Sum of the frame sizes of the requests executing at once, in bytes (counted in
+    /// KiB, at least 1 KiB per request); a request that would exceed it is answered
+    /// `Busy`. Bounds the memory a pipeline of large frames can hold.
+    pub max_in_flight_bytes: usize,
+    /// Threads and queue bounds of the signing and NSM pools ([`crate::workers`]);
+    /// applied by the first [`serve`] of the process.
+    pub pools: PoolSizes,
 }
 
 impl Default for Limits {
@@ -59,6 +69,8 @@ impl Default for Limits {
         Self {
             max_connections: 16,
             max_in_flight: 512,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            pools: PoolSizes::default(),
         }
     }
 }
@@ -73,8 +85,15 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    if let Err(e) = workers::init(limits.pools) {
+        // Requests that need a pool will answer `Internal`; Status still works.
+        tracing::error!(error = %e, "worker pools not started");
+    }
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    let in_flight_kib = Arc::new(Semaphore::new(
+        kib(limits.max_in_flight_bytes).max(kib(ekms_shared::MAX_FRAME_LEN)),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -105,6 +124,7 @@ pub async fn serve(
         let connection = Connection {
             enclave: Arc::clone(&enclave),
             in_flight: Arc::clone(&in_flight),
+            in_flight_kib: Arc::clone(&in_flight_kib),
             stop: stop_rx.clone(),
         };
         tasks.spawn(
@@ -134,7 +154,14 @@ pub async fn serve(
 struct Connection {
     enclave: Arc<Enclave>,
     in_flight: Arc<Semaphore>,
+    /// The in-flight byte budget, in KiB.
+    in_flight_kib: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
+}
+
+/// `bytes` in KiB, rounded up, at least 1 (the unit of the in-flight byte budget).
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
 }
 
 /// Why the reader stopped.
@@ -176,7 +203,16 @@ impl Connection {
                     }
                 },
             };
-            let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            let size = u32::try_from(kib(body.len())).unwrap_or(u32::MAX);
+            drop(body);
+            let permits = Arc::clone(&self.in_flight)
+                .try_acquire_owned()
+                .and_then(|p| {
+                    Arc::clone(&self.in_flight_kib)
+                        .try_acquire_many_owned(size)
+                        .map(|b| (p, b))
+                });
+            let Ok(permit) = permits else {
                 tracing::warn!(request_id = frame.request_id, "busy");
                 if send(&tx, &ResponseFrame::err(frame.request_id, WireError::Busy))
                     .await
@@ -400,6 +436,7 @@ mod tests {
         let server = start(Limits {
             max_connections: 4,
             max_in_flight: 1,
+            ..Limits::default()
         })
         .await;
         let mut s = UnixStream::connect(&server.path).await.unwrap();

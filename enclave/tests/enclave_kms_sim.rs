@@ -1262,3 +1262,101 @@ fn rejects_starting_a_simulation_without_the_pin_or_the_kms_ca() {
     assert!(!dir.path().join("e.sock").exists());
     assert!(!ca_dir.exists());
 }
+
+/// Issue 6 item 7: policy floors are keyed by the sealed record, not by the key id the
+/// parent picks. A second key generated under the victim's key id, whose policy is then
+/// set three times (floor 4 for that record), leaves the victim's version-1 policy
+/// usable; the attacker's own record still refuses its rolled-back version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
+    let world = World::start().await;
+    let mut parent = world.connect().await;
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: DekCachePolicy {
+                ttl_secs: 300,
+                max_uses: 1000,
+            },
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    let Ok(ResponseBody::KeyringCreated {
+        keyring,
+        epoch,
+        dek_ciphertext,
+    }) = parent
+        .call(Request::CreateKeyring {
+            keyring: "floors".into(),
+            epoch: 1,
+        })
+        .await
+    else {
+        panic!("CreateKeyring");
+    };
+    let ring = KeyringRef {
+        keyring,
+        epoch,
+        dek_ciphertext,
+    };
+    let (victim, victim_v1) = parent
+        .generate("victim", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .await;
+    parent
+        .sign(
+            &victim,
+            &victim_v1,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 1),
+        )
+        .await
+        .unwrap();
+
+    // The attacker: same key id, then SetPolicy ×3 on its own record.
+    let (evil, evil_v1) = parent
+        .generate("victim", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .await;
+    let mut current = evil_v1.clone();
+    for _ in 0..3 {
+        let set = parent
+            .call(Request::SetPolicy {
+                record: evil.clone(),
+                keyring: ring.clone(),
+                current: current.clone(),
+                policy_json: evm_policy(),
+            })
+            .await;
+        let Ok(ResponseBody::PolicySet { policy }) = set else {
+            panic!("{set:?}");
+        };
+        current = policy;
+    }
+    assert_eq!(current.version, 4);
+
+    // The victim's floor is untouched: its version 1 still signs.
+    parent
+        .sign(
+            &victim,
+            &victim_v1,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 2),
+        )
+        .await
+        .unwrap();
+    // The attacker's record has its own floor: its version 1 is a rollback.
+    let rolled_back = parent
+        .sign(
+            &evil,
+            &evil_v1,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 3),
+        )
+        .await;
+    assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
+
+    drop(parent);
+    world.stop().await;
+}

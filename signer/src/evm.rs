@@ -330,11 +330,19 @@ pub struct EvmSignature {
 /// [`SignerError::InvalidKey`] in the (probability ~2^-128) case where `R.x ≥ n`,
 /// which Ethereum's `v` cannot express.
 pub fn sign_evm(tx: &EvmTx, key: &Secp256k1Secret) -> Result<EvmSignature, SignerError> {
-    let (sig, recovery_id) = ecdsa::hazmat::sign_prehashed_rfc6979::<Secp256k1, sha2::Sha256>(
-        key.scalar(),
-        &tx.sighash,
-        &[],
-    );
+    // The scalar exists only inside this closure; the enclave runs it on a signing
+    // thread whose stack is scrubbed afterwards (the hazmat signer copies it by value).
+    let (sig, recovery_id) = key
+        .with_scalar(|scalar| {
+            ecdsa::hazmat::sign_prehashed_rfc6979::<Secp256k1, sha2::Sha256>(
+                scalar,
+                &tx.sighash,
+                &[],
+            )
+        })
+        .ok_or(SignerError::InvalidKey {
+            message: "secp256k1 secret is not a scalar in [1, n)",
+        })?;
     if recovery_id.is_x_reduced() {
         return Err(SignerError::InvalidKey {
             message: "signature has R.x >= n, not expressible in an EVM transaction",

@@ -11,7 +11,7 @@
 use alloy_primitives::Address;
 use k256::elliptic_curve::sec1::ToSec1Point;
 use k256::{NonZeroScalar, PublicKey, Secp256k1};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::SignerError;
 
@@ -20,10 +20,15 @@ use crate::SignerError;
 /// probability below 2^-127.
 const MAX_DRAWS: usize = 4;
 
-/// A secp256k1 private key: a scalar in `[1, n)`, held as a `NonZeroScalar` so signing
-/// needs no conversion. Zeroized on drop.
+/// A secp256k1 private key: a scalar in `[1, n)`, held as its 32 big-endian bytes in a
+/// zeroizing buffer. Zeroized on drop.
+///
+/// k256's `NonZeroScalar` is `Copy`, so a key stored in one is copied by value into
+/// every frame that touches it. This type keeps only bytes and builds the scalar for
+/// the duration of one operation ([`Secp256k1Secret::with_scalar`]), then zeroizes it;
+/// the enclave runs that operation on a thread whose stack it scrubs afterwards.
 pub struct Secp256k1Secret {
-    scalar: NonZeroScalar,
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl Secp256k1Secret {
@@ -33,10 +38,21 @@ impl Secp256k1Secret {
     /// [`SignerError::InvalidKey`] if `bytes` is not 32 bytes long or encodes 0 or a
     /// value ≥ the group order n.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SignerError> {
-        let scalar = NonZeroScalar::try_from(bytes).map_err(|_| SignerError::InvalidKey {
+        let invalid = SignerError::InvalidKey {
             message: "secp256k1 secret must be 32 bytes encoding a scalar in [1, n)",
-        })?;
-        Ok(Self { scalar })
+        };
+        if bytes.len() != 32 {
+            return Err(invalid);
+        }
+        let mut key = Self {
+            bytes: Zeroizing::new([0u8; 32]),
+        };
+        key.bytes.copy_from_slice(bytes);
+        // Validates the range; the scalar built for the check is zeroized.
+        if !key.with_scalar(|_| true).unwrap_or(false) {
+            return Err(invalid);
+        }
+        Ok(key)
     }
 
     /// Generates a key from the caller's randomness (the enclave passes NSM random
@@ -49,7 +65,7 @@ impl Secp256k1Secret {
     pub fn generate<E: core::fmt::Display>(
         mut fill: impl FnMut(&mut [u8; 32]) -> Result<(), E>,
     ) -> Result<Self, SignerError> {
-        let mut buf = zeroize::Zeroizing::new([0u8; 32]);
+        let mut buf = Zeroizing::new([0u8; 32]);
         for _ in 0..MAX_DRAWS {
             fill(&mut buf).map_err(|e| SignerError::Randomness {
                 message: e.to_string(),
@@ -66,19 +82,23 @@ impl Secp256k1Secret {
     /// The public key as a 33-byte compressed SEC1 point (`02|03 || x`). Costs a scalar
     /// multiplication: call it at key creation, not per signature.
     pub fn public_key(&self) -> Vec<u8> {
-        let point = PublicKey::from_secret_scalar(&self.scalar).to_sec1_point(true);
-        point.as_bytes().to_vec()
+        self.with_scalar(|scalar| {
+            let point = PublicKey::from_secret_scalar(scalar).to_sec1_point(true);
+            point.as_bytes().to_vec()
+        })
+        .unwrap_or_default()
     }
 
-    /// The secret scalar, for the signing code of this crate only.
-    pub(crate) fn scalar(&self) -> &NonZeroScalar {
-        &self.scalar
-    }
-}
-
-impl Drop for Secp256k1Secret {
-    fn drop(&mut self) {
-        self.scalar.zeroize();
+    /// Calls `f` with the secret scalar, built on the stack for this call only and
+    /// zeroized after it. `None` only if the bytes are not a scalar in `[1, n)`, which
+    /// [`Secp256k1Secret::from_bytes`] has already ruled out.
+    pub(crate) fn with_scalar<R>(&self, f: impl FnOnce(&NonZeroScalar) -> R) -> Option<R> {
+        let repr = k256::FieldBytes::from(*self.bytes);
+        let scalar: Option<NonZeroScalar> = NonZeroScalar::from_repr(repr).into();
+        let mut scalar = scalar?;
+        let out = f(&scalar);
+        scalar.zeroize();
+        Some(out)
     }
 }
 
