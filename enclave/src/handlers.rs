@@ -158,7 +158,7 @@ async fn generate_key(
         )));
     }
     check_keyring_name(&new.keyring.keyring)?;
-    let policy = Policy::parse(&new.policy_json).map_err(policy_error)?;
+    let policy = Policy::parse_new(&new.policy_json).map_err(policy_error)?;
     let dek = services.keyrings.data_key(&new.keyring).await?;
 
     let (secret, public_key) = new_secret(nsm, new.algorithm)?;
@@ -240,7 +240,7 @@ async fn set_policy(
     check_record_keyring(&record, &keyring)?;
     let dek = services.keyrings.data_key(&keyring).await?;
     open_and_verify(services, &dek, &record, &current)?;
-    let policy = Policy::parse(&policy_json).map_err(policy_error)?;
+    let policy = Policy::parse_new(&policy_json).map_err(policy_error)?;
     let version = current
         .version
         .checked_add(1)

@@ -601,3 +601,605 @@ fn denial_display_names_the_rule() {
         "denied by policy rule evm.chain_ids: chain id 5 is not allowed"
     );
 }
+
+// ---- Solana: System allow-list, Compute Budget, fee and per-transaction caps ----
+
+const SYSTEM: &str = "11111111111111111111111111111111";
+
+fn system_ix(data: Vec<u8>, accounts: Vec<AccountMeta>) -> Instruction {
+    Instruction::new_with_bytes(SolAddress::from(SYSTEM_PROGRAM_ID), &data, accounts)
+}
+
+fn with_variant(v: u32, rest: &[&[u8]]) -> Vec<u8> {
+    let mut out = v.to_le_bytes().to_vec();
+    for r in rest {
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn seed(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// One instruction of every System variant other than Transfer and CreateAccount,
+/// acting on the key's own account `me` (the attack run's targets), with its name.
+fn non_default_system_instructions(me: [u8; 32]) -> Vec<(SystemInstructionName, Instruction)> {
+    use SystemInstructionName as N;
+    let acct = |k: [u8; 32], signer: bool| AccountMeta::new(SolAddress::from(k), signer);
+    let ro = |k: [u8; 32]| AccountMeta::new_readonly(SolAddress::from(k), false);
+    let attacker = [0xaa; 32];
+    let u = |n: u64| n.to_le_bytes();
+    vec![
+        (
+            N::Assign,
+            system_ix(with_variant(1, &[&attacker]), vec![acct(me, true)]),
+        ),
+        (
+            N::CreateAccountWithSeed,
+            system_ix(
+                with_variant(3, &[&me, &seed("s"), &u(1), &u(0), &attacker]),
+                vec![acct(me, true), acct(sol_key(7), false)],
+            ),
+        ),
+        (
+            N::AdvanceNonceAccount,
+            system_ix(
+                with_variant(4, &[]),
+                vec![acct(sol_key(8), false), ro(sol_key(20)), acct(me, true)],
+            ),
+        ),
+        (
+            N::WithdrawNonceAccount,
+            system_ix(
+                with_variant(5, &[&u(1)]),
+                vec![
+                    acct(sol_key(8), false),
+                    acct(attacker, false),
+                    ro(sol_key(20)),
+                    ro(sol_key(21)),
+                    acct(me, true),
+                ],
+            ),
+        ),
+        (
+            N::InitializeNonceAccount,
+            system_ix(
+                with_variant(6, &[&attacker]),
+                vec![acct(me, true), ro(sol_key(20)), ro(sol_key(21))],
+            ),
+        ),
+        (
+            N::AuthorizeNonceAccount,
+            system_ix(
+                with_variant(7, &[&attacker]),
+                vec![acct(sol_key(8), false), acct(me, true)],
+            ),
+        ),
+        (
+            N::Allocate,
+            system_ix(with_variant(8, &[&u(80)]), vec![acct(me, true)]),
+        ),
+        (
+            N::AllocateWithSeed,
+            system_ix(
+                with_variant(9, &[&me, &seed("s"), &u(1), &attacker]),
+                vec![acct(sol_key(7), false), acct(me, true)],
+            ),
+        ),
+        (
+            N::AssignWithSeed,
+            system_ix(
+                with_variant(10, &[&me, &seed("s"), &attacker]),
+                vec![acct(sol_key(7), false), acct(me, true)],
+            ),
+        ),
+        (
+            N::TransferWithSeed,
+            system_ix(
+                with_variant(11, &[&u(1), &seed("s"), &attacker]),
+                vec![
+                    acct(sol_key(7), false),
+                    acct(me, true),
+                    acct(attacker, false),
+                ],
+            ),
+        ),
+        (
+            N::UpgradeNonceAccount,
+            system_ix(with_variant(12, &[]), vec![acct(me, true)]),
+        ),
+    ]
+}
+
+fn create_account_ix(from: [u8; 32], new: [u8; 32], lamports: u64) -> Instruction {
+    system_ix(
+        with_variant(0, &[&lamports.to_le_bytes(), &0u64.to_le_bytes(), &[0; 32]]),
+        vec![
+            AccountMeta::new(SolAddress::from(from), true),
+            AccountMeta::new(SolAddress::from(new), true),
+        ],
+    )
+}
+
+fn capped_policy(extra: &str) -> Policy {
+    Policy::parse_new(&format!(
+        r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}","{COMPUTE_BUDGET}"],
+            "max_lamports_per_transfer":1000000000,"max_lamports_per_transaction":1000000000,
+            "max_fee_lamports":100000{extra}}}}}"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn rejects_every_non_default_system_instruction_by_default() {
+    let me = sol_key(1);
+    let policies = [solana_policy(), capped_policy("")];
+    assert_eq!(non_default_system_instructions(me).len(), 11);
+    for (name, ix) in non_default_system_instructions(me) {
+        let p = payload(me, &[ix]);
+        for policy in &policies {
+            let d = policy.evaluate_solana(&p, &me).unwrap_err();
+            assert_eq!(d.rule, "solana.system_instructions", "{name:?}");
+            assert!(d.message.contains(name.as_str()), "{}", d.message);
+        }
+    }
+}
+
+#[test]
+fn rejects_nonce_takeover_and_allocate_freeze_of_the_keys_account() {
+    // The attack run's transactions: Allocate(80) + InitializeNonceAccount(authority =
+    // attacker) on the key's own account, and Allocate(1) alone.
+    let me = sol_key(1);
+    let all = non_default_system_instructions(me);
+    let find = |n: SystemInstructionName| all.iter().find(|(m, _)| *m == n).unwrap().1.clone();
+    let allocate = find(SystemInstructionName::Allocate);
+    let init = find(SystemInstructionName::InitializeNonceAccount);
+    for ixs in [vec![allocate.clone(), init], vec![allocate]] {
+        let p = payload(me, &ixs);
+        assert_eq!(
+            capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+            "solana.system_instructions"
+        );
+    }
+}
+
+#[test]
+fn allows_each_system_instruction_only_when_named() {
+    let me = sol_key(1);
+    for (name, ix) in non_default_system_instructions(me) {
+        let p = payload(me, &[ix]);
+        let named = capped_policy(&format!(r#","system_instructions":["{}"]"#, name.as_str()));
+        assert_eq!(named.evaluate_solana(&p, &me), Ok(()), "{name:?}");
+        // naming another one does not allow it
+        let other = capped_policy(r#","system_instructions":["transfer","create_account"]"#);
+        assert_eq!(
+            other.evaluate_solana(&p, &me).unwrap_err().rule,
+            "solana.system_instructions"
+        );
+    }
+    // An explicit list replaces the default: without "transfer", a transfer is refused.
+    let p = payload(me, &[transfer(me, sol_key(2), 1)]);
+    let no_transfer = capped_policy(r#","system_instructions":["advance_nonce_account"]"#);
+    assert_eq!(
+        no_transfer.evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.system_instructions"
+    );
+    let none = capped_policy(r#","system_instructions":[]"#);
+    assert_eq!(
+        none.evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.system_instructions"
+    );
+}
+
+#[test]
+fn allowed_lamport_moving_instructions_count_against_the_caps() {
+    let me = sol_key(1);
+    let all = non_default_system_instructions(me);
+    let policy = capped_policy(
+        r#","system_instructions":["transfer","withdraw_nonce_account","transfer_with_seed","create_account_with_seed"]"#,
+    );
+    for name in [
+        SystemInstructionName::WithdrawNonceAccount,
+        SystemInstructionName::TransferWithSeed,
+        SystemInstructionName::CreateAccountWithSeed,
+    ] {
+        let ix = all.iter().find(|(m, _)| *m == name).unwrap().1.clone();
+        // 1 lamport each, plus a transfer that fills the total cap exactly
+        let p = payload(me, &[ix.clone(), transfer(me, sol_key(2), 999_999_999)]);
+        assert_eq!(policy.evaluate_solana(&p, &me), Ok(()), "{name:?}");
+        let p = payload(me, &[ix, transfer(me, sol_key(2), 1_000_000_000)]);
+        assert_eq!(
+            policy.evaluate_solana(&p, &me).unwrap_err().rule,
+            "solana.max_lamports_per_transaction",
+            "{name:?}"
+        );
+    }
+}
+
+#[test]
+fn create_account_funding_a_fresh_signing_account_is_allowed() {
+    let me = sol_key(1);
+    let p = payload(me, &[create_account_ix(me, sol_key(2), 1_000_000)]);
+    assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
+    assert_eq!(
+        solana_policy().evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.max_lamports_per_transfer"
+    );
+}
+
+#[test]
+fn rejects_create_account_of_the_key_itself_or_of_a_non_signer() {
+    let me = sol_key(1);
+    let funder = sol_key(3);
+    // The key as the new account: its address would become owned by another program.
+    let p = payload(funder, &[create_account_ix(funder, me, 1)]);
+    assert_eq!(
+        capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.system_instructions"
+    );
+    // A new account that is not a signer (hand-compiled: the SDK would mark it).
+    let msg = Message::new_with_compiled_instructions(
+        1,
+        0,
+        1,
+        vec![
+            SolAddress::from(me),
+            SolAddress::from(sol_key(2)),
+            SolAddress::from(SYSTEM_PROGRAM_ID),
+        ],
+        Hash::new_from_array([1; 32]),
+        vec![
+            solana_message::compiled_instruction::CompiledInstruction::new_from_raw_parts(
+                2,
+                with_variant(0, &[&1u64.to_le_bytes(), &0u64.to_le_bytes(), &[0; 32]]),
+                vec![0, 1],
+            ),
+        ],
+    );
+    let p = decode(&wincode::serialize(&VersionedMessage::Legacy(msg)).unwrap()).unwrap();
+    assert_eq!(
+        capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.system_instructions"
+    );
+}
+
+#[test]
+fn rejects_many_transfers_over_the_per_transaction_total() {
+    // Ten 0.9 SOL transfers each pass a 1 SOL per-transfer cap; their 9 SOL total does
+    // not pass a 1 SOL per-transaction cap.
+    let me = sol_key(1);
+    let ixs: Vec<Instruction> = (0..10u8)
+        .map(|i| transfer(me, sol_key(100 + i), 900_000_000))
+        .collect();
+    let p = payload(me, &ixs);
+    let d = capped_policy("").evaluate_solana(&p, &me).unwrap_err();
+    assert_eq!(d.rule, "solana.max_lamports_per_transaction");
+    assert!(d.message.contains("9000000000"), "{}", d.message);
+    // the stored reading without the field keeps its meaning: no total cap
+    let old = Policy::parse(&format!(
+        r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}"],"max_lamports_per_transfer":1000000000}}}}"#
+    ))
+    .unwrap();
+    assert_eq!(old.evaluate_solana(&p, &me), Ok(()));
+    // the total is exact, not wrapped: two u64::MAX transfers under a u64::MAX cap
+    let huge = Policy::parse(&format!(
+        r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}"],
+            "max_lamports_per_transfer":{m},"max_lamports_per_transaction":{m}}}}}"#,
+        m = u64::MAX
+    ))
+    .unwrap();
+    let p = payload(
+        me,
+        &[
+            transfer(me, sol_key(2), u64::MAX),
+            transfer(me, sol_key(3), u64::MAX),
+        ],
+    );
+    assert_eq!(
+        huge.evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.max_lamports_per_transaction"
+    );
+}
+
+fn cb(data: &[u8]) -> Instruction {
+    Instruction::new_with_bytes(
+        SolAddress::from(crate::solana::COMPUTE_BUDGET_PROGRAM_ID),
+        data,
+        vec![],
+    )
+}
+
+fn cu_limit(units: u32) -> Instruction {
+    let mut d = vec![2u8];
+    d.extend_from_slice(&units.to_le_bytes());
+    cb(&d)
+}
+
+fn cu_price(micro_lamports: u64) -> Instruction {
+    let mut d = vec![3u8];
+    d.extend_from_slice(&micro_lamports.to_le_bytes());
+    cb(&d)
+}
+
+#[test]
+fn allows_a_priority_fee_within_max_fee_lamports() {
+    let me = sol_key(1);
+    // 5000 + 200_000 × 475_000 / 10⁶ = 5000 + 95_000 = the 100_000 cap exactly
+    let p = payload(
+        me,
+        &[
+            cu_limit(200_000),
+            cu_price(475_000),
+            transfer(me, sol_key(2), 1),
+        ],
+    );
+    assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
+    // default limit (1 instruction → 200_000 units) at the same price: same fee
+    let p = payload(me, &[cu_price(475_000), transfer(me, sol_key(2), 1)]);
+    assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
+}
+
+#[test]
+fn rejects_priority_fee_drain_over_max_fee_lamports() {
+    let me = sol_key(1);
+    // the attack run: 1.4M units × 14.285M micro-lamports ≈ 20 SOL
+    let p = payload(
+        me,
+        &[
+            cu_limit(1_400_000),
+            cu_price(14_285_000_000),
+            transfer(me, sol_key(2), 1),
+        ],
+    );
+    let d = capped_policy("").evaluate_solana(&p, &me).unwrap_err();
+    assert_eq!(d.rule, "solana.max_fee_lamports");
+    assert!(d.message.contains("19999005000"), "{}", d.message);
+    // one micro-lamport over, with the set limit and with the default limit
+    for ixs in [
+        vec![
+            cu_limit(200_000),
+            cu_price(475_001),
+            transfer(me, sol_key(2), 1),
+        ],
+        vec![cu_price(475_001), transfer(me, sol_key(2), 1)],
+        vec![
+            cu_limit(200_001),
+            cu_price(475_000),
+            transfer(me, sol_key(2), 1),
+        ],
+    ] {
+        assert_eq!(
+            capped_policy("")
+                .evaluate_solana(&payload(me, &ixs), &me)
+                .unwrap_err()
+                .rule,
+            "solana.max_fee_lamports"
+        );
+    }
+    // The default limit grows with the instruction count: 3 transfers → 600_000 units.
+    let p = payload(
+        me,
+        &[
+            cu_price(475_000),
+            transfer(me, sol_key(2), 1),
+            transfer(me, sol_key(3), 1),
+            transfer(me, sol_key(4), 1),
+        ],
+    );
+    assert_eq!(
+        capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.max_fee_lamports"
+    );
+}
+
+#[test]
+fn rejects_unknown_or_duplicate_compute_budget_instructions_even_without_a_fee_cap() {
+    let me = sol_key(1);
+    let old = Policy::parse(&format!(
+        r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}","{COMPUTE_BUDGET}"],"max_lamports_per_transfer":10}}}}"#
+    ))
+    .unwrap();
+    for ixs in [
+        vec![cu_limit(1), cu_limit(1)],
+        vec![cu_price(1), cu_price(2)],
+        vec![cb(&[0, 1, 0, 0, 0, 1, 0, 0, 0])],
+        vec![cb(&[7])],
+        vec![cb(&[3, 1, 0, 0, 0])],
+    ] {
+        let p = payload(me, &ixs);
+        for policy in [&old, &capped_policy("")] {
+            assert_eq!(
+                policy.evaluate_solana(&p, &me).unwrap_err().rule,
+                "solana.compute_budget"
+            );
+        }
+    }
+    // stored policy without a fee cap: any (well-formed) fee passes
+    let p = payload(
+        me,
+        &[
+            cu_limit(u32::MAX),
+            cu_price(u64::MAX),
+            transfer(me, sol_key(2), 1),
+        ],
+    );
+    assert_eq!(old.evaluate_solana(&p, &me), Ok(()));
+}
+
+#[test]
+fn rejects_compute_budget_when_the_program_is_not_allowed() {
+    let me = sol_key(1);
+    let p = payload(me, &[cu_price(1), transfer(me, sol_key(2), 1)]);
+    assert_eq!(
+        solana_policy().evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.allowed_programs"
+    );
+}
+
+// ---- strict (new) and lenient (stored) reading ----
+
+#[test]
+fn parse_new_requires_the_fee_caps_of_each_present_section() {
+    let cases = [
+        (
+            format!(
+                r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"]}}}}"#
+            ),
+            vec!["evm.max_fee_wei"],
+        ),
+        (
+            format!(
+                r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}"],"max_lamports_per_transfer":1}}}}"#
+            ),
+            vec![
+                "solana.max_lamports_per_transaction",
+                "solana.max_fee_lamports",
+            ],
+        ),
+        (
+            r#"{"enabled":true,"solana":{"max_fee_lamports":1}}"#.to_string(),
+            vec!["solana.max_lamports_per_transaction"],
+        ),
+        (
+            r#"{"enabled":true,"solana":{"max_lamports_per_transaction":1}}"#.to_string(),
+            vec!["solana.max_fee_lamports"],
+        ),
+        (
+            r#"{"enabled":true,"evm":{},"solana":{}}"#.to_string(),
+            vec![
+                "evm.max_fee_wei",
+                "solana.max_lamports_per_transaction",
+                "solana.max_fee_lamports",
+            ],
+        ),
+    ];
+    for (json, missing) in &cases {
+        // the stored reading accepts it and reports what is missing
+        let lenient = Policy::parse(json).unwrap();
+        assert_eq!(&lenient.missing_fee_caps(), missing, "{json}");
+        match Policy::parse_new(json) {
+            Err(SignerError::InvalidPolicy { message }) => {
+                for m in missing {
+                    assert!(message.contains(m), "{message}");
+                }
+            }
+            other => panic!("accepted or wrong error for {json}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn parse_new_accepts_policies_that_state_their_caps() {
+    for json in [
+        r#"{"enabled":true}"#.to_string(),
+        r#"{"enabled":false}"#.to_string(),
+        r#"{"enabled":true,"evm":{"max_fee_wei":"0"}}"#.to_string(),
+        r#"{"enabled":true,"solana":{"max_fee_lamports":0,"max_lamports_per_transaction":0}}"#
+            .to_string(),
+    ] {
+        let p = Policy::parse_new(&json).unwrap();
+        assert!(p.missing_fee_caps().is_empty());
+        assert_eq!(Policy::parse_new(&p.canonical_json()).unwrap(), p);
+    }
+    assert!(capped_policy("").missing_fee_caps().is_empty());
+}
+
+#[test]
+fn rejects_invalid_new_solana_fields() {
+    for v in [
+        r#""max_fee_lamports":null"#,
+        r#""max_fee_lamports":-1"#,
+        r#""max_fee_lamports":"5""#,
+        r#""max_fee_lamports":18446744073709551616"#,
+        r#""max_lamports_per_transaction":null"#,
+        r#""max_lamports_per_transaction":1.5"#,
+        r#""system_instructions":null"#,
+        r#""system_instructions":"transfer""#,
+        r#""system_instructions":["Transfer"]"#,
+        r#""system_instructions":["transfer","nonce"]"#,
+        r#""system_instructions":[2]"#,
+    ] {
+        let json = format!(r#"{{"enabled":true,"solana":{{{v}}}}}"#);
+        assert!(
+            matches!(Policy::parse(&json), Err(SignerError::InvalidPolicy { .. })),
+            "accepted: {json}"
+        );
+    }
+    let long = format!(
+        r#"{{"enabled":true,"solana":{{"system_instructions":[{}]}}}}"#,
+        vec![r#""transfer""#; MAX_LIST_ENTRIES + 1].join(",")
+    );
+    assert!(matches!(
+        Policy::parse(&long),
+        Err(SignerError::InvalidPolicy { .. })
+    ));
+}
+
+#[test]
+fn new_solana_fields_canonicalize_in_order_sorted_and_deduplicated() {
+    let p = Policy::parse(&format!(
+        r#"{{"enabled":true,"solana":{{"max_fee_lamports":7,
+            "system_instructions":["upgrade_nonce_account","transfer","create_account","transfer"],
+            "max_lamports_per_transaction":9,"allowed_programs":["{SYSTEM}"],"max_lamports_per_transfer":3}}}}"#
+    ))
+    .unwrap();
+    let canonical = p.canonical_json();
+    assert_eq!(
+        canonical,
+        format!(
+            concat!(
+                r#"{{"version":1,"enabled":true,"solana":{{"allowed_programs":["{}"],"#,
+                r#""max_lamports_per_transfer":3,"#,
+                r#""system_instructions":["create_account","transfer","upgrade_nonce_account"],"#,
+                r#""max_lamports_per_transaction":9,"max_fee_lamports":7}}}}"#
+            ),
+            SYSTEM
+        )
+    );
+    let again = Policy::parse(&canonical).unwrap();
+    assert_eq!(again, p);
+    assert_eq!(again.canonical_json(), canonical);
+    // an empty list is kept (it allows no System instruction), distinct from absent
+    let empty = Policy::parse(r#"{"enabled":true,"solana":{"system_instructions":[]}}"#).unwrap();
+    assert!(empty
+        .canonical_json()
+        .contains(r#""system_instructions":[]"#));
+    assert_ne!(
+        empty,
+        Policy::parse(r#"{"enabled":true,"solana":{}}"#).unwrap()
+    );
+}
+
+/// Canonical bytes of documents written before the new fields: unchanged by them (the
+/// MAC of every stored policy covers these bytes). Each expected string is what the
+/// code before this change produced.
+#[test]
+fn canonical_json_of_old_policies_is_unchanged() {
+    let cases = [
+        (
+            format!(r#"{{"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}","{COMPUTE_BUDGET}"],"max_lamports_per_transfer":1000000000}}}}"#),
+            format!(r#"{{"version":1,"enabled":true,"solana":{{"allowed_programs":["{SYSTEM}","{COMPUTE_BUDGET}"],"max_lamports_per_transfer":1000000000}}}}"#),
+        ),
+        (
+            r#"{"enabled":true,"solana":{}}"#.to_string(),
+            r#"{"version":1,"enabled":true,"solana":{"allowed_programs":[],"max_lamports_per_transfer":0}}"#.to_string(),
+        ),
+        (
+            format!(r#"{{"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"]}}}}"#),
+            format!(r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["{DEST}"],"max_value_wei":"0"}}}}"#),
+        ),
+    ];
+    for (json, expected) in &cases {
+        let p = Policy::parse(json).unwrap();
+        assert_eq!(&p.canonical_json(), expected);
+        let s = p.solana();
+        if let Some(s) = s {
+            assert_eq!(s.system_instructions, None);
+            assert_eq!(s.max_fee_lamports, None);
+            assert_eq!(s.max_lamports_per_transaction, None);
+        }
+    }
+}
