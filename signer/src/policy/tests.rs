@@ -1,8 +1,8 @@
 //! Tests of the policy module (parse, canonical form, evaluation).
 
 use super::*;
-use crate::evm::decode_unsigned;
-use crate::solana::{decode, SYSTEM_PROGRAM_ID};
+use crate::evm::{decode_unsigned, EvmTx};
+use crate::solana::{decode, SolanaPayload, SystemInstructionName, SYSTEM_PROGRAM_ID};
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEip2930, TxLegacy};
 use alloy_primitives::{Bytes, TxKind};
 use solana_message::{
