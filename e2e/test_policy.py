@@ -248,3 +248,46 @@ def test_rejects_evm_fee_drain_at_30m_gas_times_1m_gwei(client, evm_key):
     """The attack run's EVM drain: 30M gas × 10⁶ gwei, value 0."""
     r = client.sign_evm(evm_key["key_id"], evm_eip1559(1, DEST, 0, gas=30_000_000, max_fee=10**15))
     assert_denied(r, "evm.max_fee_wei")
+
+
+# ------------------------------------------- EVM: what is signed, run on py-evm
+
+
+def test_evm_signed_transactions_pay_at_most_the_caps_on_py_evm(client):
+    """The transactions the policy allows, executed on py-evm (eth-tester's backend):
+    the key's balance drops by the value plus the fee actually paid, and that fee is at
+    most gas_limit × maxFeePerGas (or × gasPrice), which max_fee_wei bounds."""
+    from eth_tester import EthereumTester, PyEVMBackend
+
+    tester = EthereumTester(PyEVMBackend())
+    chain_id = tester.backend.chain.chain_id
+    gas, max_fee = 21_000, 30_000_000_000
+    cap = gas * max_fee
+    key = client.create_key("secp256k1", evm_policy(chain_ids=(chain_id,), max_wei=ONE_ETH, max_fee_wei=cap))
+    address = key["address"]
+    tester.send_transaction(
+        {"from": tester.get_accounts()[0], "to": address, "value": 10 * ONE_ETH, "gas": 21_000, "gas_price": 10**9}
+    )
+    for nonce, unsigned in enumerate(
+        [
+            evm_eip1559(chain_id, DEST, ONE_ETH, nonce=0, gas=gas, max_fee=max_fee),
+            evm_legacy(chain_id, DEST, ONE_ETH // 2, nonce=1, gas=gas, gas_price=max_fee),
+        ]
+    ):
+        r = client.sign_evm(key["key_id"], unsigned)
+        assert r.status == 200, r
+        check_evm_signature(r.json, unsigned, address)
+        before, dest_before = tester.get_balance(address), tester.get_balance(DEST)
+        tx_hash = tester.send_raw_transaction(r.json["signed_transaction"])
+        receipt = tester.get_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, receipt
+        moved = tester.get_balance(DEST) - dest_before
+        fee = before - tester.get_balance(address) - moved
+        assert moved == (ONE_ETH if nonce == 0 else ONE_ETH // 2) <= ONE_ETH
+        assert fee == receipt["gas_used"] * receipt["effective_gas_price"], receipt
+        assert 0 < fee <= cap
+    # Over the cap: refused, so nothing can be executed.
+    assert_denied(
+        client.sign_evm(key["key_id"], evm_eip1559(chain_id, DEST, 0, nonce=2, gas=gas, max_fee=max_fee + 1)),
+        "evm.max_fee_wei",
+    )
