@@ -77,7 +77,10 @@
 //!     anything else is refused (rule `solana.compute_budget`).
 //! - **Programs the engine does not decode** (anything else you list): listing one
 //!   in `allowed_programs` means **any instruction of it**, with any accounts and
-//!   data. Only list programs whose every instruction you accept.
+//!   data, and whatever that program does with the key's signature through
+//!   cross-program invocation (signer privileges extend to CPI, so a program handed the
+//!   key as a signer can call the System Program with it; no System allow-list or
+//!   lamport cap sees that). Only list programs whose every instruction you accept.
 //!
 //! `max_fee_lamports` caps the most the message can pay in fees, whoever pays them:
 //! signature fees plus `ceil(unit_limit × unit_price / 10⁶)` with the runtime's
