@@ -30,7 +30,8 @@ from ekms_e2e import ONE_ETH, Client, bin_dir, check_evm_signature, evm_eip1559
 DEST = "0x000000000000000000000000000000000000dEaD"
 POLICY = {
     "enabled": True,
-    "evm": {"chain_ids": [1], "allowed_destinations": [DEST], "max_value_wei": str(ONE_ETH)},
+    "evm": {"chain_ids": [1], "allowed_destinations": [DEST], "max_value_wei": str(ONE_ETH),
+            "max_fee_wei": str(10**16)},
 }
 ATTACKER_KEY = "arn:aws:kms:us-east-1:444455556666:key/0f0f0f0f-attacker"
 

@@ -26,15 +26,32 @@ DEST = "0x000000000000000000000000000000000000dEaD"
 OTHER = "0x1111111111111111111111111111111111111111"
 
 
-def evm_policy(chain_ids=(1,), dests=(DEST,), max_wei=ONE_ETH):
+#: A fee cap that every default transaction of ekms_e2e passes (30M gas at 1000 gwei).
+EVM_FEE_CAP = 30_000_000 * 1_000_000_000_000
+
+
+def evm_policy(chain_ids=(1,), dests=(DEST,), max_wei=ONE_ETH, max_fee_wei=EVM_FEE_CAP):
     return {
         "enabled": True,
-        "evm": {"chain_ids": list(chain_ids), "allowed_destinations": list(dests), "max_value_wei": str(max_wei)},
+        "evm": {
+            "chain_ids": list(chain_ids),
+            "allowed_destinations": list(dests),
+            "max_value_wei": str(max_wei),
+            "max_fee_wei": str(max_fee_wei),
+        },
     }
 
 
-def sol_policy(programs=(SYSTEM_PROGRAM,), max_lamports=ONE_SOL):
-    return {"enabled": True, "solana": {"allowed_programs": list(programs), "max_lamports_per_transfer": max_lamports}}
+def sol_policy(programs=(SYSTEM_PROGRAM,), max_lamports=ONE_SOL, per_tx=10 * ONE_SOL, max_fee=1_000_000):
+    return {
+        "enabled": True,
+        "solana": {
+            "allowed_programs": list(programs),
+            "max_lamports_per_transfer": max_lamports,
+            "max_lamports_per_transaction": per_tx,
+            "max_fee_lamports": max_fee,
+        },
+    }
 
 
 def assert_denied(r, rule):
@@ -189,3 +206,88 @@ def test_fee_cap_refuses_fee_over_cap_and_signs_under(client):
     assert_denied(client.sign_evm(kid, evm_legacy(1, DEST, 0, gas=gas, gas_price=max_fee + 1)), "evm.max_fee_wei")
     # The product of the largest fields does not wrap into a small fee.
     assert_denied(client.sign_evm(kid, evm_eip1559(1, DEST, 0, gas=2**64 - 1, max_fee=2**128 - 1)), "evm.max_fee_wei")
+
+
+# ------------------------------------------------------------ required fee caps
+
+
+def test_rejects_new_evm_policy_without_max_fee_wei(client):
+    """A new or changed policy with an `evm` section must state max_fee_wei: an absent
+    cap would let a compromised parent drain the account through the fee."""
+    no_cap = evm_policy()
+    del no_cap["evm"]["max_fee_wei"]
+    r = client.request("POST", "/v1/keys", {"algorithm": "secp256k1", "policy": no_cap})
+    assert r.status == 400 and r.code == "invalid_policy", r
+    assert "evm.max_fee_wei" in r.error["message"], r
+    key = client.create_key("secp256k1", evm_policy())
+    r = client.set_policy(key["key_id"], no_cap)
+    assert r.status == 400 and r.code == "invalid_policy", r
+    assert client.get_key(key["key_id"]).json["policy_version"] == key["policy_version"]
+
+
+@pytest.mark.parametrize("missing", ["max_fee_lamports", "max_lamports_per_transaction"])
+def test_rejects_new_solana_policy_without_its_caps(client, missing):
+    no_cap = sol_policy()
+    del no_cap["solana"][missing]
+    r = client.request("POST", "/v1/keys", {"algorithm": "ed25519", "policy": no_cap})
+    assert r.status == 400 and r.code == "invalid_policy", r
+    assert f"solana.{missing}" in r.error["message"], r
+    key = client.create_key("ed25519", sol_policy())
+    r = client.set_policy(key["key_id"], no_cap)
+    assert r.status == 400 and r.code == "invalid_policy", r
+
+
+def test_key_with_fee_caps_is_marked_set(client, evm_key, sol_key):
+    for key in (evm_key, sol_key):
+        assert client.get_key(key["key_id"]).json["fee_cap"] == "set"
+    # A policy without a section for the key's chain caps nothing and is not marked.
+    assert "fee_cap" not in client.get_key(client.create_key("secp256k1")["key_id"]).json
+
+
+def test_rejects_evm_fee_drain_at_30m_gas_times_1m_gwei(client, evm_key):
+    """The attack run's EVM drain: 30M gas × 10⁶ gwei, value 0."""
+    r = client.sign_evm(evm_key["key_id"], evm_eip1559(1, DEST, 0, gas=30_000_000, max_fee=10**15))
+    assert_denied(r, "evm.max_fee_wei")
+
+
+# ------------------------------------------- EVM: what is signed, run on py-evm
+
+
+def test_evm_signed_transactions_pay_at_most_the_caps_on_py_evm(client):
+    """The transactions the policy allows, executed on py-evm (eth-tester's backend):
+    the key's balance drops by the value plus the fee actually paid, and that fee is at
+    most gas_limit × maxFeePerGas (or × gasPrice), which max_fee_wei bounds."""
+    from eth_tester import EthereumTester, PyEVMBackend
+
+    tester = EthereumTester(PyEVMBackend())
+    chain_id = tester.backend.chain.chain_id
+    gas, max_fee = 21_000, 30_000_000_000
+    cap = gas * max_fee
+    key = client.create_key("secp256k1", evm_policy(chain_ids=(chain_id,), max_wei=ONE_ETH, max_fee_wei=cap))
+    address = key["address"]
+    tester.send_transaction(
+        {"from": tester.get_accounts()[0], "to": address, "value": 10 * ONE_ETH, "gas": 21_000, "gas_price": 10**9}
+    )
+    for nonce, unsigned in enumerate(
+        [
+            evm_eip1559(chain_id, DEST, ONE_ETH, nonce=0, gas=gas, max_fee=max_fee),
+            evm_legacy(chain_id, DEST, ONE_ETH // 2, nonce=1, gas=gas, gas_price=max_fee),
+        ]
+    ):
+        r = client.sign_evm(key["key_id"], unsigned)
+        assert r.status == 200, r
+        check_evm_signature(r.json, unsigned, address)
+        before, dest_before = tester.get_balance(address), tester.get_balance(DEST)
+        tx_hash = tester.send_raw_transaction(r.json["signed_transaction"])
+        receipt = tester.get_transaction_receipt(tx_hash)
+        assert receipt["status"] == 1, receipt
+        moved = tester.get_balance(DEST) - dest_before
+        fee = before - tester.get_balance(address) - moved
+        assert moved == (ONE_ETH if nonce == 0 else ONE_ETH // 2) <= ONE_ETH
+        assert fee == receipt["gas_used"] * receipt["effective_gas_price"], receipt
+        assert 0 < fee <= cap
+    # Over the cap: refused, so nothing can be executed.
+    assert_denied(
+        client.sign_evm(key["key_id"], evm_eip1559(chain_id, DEST, 0, nonce=2, gas=gas, max_fee=max_fee + 1)),
+        "evm.max_fee_wei",
+    )

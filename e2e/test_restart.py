@@ -27,9 +27,9 @@ from ekms_e2e import (
 DEST = "0x000000000000000000000000000000000000dEaD"
 POLICY = {
     "enabled": True,
-    "evm": {"chain_ids": [1], "allowed_destinations": [DEST], "max_value_wei": str(ONE_ETH)},
+    "evm": {"chain_ids": [1], "allowed_destinations": [DEST], "max_value_wei": str(ONE_ETH), "max_fee_wei": str(10**16)},
 }
-SOL_POLICY = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL}}
+SOL_POLICY = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL, "max_lamports_per_transaction": 10 * ONE_SOL, "max_fee_lamports": 100_000}}
 REQUEST_TIMEOUT = 30  # a request that takes longer counts as a hang
 
 

@@ -33,12 +33,12 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 def evm_policy(chain_ids=(1,), dests=(DEST,), max_wei=ONE_ETH):
     return {
         "enabled": True,
-        "evm": {"chain_ids": list(chain_ids), "allowed_destinations": list(dests), "max_value_wei": str(max_wei)},
+        "evm": {"chain_ids": list(chain_ids), "allowed_destinations": list(dests), "max_value_wei": str(max_wei), "max_fee_wei": str(10**16)},
     }
 
 
 def sol_policy(programs=(SYSTEM_PROGRAM,), max_lamports=ONE_SOL):
-    return {"enabled": True, "solana": {"allowed_programs": list(programs), "max_lamports_per_transfer": max_lamports}}
+    return {"enabled": True, "solana": {"allowed_programs": list(programs), "max_lamports_per_transfer": max_lamports, "max_lamports_per_transaction": 10 * ONE_SOL, "max_fee_lamports": 100_000}}
 
 
 def test_health_reports_simulation(client):

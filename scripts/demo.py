@@ -105,9 +105,9 @@ def demo(sim: Sim, client) -> None:
     step(2, "create keys, each with its policy (evaluated inside the enclave)")
     evm_policy = {
         "enabled": True,
-        "evm": {"chain_ids": [1], "allowed_destinations": [ALLOWED], "max_value_wei": str(ONE_ETH)},
+        "evm": {"chain_ids": [1], "allowed_destinations": [ALLOWED], "max_value_wei": str(ONE_ETH), "max_fee_wei": str(10**16)},
     }
-    sol_policy = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL}}
+    sol_policy = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL, "max_lamports_per_transaction": 10 * ONE_SOL, "max_fee_lamports": 100_000}}
     evm_key = client.create_key("secp256k1", evm_policy, label="demo treasury (EVM)")
     check_evm_key(evm_key)
     show("EVM key", evm_key["key_id"])

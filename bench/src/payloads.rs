@@ -84,7 +84,8 @@ pub fn solana_unsigned_tx(payer: [u8; 32]) -> Result<Vec<u8>, Error> {
 }
 
 /// The policy of the benchmark's secp256k1 key: chain [`EVM_CHAIN_ID`], destination
-/// [`EVM_DESTINATION`], at most 1 ether per transaction.
+/// [`EVM_DESTINATION`], at most 1 ether per transaction
+/// and 0.01 ether in fees.
 pub fn evm_policy() -> Value {
     json!({
         "enabled": true,
@@ -92,18 +93,21 @@ pub fn evm_policy() -> Value {
             "chain_ids": [EVM_CHAIN_ID],
             "allowed_destinations": [format!("0x{}", hex::encode(EVM_DESTINATION))],
             "max_value_wei": "1000000000000000000",
+            "max_fee_wei": "10000000000000000",
         }
     })
 }
 
 /// The policy of the benchmark's ed25519 key: System Program only, at most 1,000,000
-/// lamports per transfer.
+/// lamports per transfer and per transaction, at most 10,000 lamports in fees.
 pub fn solana_policy() -> Value {
     json!({
         "enabled": true,
         "solana": {
             "allowed_programs": [SYSTEM_PROGRAM],
             "max_lamports_per_transfer": 1_000_000u64,
+            "max_lamports_per_transaction": 1_000_000u64,
+            "max_fee_lamports": 10_000u64,
         }
     })
 }

@@ -224,7 +224,7 @@ fn evm_policy() -> String {
 }
 
 fn solana_policy() -> String {
-    r#"{"enabled":true,"solana":{"allowed_programs":["11111111111111111111111111111111"],"max_lamports_per_transfer":1000}}"#
+    r#"{"enabled":true,"solana":{"allowed_programs":["11111111111111111111111111111111"],"max_lamports_per_transfer":1000,"max_lamports_per_transaction":1000,"max_fee_lamports":10000}}"#
         .to_owned()
 }
 

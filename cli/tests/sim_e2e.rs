@@ -285,7 +285,7 @@ fn sim_runs_serves_restarts_the_enclave_stops_and_keeps_keys() {
     let to = "11".repeat(20);
     let tx_on = |chain: &str| format!("0x02df{chain}80010182520894{to}8080c0");
     let policy = format!(
-        r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["0x{to}"],"max_value_wei":"0"}}}}"#
+        r#"{{"version":1,"enabled":true,"evm":{{"chain_ids":[1],"allowed_destinations":["0x{to}"],"max_value_wei":"0","max_fee_wei":"21000"}}}}"#
     );
     let before_sign = ekms(&socket, &["sign", "evm", &evm_id, &tx_on("01")]);
     assert_eq!(

@@ -173,7 +173,7 @@ async fn generate_key(
         )));
     }
     check_keyring_name(&new.keyring.keyring)?;
-    let policy = Policy::parse(&new.policy_json).map_err(policy_error)?;
+    let policy = Policy::parse_new(&new.policy_json).map_err(policy_error)?;
     let dek = services.keyrings.data_key(&new.keyring).await?;
 
     let policy_json = policy.canonical_json();
@@ -345,7 +345,7 @@ async fn set_policy(
     let policy = workers::signing()?
         .run(move || {
             drop(open_and_verify(&services, &dek, &record, &current)?);
-            let policy = Policy::parse(&policy_json).map_err(policy_error)?;
+            let policy = Policy::parse_new(&policy_json).map_err(policy_error)?;
             let version = current
                 .version
                 .checked_add(1)

@@ -399,7 +399,8 @@ fn evm_policy() -> String {
         "evm": {
             "chain_ids": [1],
             "allowed_destinations": [format!("0x{}", hex::encode(DEST))],
-            "max_value_wei": "1000000000000000000"
+            "max_value_wei": "1000000000000000000",
+            "max_fee_wei": "10000000000000000"
         }
     })
     .to_string()
@@ -410,7 +411,9 @@ fn solana_policy(max_lamports: u64) -> String {
         "enabled": true,
         "solana": {
             "allowed_programs": ["11111111111111111111111111111111"],
-            "max_lamports_per_transfer": max_lamports
+            "max_lamports_per_transfer": max_lamports,
+            "max_lamports_per_transaction": max_lamports,
+            "max_fee_lamports": 10_000
         }
     })
     .to_string()

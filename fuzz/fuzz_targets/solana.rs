@@ -4,11 +4,13 @@
 //!
 //! Properties: no panic; a decoded payload's message bytes, read again as a bare
 //! message, give the same message; a payload the policy accepts only invokes the allowed programs and
-//! moves at most the per-transfer limit in each System transfer.
+//! moves at most the per-transfer limit in each System transfer, and signs no System
+//! instruction but Transfer and CreateAccount (the default allow-list).
 #![no_main]
 
 use std::sync::OnceLock;
 
+use ekms_signer::solana::SystemInstructionName;
 use ekms_signer::{decode_solana, Policy};
 use libfuzzer_sys::fuzz_target;
 
@@ -59,5 +61,14 @@ fuzz_target!(|data: &[u8]| {
         for t in transfers {
             assert!(t.lamports <= rules.max_lamports_per_transfer);
         }
+        // The System allow-list: without `system_instructions`, only Transfer and
+        // CreateAccount are ever signed; Compute Budget instructions all decode.
+        for (_, ix) in payload
+            .system_instructions()
+            .expect("an accepted payload has decodable System instructions")
+        {
+            assert!(SystemInstructionName::DEFAULT_ALLOWED.contains(&ix.name()));
+        }
+        assert!(payload.max_fee_lamports().is_ok());
     }
 });

@@ -5,7 +5,7 @@
 //! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready, 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
 //! | `POST /v1/keys` `{"algorithm","label"?,"policy"?}` | 201 `{"key_id","algorithm","label","public_key","address","policy_version","created_at"}` |
 //! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first |
-//! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) |
+//! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) and, when the policy has a section for the key's chain, `"fee_cap":"set"\|"none"` ([`format::fee_cap_text`]) |
 //! | `PUT /v1/keys/{key_id}/policy` `{"policy":{…}}` | `{"policy_version":N}` |
 //! | `POST /v1/keys/{key_id}/sign` `{"kind","payload"}` | EVM: `{"signature":{"r","s","y_parity","v"},"signed_transaction","transaction_hash"}`; Solana: `{"signature","signed_transaction"}` |
 //! | `GET /v1/attestation?nonce=HEX` (≤ 512 bytes) | `{"document":"<base64>"}` |
@@ -476,6 +476,9 @@ async fn get_key(
     // The stored document is unauthenticated here (the enclave checks its MAC on use).
     let policy: Value = serde_json::from_str(&row.policy.policy_json)
         .map_err(|_| Error::StoreCorrupt("stored policy is not JSON".into()))?;
+    if let Some(cap) = format::fee_cap_text(row.summary.algorithm, &policy) {
+        out.insert("fee_cap".into(), cap.into());
+    }
     out.insert("policy".into(), policy);
     Ok(Json(out).into_response())
 }
@@ -1235,6 +1238,8 @@ mod tests {
         let (_, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
         assert_eq!(v["policy_version"], 2);
         assert_eq!(v["policy"]["evm"]["chain_ids"], json!([1]));
+        // (the fake enclave here accepts it; a stored policy without max_fee_wei is marked)
+        assert_eq!(v["fee_cap"], "none");
         // The new MAC is stored with it: signing still passes the integrity check.
         let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
         let (s, _) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;

@@ -11,6 +11,28 @@ use ekms_shared::Algorithm;
 use k256::elliptic_curve::sec1::ToSec1Point as _;
 use sha3::{Digest as _, Keccak256};
 
+/// Whether a stored policy caps the fees of the key's chain (`GET /v1/keys/{id}`'s
+/// `"fee_cap"`): `Some("set")` when the key's section (`evm` for secp256k1, `solana`
+/// for ed25519) states every fee cap a new policy must (`evm.max_fee_wei`;
+/// `solana.max_fee_lamports` and `solana.max_lamports_per_transaction`), `Some("none")`
+/// when the section lacks one (a policy stored before they were required: its fees are
+/// not capped), `None` when there is no such section (that chain is refused anyway).
+/// Informational only: the enclave evaluates the MAC'd document, not this.
+pub fn fee_cap_text(algorithm: Algorithm, policy: &serde_json::Value) -> Option<&'static str> {
+    let (section, fields): (&str, &[&str]) = match algorithm {
+        Algorithm::Secp256k1 => ("evm", &["max_fee_wei"]),
+        Algorithm::Ed25519 => (
+            "solana",
+            &["max_fee_lamports", "max_lamports_per_transaction"],
+        ),
+    };
+    let section = policy.get(section)?;
+    let all_set = fields
+        .iter()
+        .all(|f| section.get(f).is_some_and(|v| !v.is_null()));
+    Some(if all_set { "set" } else { "none" })
+}
+
 /// Length of a compressed SEC1 secp256k1 public key in bytes.
 const SECP256K1_COMPRESSED_LEN: usize = 33;
 /// Length of an ed25519 public key in bytes (RFC 8032 §5.1.5).
@@ -212,5 +234,51 @@ mod tests {
         assert_eq!(from_base64(&to_base64(b"solana")).unwrap(), b"solana");
         assert!(from_base64("not base64!").is_none());
         assert!(from_base64("c29sYW5h=").is_none());
+    }
+
+    #[test]
+    fn fee_cap_is_set_only_when_the_keys_section_states_every_cap() {
+        use serde_json::json;
+        let evm = Algorithm::Secp256k1;
+        let sol = Algorithm::Ed25519;
+        assert_eq!(fee_cap_text(evm, &json!({"enabled": true})), None);
+        assert_eq!(
+            fee_cap_text(evm, &json!({"enabled": true, "solana": {}})),
+            None
+        );
+        assert_eq!(
+            fee_cap_text(evm, &json!({"enabled": true, "evm": {}})),
+            Some("none")
+        );
+        assert_eq!(
+            fee_cap_text(evm, &json!({"enabled": true, "evm": {"max_fee_wei": "0"}})),
+            Some("set")
+        );
+        assert_eq!(
+            fee_cap_text(
+                sol,
+                &json!({"enabled": true, "solana": {"max_fee_lamports": 1}})
+            ),
+            Some("none")
+        );
+        assert_eq!(
+            fee_cap_text(
+                sol,
+                &json!({"enabled": true, "solana": {"max_fee_lamports": 1, "max_lamports_per_transaction": 2}})
+            ),
+            Some("set")
+        );
+    }
+
+    #[test]
+    fn rejects_null_fee_caps_as_set() {
+        use serde_json::json;
+        assert_eq!(
+            fee_cap_text(
+                Algorithm::Secp256k1,
+                &json!({"enabled": true, "evm": {"max_fee_wei": null}})
+            ),
+            Some("none")
+        );
     }
 }

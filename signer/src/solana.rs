@@ -1,5 +1,6 @@
 //! Solana payloads: decoding transactions and messages (legacy and v0), reading the
-//! System Program instructions that move lamports, and ed25519 signing.
+//! instructions of the programs the policy understands (System: [`system`], Compute
+//! Budget and fees: [`compute_budget`]), and ed25519 signing.
 //!
 //! Wire formats are `solana-message`'s (`VersionedMessage` through `wincode`) and
 //! `solana-short-vec`'s compact-u16; nothing here re-implements them.
@@ -24,6 +25,14 @@ use solana_short_vec::ShortU16;
 
 use crate::secret::Ed25519Secret;
 use crate::SignerError;
+
+pub mod compute_budget;
+pub mod system;
+
+pub use compute_budget::{
+    ComputeBudgetInstruction, ComputeBudgetRequest, COMPUTE_BUDGET_PROGRAM_ID,
+};
+pub use system::{SystemInstruction, SystemInstructionName};
 
 /// Largest Solana payload accepted, in bytes: 1232, the maximum transaction size
 /// (IPv6 MTU 1280 − 48 bytes of headers). Checked before decoding.
@@ -138,80 +147,47 @@ impl SolanaPayload {
         index.and_then(|i| self.account_keys.get(usize::from(*i)).copied())
     }
 
-    /// Every System Program instruction that moves lamports, decoded from its bincode
-    /// instruction data (`u32` LE variant index, then the fields;
-    /// `solana-system-interface` `SystemInstruction`): `CreateAccount` (0),
-    /// `Transfer` (2), `CreateAccountWithSeed` (3), `WithdrawNonceAccount` (5),
-    /// `TransferWithSeed` (11). Variants that neither move lamports nor hand control of
-    /// an account to someone else (4 `AdvanceNonceAccount`, 6 `InitializeNonceAccount`,
-    /// 8 `Allocate`, 12 `UpgradeNonceAccount`) are skipped.
+    /// Every System Program instruction of the message, decoded
+    /// ([`SystemInstruction::decode`]), with the compiled instruction it came from, in
+    /// message order.
     ///
     /// # Errors
-    /// [`SignerError::UnsupportedPayload`] for a System instruction with an unknown
-    /// variant or data too short for its variant, and for the variants that give away
-    /// control of an account's whole balance without naming an amount: `Assign` (1),
-    /// `AllocateWithSeed` (9) and `AssignWithSeed` (10) make another program the
-    /// account's owner (which may then debit all of it, unsigned), and
-    /// `AuthorizeNonceAccount` (7) hands a nonce account's withdraw authority to another
-    /// key. Their effect on lamports cannot be bounded, so callers (the policy) must
-    /// refuse.
-    pub fn system_transfers(&self) -> Result<Vec<SystemTransfer>, SignerError> {
-        let mut out = Vec::new();
-        for ix in self
-            .instructions
+    /// [`SignerError::UnsupportedPayload`] for a System instruction that does not
+    /// decode exactly (unknown variant, short data, trailing bytes).
+    pub fn system_instructions(
+        &self,
+    ) -> Result<Vec<(&SolanaInstruction, SystemInstruction)>, SignerError> {
+        self.instructions
             .iter()
             .filter(|ix| ix.program_id == SYSTEM_PROGRAM_ID)
-        {
-            let data = &ix.data;
-            let variant = read_u32(data, 0)?;
-            let (kind, lamports, from_pos, to_pos) = match variant {
-                0 => (SystemTransferKind::CreateAccount, read_u64(data, 4)?, 0, 1),
-                2 => (SystemTransferKind::Transfer, read_u64(data, 4)?, 0, 1),
-                3 => {
-                    // base: Pubkey (32), seed: String (u64 LE length + UTF-8), lamports
-                    let seed_len = usize::try_from(read_u64(data, 36)?).map_err(|_| {
-                        SignerError::unsupported("System instruction seed length overflows")
-                    })?;
-                    let at = 44usize.checked_add(seed_len).ok_or_else(|| {
-                        SignerError::unsupported("System instruction seed length overflows")
-                    })?;
-                    (
-                        SystemTransferKind::CreateAccountWithSeed,
-                        read_u64(data, at)?,
-                        0,
-                        1,
-                    )
+            .map(|ix| SystemInstruction::decode(&ix.data).map(|d| (ix, d)))
+            .collect()
+    }
+
+    /// Every System Program instruction that moves lamports: `CreateAccount` (0),
+    /// `Transfer` (2), `CreateAccountWithSeed` (3), `WithdrawNonceAccount` (5),
+    /// `TransferWithSeed` (11), with their paying and receiving accounts. Which System
+    /// instructions may be signed at all is the policy's decision
+    /// (`solana.system_instructions`); this only reads amounts.
+    ///
+    /// # Errors
+    /// As [`Self::system_instructions`].
+    pub fn system_transfers(&self) -> Result<Vec<SystemTransfer>, SignerError> {
+        let mut out = Vec::new();
+        for (ix, decoded) in self.system_instructions()? {
+            let Some((lamports, from_pos, to_pos)) = decoded.lamport_movement() else {
+                continue;
+            };
+            let kind = match decoded.name() {
+                SystemInstructionName::CreateAccount => SystemTransferKind::CreateAccount,
+                SystemInstructionName::CreateAccountWithSeed => {
+                    SystemTransferKind::CreateAccountWithSeed
                 }
-                5 => (
-                    SystemTransferKind::WithdrawNonceAccount,
-                    read_u64(data, 4)?,
-                    0,
-                    1,
-                ),
-                11 => (
-                    SystemTransferKind::TransferWithSeed,
-                    read_u64(data, 4)?,
-                    0,
-                    2,
-                ),
-                1 | 9 | 10 => {
-                    return Err(SignerError::unsupported(format!(
-                        "System Program instruction {variant} changes an account's owner \
-                         program, which could then take its whole balance"
-                    )))
+                SystemInstructionName::WithdrawNonceAccount => {
+                    SystemTransferKind::WithdrawNonceAccount
                 }
-                7 => {
-                    return Err(SignerError::unsupported(
-                        "System Program AuthorizeNonceAccount hands a nonce account's \
-                         withdraw authority to another key",
-                    ))
-                }
-                4 | 6 | 8 | 12 => continue,
-                other => {
-                    return Err(SignerError::unsupported(format!(
-                        "unknown System Program instruction {other}"
-                    )))
-                }
+                SystemInstructionName::TransferWithSeed => SystemTransferKind::TransferWithSeed,
+                _ => SystemTransferKind::Transfer,
             };
             out.push(SystemTransfer {
                 kind,
@@ -222,20 +198,62 @@ impl SolanaPayload {
         }
         Ok(out)
     }
-}
 
-fn read_u32(data: &[u8], at: usize) -> Result<u32, SignerError> {
-    data.get(at..at.saturating_add(4))
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| SignerError::unsupported("System instruction data too short"))
-}
+    /// The static account that instruction `ix` names at `position` of its account
+    /// list, `None` if absent or loaded from an address table.
+    pub fn instruction_account(&self, ix: &SolanaInstruction, position: usize) -> Option<[u8; 32]> {
+        self.account(ix.accounts.get(position))
+    }
 
-fn read_u64(data: &[u8], at: usize) -> Result<u64, SignerError> {
-    data.get(at..at.saturating_add(8))
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(|| SignerError::unsupported("System instruction data too short"))
+    /// What the message's Compute Budget instructions request.
+    ///
+    /// # Errors
+    /// As [`ComputeBudgetRequest::from_instructions`]: an instruction that does not
+    /// decode exactly, or a duplicate kind.
+    pub fn compute_budget(&self) -> Result<ComputeBudgetRequest, SignerError> {
+        ComputeBudgetRequest::from_instructions(
+            self.instructions
+                .iter()
+                .filter(|ix| ix.program_id == COMPUTE_BUDGET_PROGRAM_ID)
+                .map(|ix| ix.data.as_slice()),
+        )
+    }
+
+    /// The number of signatures the fee is charged on: `num_required_signatures` plus
+    /// the count each signature-verify precompile instruction declares in its first
+    /// data byte (see [`compute_budget`] module docs).
+    pub fn fee_signature_count(&self) -> u64 {
+        let precompile: u64 = self
+            .instructions
+            .iter()
+            .filter(|ix| compute_budget::is_signature_precompile(&ix.program_id))
+            .map(|ix| u64::from(ix.data.first().copied().unwrap_or(0)))
+            .sum();
+        // usize → u64 never truncates on supported targets; the count is ≤ 255 anyway.
+        u64::try_from(self.num_required_signatures)
+            .unwrap_or(u64::MAX)
+            .saturating_add(precompile)
+    }
+
+    /// The most this message can pay in fees, in lamports: signature fees plus the
+    /// prioritization fee `ceil(unit_limit × unit_price / 10⁶)`, with the default unit
+    /// limit when the message sets none ([`compute_budget::max_fee_lamports`]).
+    ///
+    /// # Errors
+    /// As [`Self::compute_budget`].
+    pub fn max_fee_lamports(&self) -> Result<u128, SignerError> {
+        let request = self.compute_budget()?;
+        let others = self
+            .instructions
+            .iter()
+            .filter(|ix| ix.program_id != COMPUTE_BUDGET_PROGRAM_ID)
+            .count();
+        Ok(compute_budget::max_fee_lamports(
+            self.fee_signature_count(),
+            request.effective_unit_limit(others),
+            request.unit_price.unwrap_or(0),
+        ))
+    }
 }
 
 /// Decodes a serialized transaction or a bare message (see the module docs for the
@@ -664,11 +682,11 @@ mod tests {
     }
 
     #[test]
-    fn rejects_owner_and_nonce_authority_changes() {
+    fn owner_and_nonce_authority_changes_are_decoded_by_name_not_as_transfers() {
         // Assign / AllocateWithSeed / AssignWithSeed make another program the owner of
-        // an account (which may then debit its whole balance without our signature);
-        // AuthorizeNonceAccount hands over a nonce account's withdrawals. None names an
-        // amount a lamport limit could bound.
+        // an account; AuthorizeNonceAccount hands over a nonce account's withdrawals.
+        // None moves lamports, so none is a transfer: whether they may be signed is the
+        // policy's allow-list (`solana.system_instructions`), which reads their names.
         let (_, payer) = secret(1);
         let system = Address::from(SYSTEM_PROGRAM_ID);
         let mut assign = 1u32.to_le_bytes().to_vec();
@@ -686,21 +704,115 @@ mod tests {
         allocate_with_seed.extend_from_slice(b"s");
         allocate_with_seed.extend_from_slice(&0u64.to_le_bytes());
         allocate_with_seed.extend_from_slice(&[0xaa; 32]);
-        for data in [assign, authorize, assign_with_seed, allocate_with_seed] {
+        for (data, name) in [
+            (assign, SystemInstructionName::Assign),
+            (authorize, SystemInstructionName::AuthorizeNonceAccount),
+            (assign_with_seed, SystemInstructionName::AssignWithSeed),
+            (allocate_with_seed, SystemInstructionName::AllocateWithSeed),
+        ] {
             let ix = Instruction::new_with_bytes(
                 system,
                 &data,
                 vec![AccountMeta::new(Address::from(payer), true)],
             );
             let p = decode(&legacy_message(payer, &[ix])).unwrap();
-            assert!(
-                matches!(
-                    p.system_transfers(),
-                    Err(SignerError::UnsupportedPayload { .. })
-                ),
-                "System instruction {} accepted",
-                data[0]
-            );
+            let decoded = p.system_instructions().unwrap();
+            assert_eq!(decoded.len(), 1);
+            assert_eq!(decoded[0].1.name(), name);
+            assert_eq!(p.system_transfers().unwrap(), vec![]);
+        }
+    }
+
+    fn cb_ix(data: &[u8]) -> Instruction {
+        Instruction::new_with_bytes(Address::from(COMPUTE_BUDGET_PROGRAM_ID), data, vec![])
+    }
+
+    fn limit_ix(units: u32) -> Instruction {
+        let mut d = vec![2u8];
+        d.extend_from_slice(&units.to_le_bytes());
+        cb_ix(&d)
+    }
+
+    fn price_ix(micro_lamports: u64) -> Instruction {
+        let mut d = vec![3u8];
+        d.extend_from_slice(&micro_lamports.to_le_bytes());
+        cb_ix(&d)
+    }
+
+    #[test]
+    fn max_fee_uses_the_set_limit_and_price() {
+        let (_, payer) = secret(1);
+        let ixs = [
+            limit_ix(300_000),
+            price_ix(10_000),
+            transfer_ix(payer, [5; 32], 1),
+        ];
+        let p = decode(&legacy_message(payer, &ixs)).unwrap();
+        assert_eq!(p.compute_budget().unwrap().unit_limit, Some(300_000));
+        // 1 signature + 300_000 × 10_000 / 10⁶ = 3_000 lamports
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 3_000);
+    }
+
+    #[test]
+    fn max_fee_uses_the_default_limit_per_non_compute_budget_instruction() {
+        let (_, payer) = secret(1);
+        // price only: 2 non-Compute-Budget instructions → 400_000 units by default
+        let ixs = [
+            price_ix(1_000_000),
+            transfer_ix(payer, [5; 32], 1),
+            transfer_ix(payer, [6; 32], 1),
+        ];
+        let p = decode(&legacy_message(payer, &ixs)).unwrap();
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 400_000);
+        // 9 instructions would be 1.8M units: capped at 1.4M
+        let mut ixs = vec![price_ix(1_000_000)];
+        for i in 0..9u8 {
+            ixs.push(transfer_ix(payer, [10 + i; 32], 1));
+        }
+        let p = decode(&legacy_message(payer, &ixs)).unwrap();
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 1_400_000);
+        // no Compute Budget instruction at all: signature fees only
+        let p = decode(&legacy_message(payer, &[transfer_ix(payer, [5; 32], 1)])).unwrap();
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000);
+    }
+
+    #[test]
+    fn max_fee_counts_precompile_signatures() {
+        let (_, payer) = secret(1);
+        let precompiles = [
+            compute_budget::ED25519_PRECOMPILE_ID,
+            compute_budget::SECP256K1_PRECOMPILE_ID,
+            compute_budget::SECP256R1_PRECOMPILE_ID,
+        ];
+        let ixs: Vec<Instruction> = precompiles
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                Instruction::new_with_bytes(Address::from(*id), &[i as u8 + 2, 0], vec![])
+            })
+            .chain([limit_ix(0), transfer_ix(payer, [5; 32], 1)])
+            .collect();
+        let p = decode(&legacy_message(payer, &ixs)).unwrap();
+        // 1 required + 2 + 3 + 4 declared by the precompiles
+        assert_eq!(p.fee_signature_count(), 10);
+        assert_eq!(p.max_fee_lamports().unwrap(), 50_000);
+    }
+
+    #[test]
+    fn rejects_duplicate_or_unknown_compute_budget_instructions() {
+        let (_, payer) = secret(1);
+        for ixs in [
+            vec![limit_ix(1), limit_ix(2)],
+            vec![price_ix(1), price_ix(1)],
+            vec![cb_ix(&[0, 1, 0, 0, 0, 1, 0, 0, 0])],
+            vec![cb_ix(&[9])],
+            vec![cb_ix(&[2, 1, 0, 0])],
+        ] {
+            let p = decode(&legacy_message(payer, &ixs)).unwrap();
+            assert!(matches!(
+                p.max_fee_lamports(),
+                Err(SignerError::UnsupportedPayload { .. })
+            ));
         }
     }
 
