@@ -119,7 +119,8 @@ pub struct KeyVerifyArgs {
     /// State directory of `ekms sim` (for the default --sim-root).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Required PCR0 of the enclave that signed the statement, hex (48 bytes).
+    /// Required PCR0 of the enclave that signed the statement, hex (48 bytes); mandatory
+    /// with `--root aws` (any Nitro enclave's document chains to the AWS root).
     #[arg(long)]
     pub pcr0: Option<String>,
 }
