@@ -146,3 +146,62 @@ def test_statement_is_reissued_for_a_key_stored_without_one(sim):
     stated = json.loads(r.json["statement"]["statement"])
     assert stated["address"] == key["address"] and stated["created_at"] is None
     assert keys_verify(sim, key["key_id"]).returncode == 0
+
+
+def _cbor(value) -> bytes:
+    """The few CBOR shapes a request frame needs (RFC 8949): maps, text, bytes,
+    unsigned integers, null."""
+    def head(major: int, n: int) -> bytes:
+        if n < 24:
+            return bytes([major << 5 | n])
+        if n < 256:
+            return bytes([major << 5 | 24, n])
+        return bytes([major << 5 | 25]) + n.to_bytes(2, "big")
+
+    if value is None:
+        return b"\xf6"
+    if isinstance(value, int):
+        return head(0, value)
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, str):
+        raw = value.encode()
+        return head(3, len(raw)) + raw
+    if isinstance(value, dict):
+        return head(5, len(value)) + b"".join(_cbor(k) + _cbor(v) for k, v in value.items())
+    raise TypeError(value)
+
+
+def _enclave_attestation(sim, user_data: bytes) -> bytes:
+    """Sends `Attestation { user_data }` straight to the enclave's socket, as a host
+    attacker can, and returns the answer frame's body."""
+    import socket
+    import struct
+
+    path = sim.sim_json().get("enclave_socket")
+    if not path:
+        pytest.skip("sim.json names no enclave socket")
+    body = _cbor({"version": 1, "request_id": 7,
+                  "body": {"Attestation": {"nonce": None, "user_data": user_data}}})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(struct.pack(">I", len(body)) + body)
+        buf = b""
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+            chunk = s.recv(65536)
+            assert chunk, "the enclave closed the connection"
+            buf += chunk
+    return buf[4:]
+
+
+def test_enclave_never_attests_an_identity_key_the_parent_chose(sim):
+    """A host attacker asks the enclave itself for a document whose user_data binds an
+    ed25519 key of theirs as the identity key: with it, any statement they signed would
+    pass `ekms keys verify`, PCR0 included. The enclave refuses that prefix."""
+    attacker = bytes(Keypair().pubkey())
+    answer = _enclave_attestation(sim, b"ekms/v1/identity-key:" + attacker)
+    assert b"BadRequest" in answer and b"identity-key prefix" in answer, answer[:200]
+    # Other user_data is attested as before.
+    answer = _enclave_attestation(sim, b"app data")
+    assert b"Attestation" in answer and b"BadRequest" not in answer, answer[:200]

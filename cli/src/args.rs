@@ -112,7 +112,8 @@ pub struct KeyVerifyArgs {
     /// Which root to trust.
     #[command(flatten)]
     pub trust: RootArgs,
-    /// Required PCR0 of the enclave that signed the statement, hex (48 bytes).
+    /// Required PCR0 of the enclave that signed the statement, hex (48 bytes); mandatory
+    /// with `--root aws` (any Nitro enclave's document chains to the AWS root).
     #[arg(long)]
     pub pcr0: Option<String>,
 }

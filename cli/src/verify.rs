@@ -170,6 +170,17 @@ pub fn check_key_answer(
             .map_err(|_| Error::BadResponse("identity key length".into()))?,
     };
 
+    // Any AWS customer can run an enclave image of their own that binds an identity
+    // key of their choosing and signs any statement with it: under the AWS root, only
+    // the PCR0 of *this* deployment's image (which measures its pinned KMS key) makes a
+    // statement the enclave's. Without it the check would pass on any address.
+    if expected_pcr0.is_none() && !verifier.trusts_simulation_root() {
+        return Err(Error::Usage(
+            "--root aws needs --pcr0: without it a statement signed by any Nitro enclave \
+             (anyone's image) would verify"
+                .into(),
+        ));
+    }
     let mut opts = VerifyOptions::at(now);
     if let Some(pcr0) = expected_pcr0 {
         opts.expected_pcrs.insert(0, pcr0);
@@ -387,7 +398,7 @@ mod tests {
         fails(&good, "k2", None, &v);
         // A wrong PCR0, and a document under another root.
         fails(&good, "k1", Some(vec![8; 48]), &v);
-        fails(&good, "k1", None, &Verifier::aws_nitro());
+        fails(&good, "k1", Some(vec![7; 48]), &Verifier::aws_nitro());
         // A document binding another identity key.
         let mut a = good.clone();
         a["statement"]["attestation_document"] =
@@ -395,6 +406,11 @@ mod tests {
         let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
         a["statement"]["identity_key"] = json!(hex::encode(other.verifying_key().to_bytes()));
         fails(&a, "k1", None, &v);
+        // Under the AWS root a statement is only this deployment's with its PCR0.
+        assert!(matches!(
+            check_key_answer(&good, "k1", &Verifier::aws_nitro(), None, now),
+            Err(Error::Usage(_))
+        ));
         // Missing fields are a bad response, not a pass.
         let mut a = good.clone();
         a["statement"].as_object_mut().unwrap().remove("signature");

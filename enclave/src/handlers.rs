@@ -18,7 +18,9 @@
 use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
-use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
+use ekms_shared::statement::{
+    KeyStatement, SignedKeyStatement, IDENTITY_USER_DATA_PREFIX, STATEMENT_VERSION,
+};
 use ekms_shared::{
     Algorithm, DekCachePolicy, KeyringRef, KmsConfig, PayloadKind, Request, ResponseBody,
     SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo, WireError,
@@ -117,6 +119,20 @@ async fn attestation(
     nonce: Option<Vec<u8>>,
     user_data: Option<Vec<u8>>,
 ) -> Result<ResponseBody, WireError> {
+    // The parent chooses `user_data`. Were the identity binding allowed here, a host
+    // attacker would hold this enclave's own document (its PCR0, its root) binding an
+    // ed25519 key of theirs as an "identity key", and could sign any key statement
+    // with it: the prefix is the enclave's own (`crate::identity`), never the parent's.
+    if user_data
+        .as_deref()
+        .is_some_and(|u| u.starts_with(IDENTITY_USER_DATA_PREFIX))
+    {
+        return Err(bad_request(
+            "user_data must not begin with the identity-key prefix (reserved for the \
+             enclave's identity document)"
+                .into(),
+        ));
+    }
     // On the fixed NSM pool: a flood of these is answered `Busy`, not given threads.
     let nsm = Arc::clone(enclave.nsm());
     let document = workers::blocking()?
@@ -585,6 +601,80 @@ mod tests {
             panic!("not an attestation");
         };
         assert!(document.len() > 1000);
+    }
+
+    /// A host attacker asks for a document whose `user_data` binds an ed25519 key of
+    /// theirs as the identity key: with it, a statement they sign for any key id and
+    /// address would verify end to end, PCR0 and all.
+    #[tokio::test]
+    async fn rejects_attestation_user_data_that_claims_an_identity_key() {
+        use attestation::{SimulatedCa, SimulatedNsm, Verifier, VerifyOptions};
+        use ed25519_dalek::Signer as _;
+        use ekms_shared::statement::identity_user_data;
+        let ca = SimulatedCa::generate().unwrap();
+        let nsm = SimulatedNsm::new(&ca, attestation::pcrs_from_digest(b"handlers")).unwrap();
+        let e = Enclave::new(Arc::new(nsm), Mode::Simulation).unwrap();
+        let attacker = ed25519_dalek::SigningKey::from_bytes(&[0x66; 32]);
+        let attacker_key = attacker.verifying_key().to_bytes();
+        let claim = identity_user_data(&attacker_key);
+        let r = handle(
+            &e,
+            Request::Attestation {
+                nonce: None,
+                user_data: Some(claim.clone()),
+            },
+        )
+        .await;
+        if let Ok(ResponseBody::Attestation { document }) = &r {
+            let verifier = Verifier::danger_trust_simulation_root(ca.root_der()).unwrap();
+            let doc = verifier
+                .verify(document, &VerifyOptions::at(std::time::SystemTime::now()))
+                .unwrap();
+            let json = KeyStatement {
+                statement_version: STATEMENT_VERSION,
+                key_id: "victim".into(),
+                algorithm: "secp256k1".into(),
+                public_key: "0x02aa".into(),
+                address: "0x000000000000000000000000000000000000dEaD".into(),
+                owner: None,
+                created_at: Some(1),
+                issued_at: 1,
+            }
+            .canonical_json();
+            let forged = SignedKeyStatement {
+                signature: attacker
+                    .sign(&KeyStatement::signing_input(&json))
+                    .to_bytes(),
+                statement: json,
+                identity_key: attacker_key,
+            };
+            assert!(
+                forged.verify(doc.user_data.as_deref()).is_err(),
+                "a statement signed by the attacker's key verifies"
+            );
+        }
+        assert!(matches!(r, Err(WireError::BadRequest { .. })), "{r:?}");
+        // Anything starting with the prefix is refused; other user_data is served.
+        for user_data in [IDENTITY_USER_DATA_PREFIX.to_vec(), claim[..30].to_vec()] {
+            let r = handle(
+                &e,
+                Request::Attestation {
+                    nonce: None,
+                    user_data: Some(user_data),
+                },
+            )
+            .await;
+            assert!(matches!(r, Err(WireError::BadRequest { .. })), "{r:?}");
+        }
+        let r = handle(
+            &e,
+            Request::Attestation {
+                nonce: None,
+                user_data: Some(b"ekms/v1/identity-key".to_vec()),
+            },
+        )
+        .await;
+        assert!(matches!(r, Ok(ResponseBody::Attestation { .. })), "{r:?}");
     }
 
     #[tokio::test]

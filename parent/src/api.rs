@@ -334,7 +334,7 @@ async fn create_key(
     // An enclave answer whose statement does not name this key is not stored.
     state
         .identity
-        .check(&summary, &statement)
+        .check(&summary, &statement, enclave_pcr0(&state).as_deref())
         .map_err(|_| Error::UnexpectedResponse("GenerateKey"))?;
     let statement_json = statement_json(&statement, true);
     // Reported created only once the row is committed.
@@ -392,9 +392,22 @@ async fn checked_statement(
     state: &AppState,
     summary: &KeySummary,
 ) -> Result<StoredStatement, ApiError> {
-    let stored = match state.store.statement(summary.key_id.clone()).await? {
-        Some(stored) => stored,
-        None => {
+    let pcr0 = enclave_pcr0(state);
+    let stored = state.store.statement(summary.key_id.clone()).await?;
+    // A stored statement that does not check (e.g. one from an enclave image since
+    // replaced, whose PCR0 is no longer the enclave's) is issued again, like a
+    // missing one: the enclave states what the sealed record holds, and that is
+    // checked against the columns in turn.
+    let stored = match stored {
+        Some(stored)
+            if state
+                .identity
+                .check(summary, &stored, pcr0.as_deref())
+                .is_ok() =>
+        {
+            stored
+        }
+        _ => {
             let (row, keyring) = state
                 .store
                 .key_with_keyring(summary.key_id.clone())
@@ -418,7 +431,7 @@ async fn checked_statement(
                 signed: *statement,
                 identity_document,
             };
-            state.identity.check(summary, &stored)?;
+            state.identity.check(summary, &stored, pcr0.as_deref())?;
             state
                 .store
                 .put_statement(summary.key_id.clone(), stored.clone())
@@ -427,8 +440,13 @@ async fn checked_statement(
             stored
         }
     };
-    state.identity.check(summary, &stored)?;
     Ok(stored)
+}
+
+/// PCR0 of the enclave the relay is connected to, as it reported it (`None` before the
+/// first connection is initialised).
+fn enclave_pcr0(state: &AppState) -> Option<Vec<u8>> {
+    state.relay.health().and_then(|h| h.pcrs.get(&0).cloned())
 }
 
 async fn list_keys(
@@ -699,7 +717,7 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["status"], "ok");
         assert_eq!(v["mode"], "simulation");
-        assert_eq!(v["pcrs"]["0"], hex::encode([0xaa; 48]));
+        assert_eq!(v["pcrs"]["0"], hex::encode(crate::testing::fake_pcr0()));
     }
 
     #[tokio::test]
@@ -1218,6 +1236,62 @@ mod tests {
             (s, code(&v)),
             (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
         );
+    }
+
+    /// A database admin who runs an enclave image of their own (under the AWS root:
+    /// anyone with an AWS account) stores a statement it signed for the victim's key id,
+    /// naming their address, with its document, and rewrites the address column.
+    #[tokio::test]
+    async fn rejects_a_statement_from_another_enclave_image() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let id = key["key_id"].as_str().unwrap().to_owned();
+        let evil = "0x000000000000000000000000000000000000dEaD";
+        let (signed, document) = crate::testing::foreign_image_statement(
+            &id,
+            "secp256k1",
+            key["public_key"].as_str().unwrap(),
+            evil,
+        );
+        let db = rusqlite::Connection::open(h.db_path()).unwrap();
+        db.execute(
+            "INSERT INTO enclave_identities (identity_key, attestation_document)
+             VALUES (?1, ?2)",
+            rusqlite::params![signed.identity_key.as_slice(), document],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE key_statements SET statement = ?2, signature = ?3, identity_key = ?4
+             WHERE key_id = ?1",
+            rusqlite::params![
+                id,
+                signed.statement,
+                signed.signature.as_slice(),
+                signed.identity_key.as_slice()
+            ],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE keys SET address = ?2 WHERE key_id = ?1",
+            rusqlite::params![id, evil],
+        )
+        .unwrap();
+        let (s, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid"),
+            "{v}"
+        );
+        // Put back, the column matches what the enclave states again.
+        db.execute(
+            "UPDATE keys SET address = ?2 WHERE key_id = ?1",
+            rusqlite::params![id, key["address"].as_str().unwrap()],
+        )
+        .unwrap();
+        let (s, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["address"], key["address"]);
     }
 
     #[tokio::test]

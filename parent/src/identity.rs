@@ -85,20 +85,33 @@ impl IdentityCheck {
     /// Verifies `stored` (identity document, binding, signature, canonical form) and
     /// that it names exactly `summary`'s key id, algorithm, public key and address.
     ///
+    /// `enclave_pcr0` is the PCR0 of the enclave this parent talks to: an identity
+    /// document must carry it. Any Nitro enclave's document chains to the AWS root, so
+    /// without the pin a database admin with an AWS account could store a statement
+    /// signed by an enclave image of their own, naming their own address.
+    ///
     /// # Errors
     /// [`Error::StoreCorrupt`] (answered `sealed_state_invalid`) for any failure: a
-    /// statement that does not verify, or columns that differ from it.
+    /// statement that does not verify, or columns that differ from it;
+    /// [`Error::EnclaveUnavailable`] if a document must be checked and `enclave_pcr0`
+    /// is unknown.
     pub fn check(
         &self,
         summary: &KeySummary,
         stored: &StoredStatement,
+        enclave_pcr0: Option<&[u8]>,
     ) -> Result<KeyStatement, Error> {
         let signed = &stored.signed;
         if !self.is_verified(&signed.identity_key) {
+            let pcr0 = enclave_pcr0.ok_or_else(|| {
+                Error::EnclaveUnavailable("the enclave's PCR0 is not known yet".into())
+            })?;
             let now = SystemTime::now();
+            let mut opts = VerifyOptions::at(now);
+            opts.expected_pcrs.insert(0, pcr0.to_vec());
             let doc = self
                 .verifier
-                .verify_at_its_time(&stored.identity_document, now, &VerifyOptions::at(now))
+                .verify_at_its_time(&stored.identity_document, now, &opts)
                 .map_err(|e| corrupt(format!("identity document: {e}")))?;
             signed
                 .verify(doc.user_data.as_deref())

@@ -656,7 +656,7 @@ mod tests {
         assert_eq!(h.relay.current_keyring().await.unwrap(), stored);
         let health = h.relay.health().unwrap();
         assert_eq!(health.mode, Mode::Simulation);
-        assert_eq!(health.pcrs[&0], vec![0xaa; 48]);
+        assert_eq!(health.pcrs[&0], crate::testing::fake_pcr0());
         // Requests are multiplexed and answered by id.
         let calls = (0..50).map(|_| h.relay.call(attest()));
         for r in futures_join_all(calls).await {

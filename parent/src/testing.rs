@@ -170,7 +170,7 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                 EnclaveState::Booting
             },
             mode: Mode::Simulation,
-            pcrs: BTreeMap::from([(0, serde_bytes::ByteBuf::from(vec![0xaa; 48]))]),
+            pcrs: BTreeMap::from([(0, serde_bytes::ByteBuf::from(fake_pcr0()))]),
             // The fake reports only its key (region and endpoint as the parent's tests
             // configure them).
             kms_target: state
@@ -338,6 +338,7 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
 /// The fake's identity: a simulated CA (the same for every test of the process), an
 /// NSM under it, an ed25519 identity key and the document binding it.
 struct FakeIdentity {
+    ca: attestation::SimulatedCa,
     root_pem: String,
     key: ed25519_dalek::SigningKey,
     document: Vec<u8>,
@@ -349,7 +350,7 @@ fn fake_identity() -> &'static FakeIdentity {
         use attestation::NsmProvider as _;
         let ca = attestation::SimulatedCa::generate().unwrap();
         let nsm =
-            attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(b"fake")).unwrap();
+            attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(FAKE_IMAGE)).unwrap();
         let key = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
         let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
         let document = nsm
@@ -361,6 +362,7 @@ fn fake_identity() -> &'static FakeIdentity {
             .unwrap();
         FakeIdentity {
             root_pem: ca.root_pem(),
+            ca,
             key,
             document,
         }
@@ -393,6 +395,62 @@ pub fn fake_statement(
         identity_key: id.key.verifying_key().to_bytes(),
     };
     (Box::new(signed), id.document.clone())
+}
+
+/// What the fake enclave's PCRs measure.
+const FAKE_IMAGE: &[u8] = b"fake";
+
+/// PCR0 of the fake enclave (in its `Status` and its identity document).
+pub fn fake_pcr0() -> Vec<u8> {
+    attestation::pcrs_from_digest(FAKE_IMAGE)
+        .remove(&0)
+        .expect("pcrs_from_digest measures PCR0")
+}
+
+/// A statement of `(key_id, algorithm, public_key, address)` signed by an identity key
+/// bound by a document under the fake's root but of **another enclave image** (another
+/// PCR0): what an attacker who runs an enclave of their own can make (under the AWS
+/// root, anyone with an AWS account).
+pub fn foreign_image_statement(
+    key_id: &str,
+    algorithm: &str,
+    public_key: &str,
+    address: &str,
+) -> (ekms_shared::statement::SignedKeyStatement, Vec<u8>) {
+    use attestation::NsmProvider as _;
+    use ed25519_dalek::Signer as _;
+    use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
+    let nsm = attestation::SimulatedNsm::new(
+        &fake_identity().ca,
+        attestation::pcrs_from_digest(b"the attacker's own image"),
+    )
+    .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[0x66; 32]);
+    let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
+    let document = nsm
+        .attestation_document(&attestation::AttestationRequest {
+            user_data: Some(&user_data),
+            nonce: None,
+            public_key: None,
+        })
+        .unwrap();
+    let json = KeyStatement {
+        statement_version: STATEMENT_VERSION,
+        key_id: key_id.into(),
+        algorithm: algorithm.into(),
+        public_key: public_key.into(),
+        address: address.into(),
+        owner: None,
+        created_at: Some(1),
+        issued_at: 1,
+    }
+    .canonical_json();
+    let signed = SignedKeyStatement {
+        signature: key.sign(&KeyStatement::signing_input(&json)).to_bytes(),
+        statement: json,
+        identity_key: key.verifying_key().to_bytes(),
+    };
+    (signed, document)
 }
 
 /// Writes the fake's simulation root into `dir` and returns the root setting that
