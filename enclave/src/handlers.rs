@@ -37,8 +37,6 @@ use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
 use crate::workers;
 
-/// Longest key id accepted, in bytes.
-pub const MAX_KEY_ID_LEN: usize = 128;
 /// Longest owner accepted, in bytes.
 pub const MAX_OWNER_LEN: usize = 256;
 /// Policy version of a newly generated key.
@@ -62,7 +60,6 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
         Request::Attestation { nonce, user_data } => attestation(enclave, nonce, user_data).await,
         Request::CreateKeyring { keyring, epoch } => create_keyring(ready()?, keyring, epoch).await,
         Request::GenerateKey {
-            key_id,
             algorithm,
             owner,
             label: _,
@@ -70,7 +67,6 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
             keyring,
         } => {
             let new = NewKey {
-                key_id,
                 algorithm,
                 owner,
                 policy_json,
@@ -165,7 +161,6 @@ async fn create_keyring(
 
 /// The fields of `GenerateKey` that matter here (the label is the parent's business).
 struct NewKey {
-    key_id: String,
     algorithm: Algorithm,
     owner: Option<String>,
     policy_json: String,
@@ -178,7 +173,6 @@ async fn generate_key(
     new: NewKey,
 ) -> Result<ResponseBody, WireError> {
     let nsm = Arc::clone(enclave.nsm());
-    check_key_id(&new.key_id)?;
     if new
         .owner
         .as_ref()
@@ -193,6 +187,7 @@ async fn generate_key(
     let dek = services.keyrings.data_key(&new.keyring).await?;
 
     let policy_json = policy.canonical_json();
+    let key_id = new_key_id(nsm.as_ref())?;
     // The secret, the wrap key and the policy-MAC key exist only on a signing thread,
     // whose stack is scrubbed after the job (crate::workers).
     let (record, policy) = workers::signing()?
@@ -205,7 +200,7 @@ async fn generate_key(
             nsm_random(nsm, &mut nonce)?;
             let record = sealing::seal(
                 &dek,
-                &new.key_id,
+                &key_id,
                 new.owner.as_deref(),
                 new.algorithm,
                 &public_key,
@@ -480,17 +475,20 @@ fn check_record_keyring(record: &SealedKeyRecord, keyring: &KeyringRef) -> Resul
     Ok(())
 }
 
-fn check_key_id(key_id: &str) -> Result<(), WireError> {
-    let ok = !key_id.is_empty()
-        && key_id.len() <= MAX_KEY_ID_LEN
-        && key_id.bytes().all(|b| b.is_ascii_graphic());
-    if ok {
-        Ok(())
-    } else {
-        Err(bad_request(format!(
-            "key_id must be 1-{MAX_KEY_ID_LEN} printable ASCII bytes"
-        )))
+/// A fresh key id: a UUID v4 (RFC 9562 §5.4) from 16 bytes of NSM randomness, in its
+/// lowercase hyphenated form (36 bytes). Chosen here, never by the caller (see
+/// `Request::GenerateKey`).
+fn new_key_id(nsm: &dyn NsmProvider) -> Result<String, WireError> {
+    let mut bytes = [0u8; 16];
+    nsm_random(nsm, &mut bytes)?;
+    if bytes == [0u8; 16] {
+        tracing::error!("NSM returned all-zero randomness");
+        return Err(WireError::Internal);
     }
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 fn bad_request(message: String) -> WireError {
@@ -687,7 +685,6 @@ mod tests {
                 epoch: 1,
             },
             Request::GenerateKey {
-                key_id: "k".into(),
                 algorithm: Algorithm::Ed25519,
                 owner: None,
                 label: None,
@@ -776,11 +773,15 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_key_ids_and_mismatched_keyrings() {
-        check_key_id("key-1").unwrap();
-        for bad in ["", "a b", "ключ", &"k".repeat(129)] {
-            assert!(check_key_id(bad).is_err(), "{bad:?}");
-        }
+    fn key_ids_are_fresh_uuids_and_mismatched_keyrings_are_refused() {
+        let e = enclave();
+        let a = new_key_id(e.nsm().as_ref()).unwrap();
+        let b = new_key_id(e.nsm().as_ref()).unwrap();
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(a.len(), 36);
+        assert_eq!(new_key_id(&BrokenNsm(0)), Err(WireError::Internal));
         check_record_keyring(&record(), &keyring()).unwrap();
         let mut other = keyring();
         other.epoch = 2;

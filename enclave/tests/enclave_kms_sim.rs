@@ -294,14 +294,12 @@ impl Parent {
 
     async fn generate(
         &mut self,
-        key_id: &str,
         algorithm: Algorithm,
         policy_json: &str,
         keyring: &KeyringRef,
     ) -> (SealedKeyRecord, SealedPolicy) {
         let answer = self
             .call(Request::GenerateKey {
-                key_id: key_id.into(),
                 algorithm,
                 owner: Some("alice".into()),
                 label: Some("test".into()),
@@ -495,15 +493,13 @@ async fn configure_create_generate_sign_and_refuse() {
 
     // GenerateKey, both algorithms.
     let (evm_record, evm_policy_v1) = parent
-        .generate("evm-1", Algorithm::Secp256k1, &evm_policy(), &main)
+        .generate(Algorithm::Secp256k1, &evm_policy(), &main)
         .await;
     assert_eq!(evm_record.public_key.len(), 33);
     assert_eq!(evm_record.owner.as_deref(), Some("alice"));
     assert_eq!(evm_policy_v1.version, 1);
     let (sol_record, sol_policy) = parent
-        .generate(
-            "sol-1",
-            Algorithm::Ed25519,
+        .generate(Algorithm::Ed25519,
             &solana_policy(5_000_000),
             &main,
         )
@@ -777,7 +773,7 @@ async fn signs_with_dek_cache_off_and_runs_requests_concurrently() {
         dek_ciphertext,
     };
     let (record, policy) = parent
-        .generate("evm-2", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
 
     // Pipeline 8 signatures on one connection; each needs its own KMS Decrypt.
@@ -889,7 +885,7 @@ async fn refreshes_credentials_while_ready_and_refuses_another_key() {
         dek_ciphertext,
     };
     let (record, policy_v1) = parent
-        .generate("evm-rot", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
     let set = parent
         .call(Request::SetPolicy {
@@ -1266,10 +1262,11 @@ fn rejects_starting_a_simulation_without_the_pin_or_the_kms_ca() {
     assert!(!ca_dir.exists());
 }
 
-/// Issue 6 item 7: policy floors are keyed by the sealed record, not by the key id the
-/// parent picks. A second key generated under the victim's key id, whose policy is then
-/// set three times (floor 4 for that record), leaves the victim's version-1 policy
-/// usable; the attacker's own record still refuses its rolled-back version 1.
+/// Issue 6 item 7: policy floors are keyed by the sealed record, not by a key id. (The
+/// attack run's version, `GenerateKey` naming the victim's key id, is no longer possible
+/// at all: the enclave chooses key ids.) A second key, whose policy is then set three
+/// times (floor 4 for that record), leaves the victim's version-1 policy usable; the
+/// attacker's own record still refuses its rolled-back version 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
     let world = World::start().await;
@@ -1303,7 +1300,7 @@ async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
         dek_ciphertext,
     };
     let (victim, victim_v1) = parent
-        .generate("victim", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
     parent
         .sign(
@@ -1316,10 +1313,12 @@ async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
         .await
         .unwrap();
 
-    // The attacker: same key id, then SetPolicy ×3 on its own record.
+    // The attacker: another key (the enclave chooses key ids, so it cannot even share
+    // the victim's), then SetPolicy ×3 on its own record.
     let (evil, evil_v1) = parent
-        .generate("victim", Algorithm::Secp256k1, &evm_policy(), &ring)
+        .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
+    assert_ne!(evil.key_id, victim.key_id, "key ids are the enclave's");
     let mut current = evil_v1.clone();
     for _ in 0..3 {
         let set = parent

@@ -287,11 +287,9 @@ async fn create_key(
     }
     let policy = policy_json(&body.policy.unwrap_or_else(|| json!({"enabled": true})))?;
     let keyring = state.relay.current_keyring().await?;
-    let key_id = uuid::Uuid::new_v4().to_string();
     let answer = state
         .relay
         .call(EnclaveRequest::GenerateKey {
-            key_id: key_id.clone(),
             algorithm,
             owner: None,
             label: body.label.clone(),
@@ -308,7 +306,11 @@ async fn create_key(
     else {
         return Err(Error::UnexpectedResponse("GenerateKey").into());
     };
-    if record.key_id != key_id
+    // The enclave chose the key id (a UUID v4): the API's paths take only that form.
+    let key_id = record.key_id.clone();
+    let canonical_uuid =
+        uuid::Uuid::try_parse(&key_id).is_ok_and(|u| u.hyphenated().to_string() == key_id);
+    if !canonical_uuid
         || record.algorithm != algorithm
         || record.keyring != keyring.keyring
         || record.epoch != keyring.epoch

@@ -213,13 +213,13 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             Ok(ResponseBody::Attestation { document })
         }
         Request::GenerateKey {
-            key_id,
             algorithm,
             owner,
             policy_json,
             keyring,
             ..
         } => {
+            let key_id = uuid::Uuid::new_v4().to_string();
             if policy_json.contains("kms_fail") {
                 return Err(WireError::Kms {
                     code: "AccessDeniedException".into(),

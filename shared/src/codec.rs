@@ -269,7 +269,6 @@ mod tests {
                 epoch: 1,
             },
             Request::GenerateKey {
-                key_id: "k1".into(),
                 algorithm: Algorithm::Ed25519,
                 owner: None,
                 label: Some("bot".into()),

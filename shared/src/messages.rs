@@ -132,10 +132,11 @@ pub enum Request {
         epoch: u32,
     },
     /// Generate an execution key inside the enclave and seal it. →
-    /// [`ResponseBody::KeyGenerated`].
+    /// [`ResponseBody::KeyGenerated`]. The enclave chooses the key id (a UUID v4 from
+    /// NSM randomness, in the record): were the caller to choose it, a host could make
+    /// a second key under a victim's id, with a genuine statement and a policy of its
+    /// own, and serve it in the victim's place.
     GenerateKey {
-        /// Key id, unique in the parent's store.
-        key_id: String,
         /// Signature algorithm.
         algorithm: Algorithm,
         /// Owner, whose signature authorises policy changes.
