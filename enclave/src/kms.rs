@@ -720,9 +720,10 @@ impl KmsPin {
         self.endpoint_url.as_deref()
     }
 
-    /// Refuses a `Configure` whose key, region or endpoint is not the pinned one. With
-    /// no pinned endpoint (Nitro), `config` may name none or any endpoint that
-    /// [`Kms::new`] accepts for the pinned region.
+    /// Refuses a `Configure` whose key, region or endpoint is not exactly the pinned
+    /// one. With no pinned endpoint (Nitro), `config` must name none (the SDK's regional
+    /// endpoint): any `Configure` the pin accepts then names the one target the enclave
+    /// can be Ready for, so no one can make it Ready for another spelling of it.
     ///
     /// # Errors
     /// [`KmsError::Config`] saying which setting differs (the pinned values are not
@@ -740,12 +741,16 @@ impl KmsPin {
                 self.region
             )));
         }
-        if let Some(pinned) = &self.endpoint_url {
-            if config.endpoint_url.as_deref() != Some(pinned.as_str()) {
-                return Err(KmsError::Config(format!(
-                    "endpoint_url is not the KMS endpoint this enclave is pinned to ({pinned})"
-                )));
-            }
+        // Exactly the pinned endpoint, `None` included: a second spelling of the same
+        // endpoint would make the enclave Ready for a target other than the parent's,
+        // whose `Configure` would then be `AlreadyConfigured` (a sticky alarm).
+        if config.endpoint_url != self.endpoint_url {
+            return Err(KmsError::Config(format!(
+                "endpoint_url is not the KMS endpoint this enclave is pinned to ({})",
+                self.endpoint_url
+                    .as_deref()
+                    .unwrap_or("none: the SDK's regional endpoint")
+            )));
         }
         Ok(())
     }
@@ -861,9 +866,39 @@ mod tests {
         pin.check(&pinned_config(Some(sim))).unwrap();
         let nitro = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
         nitro.check(&pinned_config(None)).unwrap();
-        nitro
-            .check(&pinned_config(Some("https://kms.eu-west-1.amazonaws.com")))
-            .unwrap();
+        let regional = "https://kms.eu-west-1.amazonaws.com";
+        let pinned = KmsPin::from_flags(Some(ARN), Some(regional), Mode::Nitro).unwrap();
+        pinned.check(&pinned_config(Some(regional))).unwrap();
+    }
+
+    /// Attack: with no endpoint in the image, a host process (any uid can reach the
+    /// enclave's vsock port) configured a fresh enclave first with another spelling of
+    /// the regional endpoint and credentials of any AWS account (the round trip is
+    /// `GenerateRandom`, which no key policy governs). The enclave went Ready for a
+    /// target that is not the parent's: the parent's `Configure` got `AlreadyConfigured`
+    /// and its sticky alarm stopped signing until an operator restarted both, at every
+    /// boot. A pin names exactly one target, so every `Configure` it accepts names the
+    /// target the enclave would be Ready for.
+    #[test]
+    fn rejects_other_spellings_of_an_unpinned_regional_endpoint() {
+        let nitro = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
+        for url in [
+            "https://kms.eu-west-1.amazonaws.com",
+            "https://kms.eu-west-1.amazonaws.com/",
+            "https://kms.eu-west-1.amazonaws.com:443",
+            "https://kms-fips.eu-west-1.amazonaws.com",
+        ] {
+            let r = nitro.check(&pinned_config(Some(url)));
+            assert!(
+                matches!(&r, Err(KmsError::Config(m)) if m.starts_with("endpoint_url")),
+                "{url}: {r:?}"
+            );
+        }
+        let regional = "https://kms.eu-west-1.amazonaws.com";
+        let pinned = KmsPin::from_flags(Some(ARN), Some(regional), Mode::Nitro).unwrap();
+        for other in [None, Some("https://kms.eu-west-1.amazonaws.com/")] {
+            assert!(pinned.check(&pinned_config(other)).is_err(), "{other:?}");
+        }
     }
 
     #[test]
