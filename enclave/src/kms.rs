@@ -548,10 +548,21 @@ fn region_ok(region: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// Refuses credentials without an access key id or secret.
+/// Refuses credentials without an access key id or secret, or with a byte that is not
+/// visible ASCII. AWS credentials never have one; a CR, LF or NUL (from anyone who can
+/// send `Configure`) reaches the SDK's signing step, which panics on a header value it
+/// cannot encode, and the `Configure` is never answered.
 fn check_credentials(credentials: &Credentials) -> Result<(), KmsError> {
     if credentials.access_key_id.is_empty() || credentials.secret_access_key.is_empty() {
         return Err(KmsError::Config("credentials are empty".into()));
+    }
+    let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    let token_ok = credentials.session_token.as_deref().is_none_or(visible);
+    if !visible(&credentials.access_key_id) || !visible(&credentials.secret_access_key) || !token_ok
+    {
+        return Err(KmsError::Config(
+            "credentials must be visible ASCII characters".into(),
+        ));
     }
     Ok(())
 }
@@ -969,6 +980,17 @@ mod tests {
         let mut c = config(None);
         c.credentials.secret_access_key.clear();
         assert!(check_config(&c, Mode::Simulation).is_err());
+        for bad in ["AKID\r\nX: y", "AK\0ID", "AK ID", "AKID\u{e9}"] {
+            let mut c = config(None);
+            c.credentials.access_key_id = bad.into();
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+            let mut c = config(None);
+            c.credentials.session_token = Some(bad.into());
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+            let mut c = config(None);
+            c.credentials.secret_access_key = bad.into();
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
