@@ -548,10 +548,21 @@ fn region_ok(region: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// Refuses credentials without an access key id or secret.
+/// Refuses credentials without an access key id or secret, or with a byte that is not
+/// visible ASCII. AWS credentials never have one; a CR, LF or NUL (from anyone who can
+/// send `Configure`) reaches the SDK's signing step, which panics on a header value it
+/// cannot encode, and the `Configure` is never answered.
 fn check_credentials(credentials: &Credentials) -> Result<(), KmsError> {
     if credentials.access_key_id.is_empty() || credentials.secret_access_key.is_empty() {
         return Err(KmsError::Config("credentials are empty".into()));
+    }
+    let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+    let token_ok = credentials.session_token.as_deref().is_none_or(visible);
+    if !visible(&credentials.access_key_id) || !visible(&credentials.secret_access_key) || !token_ok
+    {
+        return Err(KmsError::Config(
+            "credentials must be visible ASCII characters".into(),
+        ));
     }
     Ok(())
 }
@@ -720,9 +731,10 @@ impl KmsPin {
         self.endpoint_url.as_deref()
     }
 
-    /// Refuses a `Configure` whose key, region or endpoint is not the pinned one. With
-    /// no pinned endpoint (Nitro), `config` may name none or any endpoint that
-    /// [`Kms::new`] accepts for the pinned region.
+    /// Refuses a `Configure` whose key, region or endpoint is not exactly the pinned
+    /// one. With no pinned endpoint (Nitro), `config` must name none (the SDK's regional
+    /// endpoint): any `Configure` the pin accepts then names the one target the enclave
+    /// can be Ready for, so no one can make it Ready for another spelling of it.
     ///
     /// # Errors
     /// [`KmsError::Config`] saying which setting differs (the pinned values are not
@@ -740,12 +752,16 @@ impl KmsPin {
                 self.region
             )));
         }
-        if let Some(pinned) = &self.endpoint_url {
-            if config.endpoint_url.as_deref() != Some(pinned.as_str()) {
-                return Err(KmsError::Config(format!(
-                    "endpoint_url is not the KMS endpoint this enclave is pinned to ({pinned})"
-                )));
-            }
+        // Exactly the pinned endpoint, `None` included: a second spelling of the same
+        // endpoint would make the enclave Ready for a target other than the parent's,
+        // whose `Configure` would then be `AlreadyConfigured` (a sticky alarm).
+        if config.endpoint_url != self.endpoint_url {
+            return Err(KmsError::Config(format!(
+                "endpoint_url is not the KMS endpoint this enclave is pinned to ({})",
+                self.endpoint_url
+                    .as_deref()
+                    .unwrap_or("none: the SDK's regional endpoint")
+            )));
         }
         Ok(())
     }
@@ -861,9 +877,39 @@ mod tests {
         pin.check(&pinned_config(Some(sim))).unwrap();
         let nitro = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
         nitro.check(&pinned_config(None)).unwrap();
-        nitro
-            .check(&pinned_config(Some("https://kms.eu-west-1.amazonaws.com")))
-            .unwrap();
+        let regional = "https://kms.eu-west-1.amazonaws.com";
+        let pinned = KmsPin::from_flags(Some(ARN), Some(regional), Mode::Nitro).unwrap();
+        pinned.check(&pinned_config(Some(regional))).unwrap();
+    }
+
+    /// Attack: with no endpoint in the image, a host process (any uid can reach the
+    /// enclave's vsock port) configured a fresh enclave first with another spelling of
+    /// the regional endpoint and credentials of any AWS account (the round trip is
+    /// `GenerateRandom`, which no key policy governs). The enclave went Ready for a
+    /// target that is not the parent's: the parent's `Configure` got `AlreadyConfigured`
+    /// and its sticky alarm stopped signing until an operator restarted both, at every
+    /// boot. A pin names exactly one target, so every `Configure` it accepts names the
+    /// target the enclave would be Ready for.
+    #[test]
+    fn rejects_other_spellings_of_an_unpinned_regional_endpoint() {
+        let nitro = KmsPin::from_flags(Some(ARN), None, Mode::Nitro).unwrap();
+        for url in [
+            "https://kms.eu-west-1.amazonaws.com",
+            "https://kms.eu-west-1.amazonaws.com/",
+            "https://kms.eu-west-1.amazonaws.com:443",
+            "https://kms-fips.eu-west-1.amazonaws.com",
+        ] {
+            let r = nitro.check(&pinned_config(Some(url)));
+            assert!(
+                matches!(&r, Err(KmsError::Config(m)) if m.starts_with("endpoint_url")),
+                "{url}: {r:?}"
+            );
+        }
+        let regional = "https://kms.eu-west-1.amazonaws.com";
+        let pinned = KmsPin::from_flags(Some(ARN), Some(regional), Mode::Nitro).unwrap();
+        for other in [None, Some("https://kms.eu-west-1.amazonaws.com/")] {
+            assert!(pinned.check(&pinned_config(other)).is_err(), "{other:?}");
+        }
     }
 
     #[test]
@@ -934,6 +980,17 @@ mod tests {
         let mut c = config(None);
         c.credentials.secret_access_key.clear();
         assert!(check_config(&c, Mode::Simulation).is_err());
+        for bad in ["AKID\r\nX: y", "AK\0ID", "AK ID", "AKID\u{e9}"] {
+            let mut c = config(None);
+            c.credentials.access_key_id = bad.into();
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+            let mut c = config(None);
+            c.credentials.session_token = Some(bad.into());
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+            let mut c = config(None);
+            c.credentials.secret_access_key = bad.into();
+            assert!(check_config(&c, Mode::Simulation).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -45,9 +45,10 @@ struct Args {
     /// without it.
     #[arg(long, env = "EKMS_KMS_KEY_ARN")]
     kms_key_arn: Option<String>,
-    /// The only KMS endpoint `Configure` may name. Nitro: optional, and if given the
-    /// regional endpoint of the key's region. Simulation: required, kms-sim's
-    /// `https://` URL.
+    /// The only KMS endpoint `Configure` may name, exactly. Nitro: optional, and if
+    /// given the regional endpoint of the key's region; without it `Configure` must name
+    /// no endpoint (the SDK's regional one). Simulation: required, kms-sim's `https://`
+    /// URL.
     #[arg(long, env = "EKMS_KMS_ENDPOINT")]
     kms_endpoint: Option<String>,
     /// SIMULATION ONLY (not in a `--no-default-features` build): PEM file of the

@@ -1359,3 +1359,50 @@ async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
     drop(parent);
     world.stop().await;
 }
+
+/// Attack: a host process configures a booting enclave first with credentials crafted
+/// to break the KMS client (CR/LF, NUL, non-ASCII in what becomes header values).
+/// Before the fix the SDK's signer panicked (`HeaderValue::from_str(..).unwrap()`) in
+/// the request task and the `Configure` was never answered. Each is now refused with an
+/// error, the enclave stays unready, and the parent's honest `Configure` makes it Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_malformed_credentials_in_configure() {
+    let world = World::start().await;
+    let mut attacker = world.connect().await;
+    let dek_cache = DekCachePolicy {
+        ttl_secs: 60,
+        max_uses: 10,
+    };
+    let bad = [
+        ("AKID\r\nX-Amz-Target: TrentService.Decrypt", "s", None),
+        ("AKID", "s\r\n\r\nGET / HTTP/1.1", Some("t\r\nHost: evil")),
+        ("AK\0ID", "s\0", Some("\0")),
+        ("AKID", "s", Some("t\u{85}")),
+    ];
+    for (akid, secret, token) in bad {
+        let mut kms = world.kms_config();
+        kms.credentials = Credentials {
+            access_key_id: akid.into(),
+            secret_access_key: secret.into(),
+            session_token: token.map(str::to_owned),
+        };
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            attacker.call(Request::Configure { kms, dek_cache }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer to Configure with {akid:?}"));
+        assert!(r.is_err(), "{akid:?}: {r:?}");
+        assert_ne!(attacker.state().await, EnclaveState::Ready);
+    }
+    let mut parent = world.connect().await;
+    parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache,
+        })
+        .await
+        .unwrap();
+    assert_eq!(parent.state().await, EnclaveState::Ready);
+    world.stop().await;
+}
