@@ -32,7 +32,10 @@
 //!   (`compute-budget-instruction/src/compute_budget_instruction_details.rs`,
 //!   `calculate_default_compute_unit_limit`, SIMD-0170) gives builtin-program
 //!   instructions only 3,000 units by default, so counting 200,000 for every
-//!   instruction is an over-estimate, which is the safe direction;
+//!   instruction is an over-estimate, which is the safe direction. Compute Budget
+//!   instructions are builtins too and get their 3,000 units each: the count is
+//!   therefore at least 1, or a message of Compute Budget instructions only would be
+//!   bounded at 0 units while the runtime charges the price on up to 12,000;
 //! - *unit_price* is the `SetComputeUnitPrice` value, 0 without one. The
 //!   prioritization fee rounds up (agave `solana-fee` `calculate_fee_details`).
 //!
@@ -184,9 +187,16 @@ impl ComputeBudgetRequest {
 
     /// The compute unit limit the fee is computed on: the requested one, or the
     /// default for `non_compute_budget_instructions` instructions (module docs).
+    ///
+    /// The count is taken as at least 1: agave gives every builtin instruction,
+    /// Compute Budget ones included, 3,000 units by default, so a message of Compute
+    /// Budget instructions only (at most 4) gets up to 12,000 units, not 0. With one or
+    /// more other instructions, 200,000 each already covers those 3,000s.
     pub fn effective_unit_limit(&self, non_compute_budget_instructions: usize) -> u32 {
         self.unit_limit.unwrap_or_else(|| {
-            let n = u32::try_from(non_compute_budget_instructions).unwrap_or(u32::MAX);
+            let n = u32::try_from(non_compute_budget_instructions)
+                .unwrap_or(u32::MAX)
+                .max(1);
             n.saturating_mul(DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT)
                 .min(MAX_COMPUTE_UNIT_LIMIT)
         })
@@ -319,7 +329,8 @@ mod tests {
     #[test]
     fn default_unit_limit_is_200k_per_instruction_capped_at_1_4m() {
         let none = ComputeBudgetRequest::default();
-        assert_eq!(none.effective_unit_limit(0), 0);
+        // Compute Budget instructions only: they are builtins with units of their own
+        assert_eq!(none.effective_unit_limit(0), 200_000);
         assert_eq!(none.effective_unit_limit(1), 200_000);
         assert_eq!(none.effective_unit_limit(7), 1_400_000);
         assert_eq!(none.effective_unit_limit(8), 1_400_000);
