@@ -937,8 +937,15 @@ fn allows_a_priority_fee_within_max_fee_lamports() {
         ],
     );
     assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
-    // default limit (1 instruction → 200_000 units) at the same price: same fee
+    // default limit (1 instruction → 200_000 units, plus 3_000 for the Compute Budget
+    // one) at the same price: over the cap; at 465_000: 5000 + 94_395
     let p = payload(me, &[cu_price(475_000), transfer(me, sol_key(2), 1)]);
+    assert_eq!(
+        capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.max_fee_lamports"
+    );
+    let p = payload(me, &[cu_price(465_000), transfer(me, sol_key(2), 1)]);
+    assert_eq!(p.max_fee_lamports().unwrap(), 99_395);
     assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
 }
 
