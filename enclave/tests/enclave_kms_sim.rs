@@ -499,10 +499,7 @@ async fn configure_create_generate_sign_and_refuse() {
     assert_eq!(evm_record.owner.as_deref(), Some("alice"));
     assert_eq!(evm_policy_v1.version, 1);
     let (sol_record, sol_policy) = parent
-        .generate(Algorithm::Ed25519,
-            &solana_policy(5_000_000),
-            &main,
-        )
+        .generate(Algorithm::Ed25519, &solana_policy(5_000_000), &main)
         .await;
     assert_eq!(sol_record.public_key.len(), 32);
     let sol_pub: [u8; 32] = sol_record.public_key.clone().try_into().unwrap();
