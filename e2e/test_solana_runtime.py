@@ -191,6 +191,47 @@ def test_rejects_priority_fee_drain(client, key, chain):
     assert_denied(client.sign_solana(key["key_id"], unsigned), "solana.max_fee_lamports")
 
 
+def compute_budget_only_ixs() -> list:
+    """A price with no other instruction: agave reserves 3000 units for the builtin
+    Compute Budget instruction, so 10^13 micro-lamports each is 30 SOL of fee."""
+    return [set_compute_unit_price(10_000_000_000_000)]
+
+
+def test_rejects_priority_fee_of_a_compute_budget_only_message(client, key, chain):
+    svm, payer = chain
+    unsigned, _ = unsigned_legacy(payer, compute_budget_only_ixs(), svm.latest_blockhash())
+    assert_denied(client.sign_solana(key["key_id"], unsigned), "solana.max_fee_lamports")
+
+
+def test_compute_budget_only_fee_drain_is_real_on_the_runtime():
+    svm = LiteSVM()
+    victim = Keypair()
+    svm.airdrop(victim.pubkey(), BALANCE)
+    msg = Message.new_with_blockhash(compute_budget_only_ixs(), victim.pubkey(), svm.latest_blockhash())
+    meta = svm.send_transaction(VersionedTransaction(msg, [victim]))
+    assert isinstance(meta, TransactionMetadata), meta
+    assert meta.fee() == LAMPORTS_PER_SIGNATURE + 30 * ONE_SOL
+    assert balance(svm, victim.pubkey()) == BALANCE - meta.fee()
+
+
+def test_compute_budget_instructions_have_units_of_their_own_on_the_runtime():
+    """Next to a non-builtin instruction (SPL Token, failing, still pays), each Compute
+    Budget instruction adds 3000 default units: the signer's bound must count them
+    (signer/src/solana.rs `max_fee_counts_compute_budget_instructions_next_to_a_non_builtin`)."""
+    from solders.compute_budget import request_heap_frame
+    from solders.instruction import Instruction
+
+    svm = LiteSVM()
+    victim = Keypair()
+    svm.airdrop(victim.pubkey(), BALANCE)
+    token = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
+    ixs = [set_compute_unit_price(1_000_000), request_heap_frame(64 * 1024), Instruction(token, b"", [])]
+    msg = Message.new_with_blockhash(ixs, victim.pubkey(), svm.latest_blockhash())
+    result = svm.send_transaction(VersionedTransaction(msg, [victim]))
+    meta = result.meta() if isinstance(result, FailedTransactionMetadata) else result
+    assert meta.fee() == LAMPORTS_PER_SIGNATURE + 200_000 + 2 * 3_000
+
+
 def test_rejects_duplicate_compute_budget_instructions(client, key, chain):
     svm, payer = chain
     ixs = [set_compute_unit_price(1), set_compute_unit_price(2), sol_transfer_ix(payer, Keypair().pubkey(), 1)]

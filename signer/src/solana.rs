@@ -243,14 +243,15 @@ impl SolanaPayload {
     /// As [`Self::compute_budget`].
     pub fn max_fee_lamports(&self) -> Result<u128, SignerError> {
         let request = self.compute_budget()?;
-        let others = self
+        let cb = self
             .instructions
             .iter()
-            .filter(|ix| ix.program_id != COMPUTE_BUDGET_PROGRAM_ID)
+            .filter(|ix| ix.program_id == COMPUTE_BUDGET_PROGRAM_ID)
             .count();
+        let others = self.instructions.len().saturating_sub(cb);
         Ok(compute_budget::max_fee_lamports(
             self.fee_signature_count(),
-            request.effective_unit_limit(others),
+            request.effective_unit_limit(others, cb),
             request.unit_price.unwrap_or(0),
         ))
     }
@@ -756,14 +757,18 @@ mod tests {
     #[test]
     fn max_fee_uses_the_default_limit_per_non_compute_budget_instruction() {
         let (_, payer) = secret(1);
-        // price only: 2 non-Compute-Budget instructions → 400_000 units by default
+        // price only: 2 non-Compute-Budget instructions → 400_000 units by default,
+        // plus 3_000 for the Compute Budget instruction (a builtin)
         let ixs = [
             price_ix(1_000_000),
             transfer_ix(payer, [5; 32], 1),
             transfer_ix(payer, [6; 32], 1),
         ];
         let p = decode(&legacy_message(payer, &ixs)).unwrap();
-        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 400_000);
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 403_000);
+        // price alone: 3_000 units
+        let p = decode(&legacy_message(payer, &[price_ix(1_000_000)])).unwrap();
+        assert_eq!(p.max_fee_lamports().unwrap(), 5_000 + 3_000);
         // 9 instructions would be 1.8M units: capped at 1.4M
         let mut ixs = vec![price_ix(1_000_000)];
         for i in 0..9u8 {
@@ -774,6 +779,18 @@ mod tests {
         // no Compute Budget instruction at all: signature fees only
         let p = decode(&legacy_message(payer, &[transfer_ix(payer, [5; 32], 1)])).unwrap();
         assert_eq!(p.max_fee_lamports().unwrap(), 5_000);
+    }
+
+    #[test]
+    fn max_fee_counts_compute_budget_instructions_next_to_a_non_builtin() {
+        // On LiteSVM: [price 10⁶, heap frame, an SPL Token instruction] pays 211_000
+        // lamports: 5000 + (200_000 + 2 × 3_000) units × 1 lamport. Leaving the Compute
+        // Budget instructions out bounded it at 205_000.
+        let (_, payer) = secret(1);
+        let token = Instruction::new_with_bytes(Address::from([0x77; 32]), &[], vec![]);
+        let ixs = [price_ix(1_000_000), cb_ix(&[1, 0, 0, 1, 0]), token];
+        let p = decode(&legacy_message(payer, &ixs)).unwrap();
+        assert_eq!(p.max_fee_lamports().unwrap(), 211_000);
     }
 
     #[test]

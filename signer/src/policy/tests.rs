@@ -937,8 +937,15 @@ fn allows_a_priority_fee_within_max_fee_lamports() {
         ],
     );
     assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
-    // default limit (1 instruction → 200_000 units) at the same price: same fee
+    // default limit (1 instruction → 200_000 units, plus 3_000 for the Compute Budget
+    // one) at the same price: over the cap; at 465_000: 5000 + 94_395
     let p = payload(me, &[cu_price(475_000), transfer(me, sol_key(2), 1)]);
+    assert_eq!(
+        capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+        "solana.max_fee_lamports"
+    );
+    let p = payload(me, &[cu_price(465_000), transfer(me, sol_key(2), 1)]);
+    assert_eq!(p.max_fee_lamports().unwrap(), 99_395);
     assert_eq!(capped_policy("").evaluate_solana(&p, &me), Ok(()));
 }
 
@@ -1201,5 +1208,31 @@ fn canonical_json_of_old_policies_is_unchanged() {
             assert_eq!(s.max_fee_lamports, None);
             assert_eq!(s.max_lamports_per_transaction, None);
         }
+    }
+}
+
+#[test]
+fn rejects_priority_fee_of_a_message_with_only_compute_budget_instructions() {
+    // Attack (issue 6 follow-up): a message whose only instruction is
+    // SetComputeUnitPrice. There is no non-Compute-Budget instruction, so a default
+    // limit of 200_000 × 0 = 0 units made the bound 5000 lamports; agave
+    // (reserve_minimal_cus_for_builtin_instructions, active on mainnet and in LiteSVM)
+    // gives every builtin instruction, Compute Budget included, 3000 units, so the
+    // runtime charges 3000 × price / 10⁶: with 10¹³ micro-lamports, 30 SOL.
+    let me = sol_key(1);
+    for ixs in [
+        vec![cu_price(10_000_000_000_000)],
+        vec![
+            cu_price(10_000_000_000_000),
+            cb(&[1, 0, 0, 1, 0]),
+            cb(&[4, 0, 0, 1, 0]),
+        ],
+    ] {
+        let p = payload(me, &ixs);
+        assert!(p.max_fee_lamports().unwrap() >= 30_000_005_000);
+        assert_eq!(
+            capped_policy("").evaluate_solana(&p, &me).unwrap_err().rule,
+            "solana.max_fee_lamports"
+        );
     }
 }

@@ -32,7 +32,10 @@
 //!   (`compute-budget-instruction/src/compute_budget_instruction_details.rs`,
 //!   `calculate_default_compute_unit_limit`, SIMD-0170) gives builtin-program
 //!   instructions only 3,000 units by default, so counting 200,000 for every
-//!   instruction is an over-estimate, which is the safe direction;
+//!   instruction is an over-estimate, which is the safe direction. Agave counts the
+//!   Compute Budget instructions too (builtins, 3,000 units each), and so does this
+//!   bound: without them, a message of Compute Budget instructions only was bounded at
+//!   0 units while the runtime charged the price on 3,000 per instruction;
 //! - *unit_price* is the `SetComputeUnitPrice` value, 0 without one. The
 //!   prioritization fee rounds up (agave `solana-fee` `calculate_fee_details`).
 //!
@@ -72,6 +75,10 @@ pub const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
 /// Compute units a non-Compute-Budget instruction gets when no limit is set (agave
 /// `DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT`).
 pub const DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT: u32 = 200_000;
+
+/// Compute units a builtin instruction (Compute Budget among them) gets when no limit
+/// is set (agave `MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT`, SIMD-0170).
+pub const BUILTIN_INSTRUCTION_COMPUTE_UNIT_LIMIT: u32 = 3_000;
 
 /// The largest compute unit limit a transaction gets (agave `MAX_COMPUTE_UNIT_LIMIT`).
 pub const MAX_COMPUTE_UNIT_LIMIT: u32 = 1_400_000;
@@ -183,11 +190,23 @@ impl ComputeBudgetRequest {
     }
 
     /// The compute unit limit the fee is computed on: the requested one, or the
-    /// default for `non_compute_budget_instructions` instructions (module docs).
-    pub fn effective_unit_limit(&self, non_compute_budget_instructions: usize) -> u32 {
+    /// default (module docs): 200,000 units for each of `non_compute_budget_instructions`
+    /// plus [`BUILTIN_INSTRUCTION_COMPUTE_UNIT_LIMIT`] for each of the message's
+    /// `compute_budget_instructions`, at most [`MAX_COMPUTE_UNIT_LIMIT`]. Agave counts
+    /// the Compute Budget instructions too (they are builtins, 3,000 units each):
+    /// leaving them out bounded a message of Compute Budget instructions only at 0
+    /// units, and one with a non-builtin instruction 12,000 units short.
+    pub fn effective_unit_limit(
+        &self,
+        non_compute_budget_instructions: usize,
+        compute_budget_instructions: usize,
+    ) -> u32 {
         self.unit_limit.unwrap_or_else(|| {
-            let n = u32::try_from(non_compute_budget_instructions).unwrap_or(u32::MAX);
-            n.saturating_mul(DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT)
+            let others = u32::try_from(non_compute_budget_instructions).unwrap_or(u32::MAX);
+            let cb = u32::try_from(compute_budget_instructions).unwrap_or(u32::MAX);
+            others
+                .saturating_mul(DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT)
+                .saturating_add(cb.saturating_mul(BUILTIN_INSTRUCTION_COMPUTE_UNIT_LIMIT))
                 .min(MAX_COMPUTE_UNIT_LIMIT)
         })
     }
@@ -319,17 +338,21 @@ mod tests {
     #[test]
     fn default_unit_limit_is_200k_per_instruction_capped_at_1_4m() {
         let none = ComputeBudgetRequest::default();
-        assert_eq!(none.effective_unit_limit(0), 0);
-        assert_eq!(none.effective_unit_limit(1), 200_000);
-        assert_eq!(none.effective_unit_limit(7), 1_400_000);
-        assert_eq!(none.effective_unit_limit(8), 1_400_000);
-        assert_eq!(none.effective_unit_limit(usize::MAX), 1_400_000);
+        assert_eq!(none.effective_unit_limit(0, 0), 0);
+        // Compute Budget instructions are builtins with 3,000 units each
+        assert_eq!(none.effective_unit_limit(0, 1), 3_000);
+        assert_eq!(none.effective_unit_limit(1, 4), 212_000);
+        assert_eq!(none.effective_unit_limit(1, 0), 200_000);
+        assert_eq!(none.effective_unit_limit(7, 0), 1_400_000);
+        assert_eq!(none.effective_unit_limit(6, 4), 1_212_000);
+        assert_eq!(none.effective_unit_limit(8, 1), 1_400_000);
+        assert_eq!(none.effective_unit_limit(usize::MAX, usize::MAX), 1_400_000);
         let set = ComputeBudgetRequest {
             unit_limit: Some(u32::MAX),
             ..Default::default()
         };
         // The requested limit is used as written (an over-estimate past 1.4M).
-        assert_eq!(set.effective_unit_limit(3), u32::MAX);
+        assert_eq!(set.effective_unit_limit(3, 1), u32::MAX);
     }
 
     #[test]
