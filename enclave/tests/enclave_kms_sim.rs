@@ -292,6 +292,28 @@ impl Parent {
         }
     }
 
+    /// Creates keyring `name` at `epoch` and returns its reference.
+    async fn create_keyring(&mut self, name: &str, epoch: u32) -> KeyringRef {
+        match self
+            .call(Request::CreateKeyring {
+                keyring: name.into(),
+                epoch,
+            })
+            .await
+        {
+            Ok(ResponseBody::KeyringCreated {
+                keyring,
+                epoch,
+                dek_ciphertext,
+            }) => KeyringRef {
+                keyring,
+                epoch,
+                dek_ciphertext,
+            },
+            other => panic!("CreateKeyring: {other:?}"),
+        }
+    }
+
     async fn generate(
         &mut self,
         algorithm: Algorithm,
@@ -751,24 +773,7 @@ async fn signs_with_dek_cache_off_and_runs_requests_concurrently() {
         })
         .await;
     assert_eq!(configured, Ok(ResponseBody::Configured));
-    let Ok(ResponseBody::KeyringCreated {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    }) = parent
-        .call(Request::CreateKeyring {
-            keyring: "nocache".into(),
-            epoch: 3,
-        })
-        .await
-    else {
-        panic!("CreateKeyring");
-    };
-    let ring = KeyringRef {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    };
+    let ring = parent.create_keyring("nocache", 3).await;
     let (record, policy) = parent
         .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
@@ -863,24 +868,7 @@ async fn refreshes_credentials_while_ready_and_refuses_another_key() {
         })
         .await;
     assert_eq!(configured, Ok(ResponseBody::Configured));
-    let Ok(ResponseBody::KeyringCreated {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    }) = parent
-        .call(Request::CreateKeyring {
-            keyring: "rotating".into(),
-            epoch: 1,
-        })
-        .await
-    else {
-        panic!("CreateKeyring");
-    };
-    let ring = KeyringRef {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    };
+    let ring = parent.create_keyring("rotating", 1).await;
     let (record, policy_v1) = parent
         .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
@@ -1278,24 +1266,7 @@ async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
         })
         .await;
     assert_eq!(configured, Ok(ResponseBody::Configured));
-    let Ok(ResponseBody::KeyringCreated {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    }) = parent
-        .call(Request::CreateKeyring {
-            keyring: "floors".into(),
-            epoch: 1,
-        })
-        .await
-    else {
-        panic!("CreateKeyring");
-    };
-    let ring = KeyringRef {
-        keyring,
-        epoch,
-        dek_ciphertext,
-    };
+    let ring = parent.create_keyring("floors", 1).await;
     let (victim, victim_v1) = parent
         .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
