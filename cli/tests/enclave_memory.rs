@@ -25,23 +25,22 @@
 // functions, not the helpers beside them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
+use common::{ekms, ok_json, require_siblings, SimGuard};
 use ekms_enclave::sealing::{self, DataKey};
 use ekms_shared::{
     decode_response, encode_request, frame_len, Algorithm, KeyringRef, PayloadKind, Request,
     RequestFrame, ResponseBody, SealedKeyRecord, SealedPolicy, SignPayload, WireError,
 };
-use serde_json::Value;
-
-const EKMS: &str = env!("CARGO_BIN_EXE_ekms");
 
 /// RSS the enclave must stay below during an attestation flood.
 const RSS_BOUND_BYTES: u64 = 256 * 1024 * 1024;
@@ -54,163 +53,18 @@ const SIGNATURES: usize = 20;
 /// the 2-core CI machine's numbers meaningful.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn bin_dir() -> PathBuf {
-    Path::new(EKMS).parent().unwrap().to_path_buf()
-}
-
-fn require_siblings() {
-    let missing: Vec<String> = ["kms-sim", "ekms-enclave", "ekms-parent"]
-        .iter()
-        .map(|name| bin_dir().join(name))
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "missing sibling binaries {missing:?}: run `cargo build --workspace` first"
-    );
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// A running `ekms sim`, killed on drop together with its children.
-struct Sim {
-    child: Option<Child>,
-    state_dir: PathBuf,
-}
-
-impl Sim {
-    /// Starts `ekms sim` on `state_dir`; `dek_cache_max_uses` goes to the parent
-    /// (`EKMS_DEK_CACHE_MAX_USES`; `0` = a KMS `Decrypt` per request, no cached data
-    /// key in the enclave).
-    fn start(state_dir: &Path, dek_cache_max_uses: u64) -> Self {
-        let log = std::fs::File::create(state_dir.with_extension("log")).unwrap();
-        let child = Command::new(EKMS)
-            .arg("sim")
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env("EKMS_DEK_CACHE_MAX_USES", dek_cache_max_uses.to_string())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ekms sim");
-        let mut sim = Self {
-            child: Some(child),
-            state_dir: state_dir.to_path_buf(),
-        };
-        sim.wait_healthy(Duration::from_secs(180));
-        sim
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.state_dir.join("ekms.sock")
-    }
-
-    fn diagnostics(&self) -> String {
-        let mut text =
-            std::fs::read_to_string(self.state_dir.with_extension("log")).unwrap_or_default();
-        for log in ["enclave", "parent"] {
-            let path = self.state_dir.join("logs").join(format!("{log}.log"));
-            let content = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = content.lines().rev().take(20).collect();
-            text.push_str(&format!(
-                "\n--- {log}.log (newest first):\n{}",
-                tail.join("\n")
-            ));
-        }
-        text
-    }
-
-    fn wait_healthy(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("ekms sim exited early ({status})\n{}", self.diagnostics());
-            }
-            let out = ekms(&self.socket(), &["health"]);
-            if out.status.success() && self.state_dir.join("sim.json").exists() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not healthy within {timeout:?}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn status(&self) -> Value {
-        let text = std::fs::read_to_string(self.state_dir.join("sim.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn pid(&self, name: &str) -> i32 {
-        i32::try_from(self.status()["processes"][name]["pid"].as_i64().unwrap()).unwrap()
-    }
-
-    /// SIGTERM, then wait for `ekms sim` to exit (children stop with it).
-    fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let pids: Vec<i32> = std::fs::read_to_string(self.state_dir.join("sim.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .map(|v| {
-                ["kms-sim", "enclave", "parent"]
-                    .iter()
-                    .filter_map(|n| v["processes"][n]["pid"].as_i64())
-                    .filter_map(|p| i32::try_from(p).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn ekms(socket: &Path, args: &[&str]) -> Output {
-    Command::new(EKMS)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ekms")
-}
-
-fn ok_json(socket: &Path, args: &[&str]) -> Value {
-    let out = ekms(socket, args);
-    assert!(
-        out.status.success(),
-        "ekms {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+/// Starts `ekms sim` on `state_dir` and waits until it is healthy;
+/// `dek_cache_max_uses` goes to the parent (`EKMS_DEK_CACHE_MAX_USES`; `0` = a KMS
+/// `Decrypt` per request, no cached data key in the enclave).
+fn start_sim(state_dir: &Path, dek_cache_max_uses: u64) -> SimGuard {
+    let uses = dek_cache_max_uses.to_string();
+    let mut sim = SimGuard::start_with_env(state_dir, &[("EKMS_DEK_CACHE_MAX_USES", &uses)]);
+    sim.wait_healthy(Duration::from_secs(180));
+    sim
 }
 
 // ---- keys, payloads --------------------------------------------------------------
@@ -260,7 +114,7 @@ struct Key {
     dek_ciphertext: Vec<u8>,
 }
 
-fn create_key(sim: &Sim, algorithm: &str, policy: &str) -> Key {
+fn create_key(sim: &SimGuard, algorithm: &str, policy: &str) -> Key {
     let created = ok_json(
         &sim.socket(),
         &[
@@ -477,7 +331,7 @@ fn scan(pid: i32, secrets: &[(&'static str, [u8; 32])]) -> (Vec<Hit>, u64) {
     (hits, scanned)
 }
 
-fn sign_both(sim: &Sim, evm: &Key, sol: &Key, n: usize) {
+fn sign_both(sim: &SimGuard, evm: &Key, sol: &Key, n: usize) {
     let payer: [u8; 32] = sol.record.public_key.as_slice().try_into().unwrap();
     for i in 0..n {
         let nonce = u8::try_from(i % 100).unwrap();
@@ -523,7 +377,7 @@ fn memory_scan_finds_no_key_material_after_signing() {
     let state_dir = tmp.path().join("state");
 
     // ---- phase 1: cache off, signatures, scan -----------------------------------
-    let sim = Sim::start(&state_dir, 0);
+    let sim = start_sim(&state_dir, 0);
     let evm = create_key(&sim, "secp256k1", &evm_policy());
     let sol = create_key(&sim, "ed25519", &solana_policy());
     assert_eq!(evm.record.algorithm, Algorithm::Secp256k1);
@@ -560,7 +414,7 @@ fn memory_scan_finds_no_key_material_after_signing() {
     sim.stop();
 
     // ---- phase 2 (control): cache on, the cached data key is found ---------------
-    let sim = Sim::start(&state_dir, 1000);
+    let sim = start_sim(&state_dir, 1000);
     sign_both(&sim, &evm, &sol, 1);
     let pid = sim.pid("enclave");
     let (hits, scanned) = scan(pid, &secrets);
@@ -610,7 +464,7 @@ struct Flood {
 /// Writes `FLOOD_REQUESTS` frames made by `request` back to back on one enclave
 /// connection while another thread reads the answers; meanwhile samples the enclave's
 /// memory and signs through the parent.
-fn flood(sim: &Sim, evm: &Key, request: fn(u64, &Key) -> Request) -> Flood {
+fn flood(sim: &SimGuard, evm: &Key, request: fn(u64, &Key) -> Request) -> Flood {
     let pid = sim.pid("enclave");
     let mut stream = UnixStream::connect(sim.state_dir.join("enclave.sock")).unwrap();
     let mut reader = stream.try_clone().unwrap();
@@ -713,7 +567,7 @@ fn attestation_flood_stays_bounded_and_signing_goes_on() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state_dir = tmp.path().join("state");
-    let sim = Sim::start(&state_dir, 1000);
+    let sim = start_sim(&state_dir, 1000);
     let evm = create_key(&sim, "secp256k1", &evm_policy());
     let (rss_before, locked_before, threads_before) = memory_of(sim.pid("enclave"));
 
