@@ -54,8 +54,9 @@ fmt:
 
 # The quick start: builds, starts the simulation in ./.demo, creates an EVM and a Solana
 # key with policies, signs a real EIP-1559 transaction and a Solana transfer, shows a
-# refused out-of-policy request, verifies the signatures with eth-account and solders and
-# the attestation document with `ekms attestation verify`, and stops.
+# refused out-of-policy request, verifies the signatures with eth-account and solders, the
+# key's address with `ekms keys verify` and the attestation document with `ekms attestation
+# verify`, and stops.
 demo: build venv
 	EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/python scripts/demo.py
 

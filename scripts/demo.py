@@ -7,9 +7,11 @@
 3. signs an EIP-1559 transaction and a Solana transfer, and checks both signatures
    with independent libraries (eth-account, solders);
 4. shows a request the policy refuses (a destination not on the allow-list);
-5. verifies a fresh attestation document with `ekms attestation verify --root
+5. verifies the EVM key's address end to end with `ekms keys verify` (the enclave's
+   signed statement and the attestation document binding its identity key);
+6. verifies a fresh attestation document with `ekms attestation verify --root
    simulation`;
-6. stops the simulation.
+7. stops the simulation.
 
 Exits non-zero on any failure. Needs the binaries (`cargo build --workspace`) and the
 Python packages of requirements-test.txt:
@@ -94,7 +96,7 @@ def run(state_dir: Path) -> None:
         print(sim.log_tail(30), file=sys.stderr)
         raise
     finally:
-        step(7, "stop the simulation")
+        step(8, "stop the simulation")
         sim.stop()
         leftover = sim.leftover_pids()
         expect(not leftover, f"processes still running after stop: {leftover}")
@@ -149,8 +151,24 @@ def demo(sim: Sim, client) -> None:
     show("rule", r.error.get("rule"))
     show("message", r.error.get("message"))
 
-    step(6, "verify a fresh attestation document (simulation root)")
+    step(6, "verify the EVM key's address: the enclave's signed statement, checked here")
     pcr0 = sim.sim_json().get("pcr0")
+    cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), "keys", "verify", evm_key["key_id"],
+           "--root", "simulation", "--state-dir", str(sim.state_dir)]
+    if pcr0:
+        cmd += ["--pcr0", pcr0]
+    show("command", " ".join(["ekms", *cmd[1:]]))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        for line in (out.stdout + out.stderr).strip().splitlines():
+            print(f"   | {line}")
+        raise DemoFailure(f"ekms keys verify exited with {out.returncode}")
+    stated = json.loads(out.stdout)
+    expect(stated.get("address") == evm_key["address"], f"the statement names another address: {stated}")
+    show("stated address", f"{stated['address']} = the address the signature above recovers to")
+    show("identity key", stated.get("identity_key", "?")[:32] + "…  bound by the enclave's attestation")
+
+    step(7, "verify a fresh attestation document (simulation root)")
     cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), "attestation", "verify",
            "--root", "simulation", "--state-dir", str(sim.state_dir)]
     if pcr0:
@@ -193,7 +211,7 @@ def main() -> int:
         print(f"\ndemo FAILED: {e}", file=sys.stderr)
         return 1
     print("\ndemo OK: keys created, both signatures verified independently, the policy refused "
-          "the out-of-policy request, and the attestation document verified.")
+          "the out-of-policy request, the key's address and the attestation document verified.")
     return 0
 
 
