@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready, 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
 //! | `POST /v1/keys` `{"algorithm","label"?,"policy"?}` | 201 `{"key_id","algorithm","label","public_key","address","policy_version","created_at"}` |
-//! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first |
+//! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first, each with its `"statement"` (no document) and `"fee_cap"` as below |
 //! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) and, when the policy has a section for the key's chain, `"fee_cap":"set"\|"none"` ([`format::fee_cap_text`]) |
 //! | `PUT /v1/keys/{key_id}/policy` `{"policy":{…}}` | `{"policy_version":N}` |
 //! | `POST /v1/keys/{key_id}/sign` `{"kind","payload"}` | EVM: `{"signature":{"r","s","y_parity","v"},"signed_transaction","transaction_hash"}`; Solana: `{"signature","signed_transaction"}` |
@@ -470,11 +470,16 @@ async fn list_keys(
     }
     let summaries = state.store.list_keys(limit).await?;
     let mut keys = Vec::with_capacity(summaries.len());
-    for k in &summaries {
+    for (k, policy_json) in &summaries {
         // Every listed address is one the enclave stated (see `checked_statement`).
         let stored = checked_statement(&state, k).await?;
         let mut out = key_json(k);
         out.insert("statement".into(), statement_json(&stored, false));
+        let policy: Value = serde_json::from_str(policy_json)
+            .map_err(|_| Error::StoreCorrupt("stored policy is not JSON".into()))?;
+        if let Some(cap) = format::fee_cap_text(k.algorithm, &policy) {
+            out.insert("fee_cap".into(), cap.into());
+        }
         keys.push(Value::Object(out));
     }
     Ok(Json(json!({ "keys": keys })).into_response())
@@ -1316,6 +1321,8 @@ mod tests {
         assert_eq!(v["policy"]["evm"]["chain_ids"], json!([1]));
         // (the fake enclave here accepts it; a stored policy without max_fee_wei is marked)
         assert_eq!(v["fee_cap"], "none");
+        let (_, list) = send(&app, "GET", "/v1/keys", None).await;
+        assert_eq!(list["keys"][0]["fee_cap"], "none");
         // The new MAC is stored with it: signing still passes the integrity check.
         let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
         let (s, _) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;

@@ -403,22 +403,26 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` keys, newest first.
+    /// Up to `limit` keys, newest first, each with its stored (unauthenticated) policy
+    /// document.
     ///
     /// # Errors
     /// [`Error::StoreCorrupt`] for a malformed row; [`Error::Store`].
-    pub async fn list_keys(&self, limit: u32) -> Result<Vec<KeySummary>, Error> {
+    pub async fn list_keys(&self, limit: u32) -> Result<Vec<(KeySummary, String)>, Error> {
         self.with(move |c| {
             let mut stmt = c.prepare(
                 "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
-                        k.created_at, p.version
+                        k.created_at, p.version, p.policy_json
                  FROM keys k JOIN policies p ON p.key_id = k.key_id
                  ORDER BY k.created_at DESC, k.rowid DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map(params![limit], summary_columns)?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok((summary_columns(r)?, r.get::<_, String>(7)?))
+            })?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(row?.check()?);
+                let (summary, policy_json) = row?;
+                out.push((summary.check()?, policy_json));
             }
             Ok(out)
         })
@@ -899,7 +903,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|k| k.key_id)
+            .map(|(k, _)| k.key_id)
             .collect();
         assert_eq!(ids, ["b", "c"]);
     }
