@@ -153,32 +153,14 @@ def demo(sim: Sim, client) -> None:
 
     step(6, "verify the EVM key's address: the enclave's signed statement, checked here")
     pcr0 = sim.sim_json().get("pcr0")
-    cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), "keys", "verify", evm_key["key_id"],
-           "--root", "simulation", "--state-dir", str(sim.state_dir)]
-    if pcr0:
-        cmd += ["--pcr0", pcr0]
-    show("command", " ".join(["ekms", *cmd[1:]]))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        for line in (out.stdout + out.stderr).strip().splitlines():
-            print(f"   | {line}")
-        raise DemoFailure(f"ekms keys verify exited with {out.returncode}")
+    out = verify_command(sim, ["keys", "verify", evm_key["key_id"]], pcr0)
     stated = json.loads(out.stdout)
     expect(stated.get("address") == evm_key["address"], f"the statement names another address: {stated}")
     show("stated address", f"{stated['address']} = the address the signature above recovers to")
     show("identity key", stated.get("identity_key", "?")[:32] + "…  bound by the enclave's attestation")
 
     step(7, "verify a fresh attestation document (simulation root)")
-    cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), "attestation", "verify",
-           "--root", "simulation", "--state-dir", str(sim.state_dir)]
-    if pcr0:
-        cmd += ["--pcr0", pcr0]
-    show("command", " ".join(["ekms", *cmd[1:]]))
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        for line in (out.stdout + out.stderr).strip().splitlines():
-            print(f"   | {line}")
-        raise DemoFailure(f"ekms attestation verify exited with {out.returncode}")
+    out = verify_command(sim, ["attestation", "verify"], pcr0)
     try:
         doc = json.loads(out.stdout)
     except ValueError:
@@ -195,6 +177,22 @@ def demo(sim: Sim, client) -> None:
     show("PCR0", doc.get("pcrs", {}).get("0", "?")[:32] + "…  = the enclave binary's measurement")
     if doc.get("warning"):
         show("note", doc["warning"])
+
+
+def verify_command(sim, args: list[str], pcr0: str | None) -> subprocess.CompletedProcess:
+    """Runs `ekms ARGS --root simulation --state-dir … [--pcr0 …]`, shows the command,
+    and fails the demo (echoing its output) unless it exits 0."""
+    cmd = [str(ekms_bin()), "--socket", str(sim.socket_path), *args,
+           "--root", "simulation", "--state-dir", str(sim.state_dir)]
+    if pcr0:
+        cmd += ["--pcr0", pcr0]
+    show("command", " ".join(["ekms", *cmd[1:]]))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        for line in (out.stdout + out.stderr).strip().splitlines():
+            print(f"   | {line}")
+        raise DemoFailure(f"ekms {' '.join(args[:2])} exited with {out.returncode}")
+    return out
 
 
 def main() -> int:

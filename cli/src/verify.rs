@@ -315,8 +315,9 @@ mod tests {
     /// A `GET /v1/keys/{id}` answer as the parent gives it: a statement signed by an
     /// identity key that a simulated document binds.
     fn key_answer(ca: &SimulatedCa, pcr0: u8) -> Value {
-        use ed25519_dalek::Signer as _;
-        use ekms_shared::statement::{identity_user_data, KeyStatement, STATEMENT_VERSION};
+        use ekms_shared::statement::{
+            identity_user_data, KeyStatement, SignedKeyStatement, STATEMENT_VERSION,
+        };
         let pcrs: BTreeMap<u16, Vec<u8>> = (0..3).map(|i| (i, vec![pcr0; 48])).collect();
         let nsm = SimulatedNsm::new(ca, pcrs).unwrap();
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
@@ -337,17 +338,16 @@ mod tests {
             owner: None,
             created_at: Some(5),
             issued_at: 5,
-        }
-        .canonical_json();
-        let signature = key.sign(&KeyStatement::signing_input(&statement));
+        };
+        let signed = SignedKeyStatement::sign(&key, &statement);
         json!({
             "key_id": "k1",
             "algorithm": "secp256k1",
             "public_key": "0x02aa",
             "address": "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf",
             "statement": {
-                "statement": statement,
-                "signature": format!("0x{}", hex::encode(signature.to_bytes())),
+                "statement": signed.statement,
+                "signature": format!("0x{}", hex::encode(signed.signature)),
                 "identity_key": format!("0x{}", hex::encode(identity)),
                 "attestation_document": base64::engine::general_purpose::STANDARD.encode(doc),
             }

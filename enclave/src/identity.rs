@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use ekms_shared::statement::{identity_user_data, KeyStatement, SignedKeyStatement};
 use ekms_shared::WireError;
 use zeroize::Zeroizing;
@@ -83,16 +83,7 @@ impl Identity {
 
     /// Signs `statement` (its canonical JSON, after the statement domain prefix).
     pub fn sign_statement(&self, statement: &KeyStatement) -> SignedKeyStatement {
-        let json = statement.canonical_json();
-        let signature = self
-            .key
-            .sign(&KeyStatement::signing_input(&json))
-            .to_bytes();
-        SignedKeyStatement {
-            statement: json,
-            signature,
-            identity_key: self.public_key(),
-        }
+        SignedKeyStatement::sign(&self.key, statement)
     }
 }
 

@@ -102,7 +102,11 @@ impl IdentityCheck {
         enclave_pcr0: Option<&[u8]>,
     ) -> Result<KeyStatement, Error> {
         let signed = &stored.signed;
-        if !self.is_verified(&signed.identity_key) {
+        // The identity document is verified once per identity key; the statement's
+        // signature on every call.
+        let statement = if self.is_verified(&signed.identity_key) {
+            signed.verify_signature()
+        } else {
             let pcr0 = enclave_pcr0.ok_or_else(|| {
                 Error::EnclaveUnavailable("the enclave's PCR0 is not known yet".into())
             })?;
@@ -113,14 +117,13 @@ impl IdentityCheck {
                 .verifier
                 .verify_at_its_time(&stored.identity_document, now, &opts)
                 .map_err(|e| corrupt(format!("identity document: {e}")))?;
-            signed
-                .verify(doc.user_data.as_deref())
-                .map_err(|e| corrupt(e.to_string()))?;
-            self.remember(signed.identity_key);
+            let statement = signed.verify(doc.user_data.as_deref());
+            if statement.is_ok() {
+                self.remember(signed.identity_key);
+            }
+            statement
         }
-        let statement = signed
-            .verify_signature()
-            .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(|e| corrupt(e.to_string()))?;
         let matches = statement.key_id == summary.key_id
             && statement.algorithm == algorithm_text(summary.algorithm)
             && statement.public_key

@@ -347,19 +347,11 @@ struct FakeIdentity {
 fn fake_identity() -> &'static FakeIdentity {
     static IDENTITY: std::sync::OnceLock<FakeIdentity> = std::sync::OnceLock::new();
     IDENTITY.get_or_init(|| {
-        use attestation::NsmProvider as _;
         let ca = attestation::SimulatedCa::generate().unwrap();
         let nsm =
             attestation::SimulatedNsm::new(&ca, attestation::pcrs_from_digest(FAKE_IMAGE)).unwrap();
         let key = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
-        let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
-        let document = nsm
-            .attestation_document(&attestation::AttestationRequest {
-                user_data: Some(&user_data),
-                nonce: None,
-                public_key: None,
-            })
-            .unwrap();
+        let document = identity_document(&nsm, &key);
         FakeIdentity {
             root_pem: ca.root_pem(),
             ca,
@@ -375,7 +367,6 @@ pub fn fake_statement(
     record: &SealedKeyRecord,
     created_at: Option<u64>,
 ) -> (Box<ekms_shared::statement::SignedKeyStatement>, Vec<u8>) {
-    use ed25519_dalek::Signer as _;
     use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
     let id = fake_identity();
     let statement = KeyStatement {
@@ -388,12 +379,7 @@ pub fn fake_statement(
         created_at,
         issued_at: 1,
     };
-    let json = statement.canonical_json();
-    let signed = SignedKeyStatement {
-        signature: id.key.sign(&KeyStatement::signing_input(&json)).to_bytes(),
-        statement: json,
-        identity_key: id.key.verifying_key().to_bytes(),
-    };
+    let signed = SignedKeyStatement::sign(&id.key, &statement);
     (Box::new(signed), id.document.clone())
 }
 
@@ -417,8 +403,6 @@ pub fn foreign_image_statement(
     public_key: &str,
     address: &str,
 ) -> (ekms_shared::statement::SignedKeyStatement, Vec<u8>) {
-    use attestation::NsmProvider as _;
-    use ed25519_dalek::Signer as _;
     use ekms_shared::statement::{KeyStatement, SignedKeyStatement, STATEMENT_VERSION};
     let nsm = attestation::SimulatedNsm::new(
         &fake_identity().ca,
@@ -426,15 +410,8 @@ pub fn foreign_image_statement(
     )
     .unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&[0x66; 32]);
-    let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
-    let document = nsm
-        .attestation_document(&attestation::AttestationRequest {
-            user_data: Some(&user_data),
-            nonce: None,
-            public_key: None,
-        })
-        .unwrap();
-    let json = KeyStatement {
+    let document = identity_document(&nsm, &key);
+    let statement = KeyStatement {
         statement_version: STATEMENT_VERSION,
         key_id: key_id.into(),
         algorithm: algorithm.into(),
@@ -443,14 +420,20 @@ pub fn foreign_image_statement(
         owner: None,
         created_at: Some(1),
         issued_at: 1,
-    }
-    .canonical_json();
-    let signed = SignedKeyStatement {
-        signature: key.sign(&KeyStatement::signing_input(&json)).to_bytes(),
-        statement: json,
-        identity_key: key.verifying_key().to_bytes(),
     };
-    (signed, document)
+    (SignedKeyStatement::sign(&key, &statement), document)
+}
+
+/// An attestation document from `nsm` that binds `key` as an enclave identity key.
+fn identity_document(nsm: &attestation::SimulatedNsm, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    use attestation::NsmProvider as _;
+    let user_data = ekms_shared::statement::identity_user_data(&key.verifying_key().to_bytes());
+    nsm.attestation_document(&attestation::AttestationRequest {
+        user_data: Some(&user_data),
+        nonce: None,
+        public_key: None,
+    })
+    .unwrap()
 }
 
 /// Writes the fake's simulation root into `dir` and returns the root setting that

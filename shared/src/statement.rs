@@ -122,6 +122,18 @@ pub enum StatementError {
 }
 
 impl SignedKeyStatement {
+    /// Signs `statement`'s canonical JSON with the identity key `key` (ed25519, RFC 8032,
+    /// over [`KeyStatement::signing_input`]).
+    pub fn sign(key: &ed25519_dalek::SigningKey, statement: &KeyStatement) -> Self {
+        use ed25519_dalek::Signer as _;
+        let json = statement.canonical_json();
+        Self {
+            signature: key.sign(&KeyStatement::signing_input(&json)).to_bytes(),
+            statement: json,
+            identity_key: key.verifying_key().to_bytes(),
+        }
+    }
+
     /// Steps 2–4 of the module docs: `attested_user_data` must be the `user_data` of an
     /// attestation document the caller has **already verified**; returns the parsed
     /// statement for the caller to compare with what it was told.
@@ -199,7 +211,8 @@ mod tests {
     #[test]
     fn verifies_a_bound_signed_statement() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        let s = signed(&key, &statement().canonical_json());
+        let s = SignedKeyStatement::sign(&key, &statement());
+        assert_eq!(s, signed(&key, &statement().canonical_json()));
         let ud = identity_user_data(&s.identity_key);
         assert_eq!(s.verify(Some(&ud)).unwrap(), statement());
     }
