@@ -14,10 +14,11 @@
 //! records that open share a [`RecordId`] only if they are the same record, since the
 //! salt and nonce are fresh NSM randomness at every `GenerateKey`.
 //!
-//! Limits, by design of a stateless enclave: floors live in memory, so an enclave restart
-//! forgets them; and at most [`MAX_TRACKED_KEYS`] keys are tracked (the oldest entries are
-//! dropped first, with a warning). A persistent anchor (owner-signed policies with
-//! versions, or a counter outside the parent's reach) is the next step.
+//! Floors live in memory and survive a restart through the enclave's checkpoints
+//! ([`crate::durable`]): every policy version the enclave issues is checkpointed before
+//! it takes effect, and `Restore` raises the floors from the newest checkpoint. At most
+//! [`MAX_TRACKED_KEYS`] keys are tracked in memory (the oldest entries are dropped first,
+//! with a warning).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,10 +33,22 @@ pub const MAX_TRACKED_KEYS: usize = 1 << 20;
 /// `u64_be(len(aad)) || aad || ciphertext`, where `aad` is [`SealedKeyRecord::aad`]
 /// (every field but the ciphertext, length-prefixed, so the encoding is injective).
 /// Compute it only for a record that has opened under its data key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordId([u8; 32]);
 
+impl From<[u8; 32]> for RecordId {
+    /// A record id as carried in a checkpoint ([`crate::durable`]).
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
 impl RecordId {
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The id of `record` (see the type's docs).
     pub fn of(record: &SealedKeyRecord) -> Self {
         let aad = record.aad();
@@ -94,6 +107,16 @@ impl PolicyFloors {
             Some(floor) => *floor = (*floor).max(version),
             None => floors.insert(record, version),
         }
+    }
+
+    /// Every floor above `min`, for a checkpoint ([`crate::durable`]).
+    pub fn above(&self, min: u64) -> Vec<(RecordId, u64)> {
+        self.lock()
+            .by_key
+            .iter()
+            .filter(|(_, v)| **v > min)
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Floors> {

@@ -18,27 +18,33 @@
 use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
+use ekms_shared::audit::{
+    AuditAction, AuditDecision, SignedAuditRecord, AUDIT_USER_DATA_PREFIX,
+};
+use ekms_shared::owner::{policy_sha256, Authorization, Owner, OwnerAction, MAX_EXPIRES_AT};
 use ekms_shared::statement::{
     KeyStatement, SignedKeyStatement, IDENTITY_USER_DATA_PREFIX, STATEMENT_VERSION,
 };
 use ekms_shared::{
-    Algorithm, DekCachePolicy, KeyringRef, KmsConfig, PayloadKind, Request, ResponseBody,
-    SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo, WireError,
+    Algorithm, DekCachePolicy, KeyringRef, KmsConfig, OwnerApproval, PayloadKind, Request,
+    ResponseBody, SealedCheckpoint, SealedKeyRecord, SealedPolicy, SignOutput, SignPayload,
+    StatusInfo, WireError,
 };
+use sha2::{Digest as _, Sha256};
 use ekms_signer::{
     decode_solana, decode_unsigned, eip55, evm_address, sign_evm, sign_solana, solana_address,
     Denial, Ed25519Secret, Policy, Secp256k1Secret, SignerError,
 };
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditHead, AuditLog, Entry};
+use crate::durable::{self, pack_floors, Change, CheckpointBody};
 use crate::floor::RecordId;
 use crate::keyring::check_keyring_name;
 use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
 use crate::workers;
 
-/// Longest owner accepted, in bytes.
-pub const MAX_OWNER_LEN: usize = 256;
 /// Policy version of a newly generated key.
 pub const INITIAL_POLICY_VERSION: u64 = 1;
 /// Draws of 32 random bytes before giving up on a secp256k1 scalar (an honest source
@@ -82,13 +88,45 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
             keyring,
             current,
             policy_json,
-        } => set_policy(ready_arc()?, record, keyring, current, policy_json).await,
+            approval,
+        } => {
+            let change = PolicyChange::Set {
+                policy_json,
+                approval,
+            };
+            change_policy(ready_arc()?, enclave, record, keyring, current, change).await
+        }
+        Request::DisableKey {
+            record,
+            keyring,
+            current,
+        } => {
+            let change = PolicyChange::Disable;
+            change_policy(ready_arc()?, enclave, record, keyring, current, change).await
+        }
+        Request::EnableKey {
+            record,
+            keyring,
+            current,
+            approval,
+        } => {
+            let change = PolicyChange::Enable { approval };
+            change_policy(ready_arc()?, enclave, record, keyring, current, change).await
+        }
+        Request::StopAll => set_stop(ready_arc()?, enclave, true).await,
+        Request::ResumeAll => set_stop(ready_arc()?, enclave, false).await,
+        Request::Restore {
+            keyring,
+            checkpoint,
+            last_audit,
+        } => restore(ready_arc()?, enclave, keyring, checkpoint, last_audit).await,
+        Request::Commit { seq } => commit(ready()?, enclave, seq).await,
         Request::Sign {
             record,
             keyring,
             policy,
             payload,
-        } => sign(ready_arc()?, record, keyring, policy, payload).await,
+        } => sign(ready_arc()?, enclave, record, keyring, policy, payload).await,
     }
 }
 
@@ -119,13 +157,14 @@ async fn attestation(
     // attacker would hold this enclave's own document (its PCR0, its root) binding an
     // ed25519 key of theirs as an "identity key", and could sign any key statement
     // with it: the prefix is the enclave's own (`crate::identity`), never the parent's.
-    if user_data
-        .as_deref()
-        .is_some_and(|u| u.starts_with(IDENTITY_USER_DATA_PREFIX))
-    {
+    // Likewise for the audit key's binding: a document of this enclave binding a key of
+    // the host's as an audit key would let the host write audit records.
+    if user_data.as_deref().is_some_and(|u| {
+        u.starts_with(IDENTITY_USER_DATA_PREFIX) || u.starts_with(AUDIT_USER_DATA_PREFIX)
+    }) {
         return Err(bad_request(
-            "user_data must not begin with the identity-key prefix (reserved for the \
-             enclave's identity document)"
+            "user_data must not begin with the identity-key or audit-key prefix (reserved \
+             for the enclave's own documents)"
                 .into(),
         ));
     }
@@ -172,15 +211,12 @@ async fn generate_key(
     enclave: &Enclave,
     new: NewKey,
 ) -> Result<ResponseBody, WireError> {
+    services.restored()?;
     let nsm = Arc::clone(enclave.nsm());
-    if new
-        .owner
-        .as_ref()
-        .is_some_and(|o| o.is_empty() || o.len() > MAX_OWNER_LEN)
-    {
-        return Err(bad_request(format!(
-            "owner must be 1-{MAX_OWNER_LEN} bytes"
-        )));
+    if let Some(owner) = &new.owner {
+        // Only an owner that can sign an authorization is sealed: `eip191:0x…` or
+        // `ed25519:<base58>` in canonical form (ekms_shared::owner).
+        Owner::from_record_text(owner).map_err(|e| bad_request(e.to_string()))?;
     }
     check_keyring_name(&new.keyring.keyring)?;
     let policy = Policy::parse_new(&new.policy_json).map_err(policy_error)?;
@@ -218,11 +254,21 @@ async fn generate_key(
         .await??;
     let now = now_ms();
     let (statement, identity_document) = state_key(enclave, &record, Some(now), now).await?;
+    let audit = enclave.audit().append(
+        AuditAction::CreateKey,
+        AuditDecision::Allowed,
+        Entry {
+            key_id: Some(record.key_id.clone()),
+            policy_version: Some(INITIAL_POLICY_VERSION),
+            ..Entry::default()
+        },
+    )?;
     Ok(ResponseBody::KeyGenerated {
         record,
         policy,
         statement,
         identity_document,
+        audit,
     })
 }
 
@@ -296,7 +342,8 @@ async fn state_key(
 }
 
 /// The enclave clock, in milliseconds since the Unix epoch (0 if it reads before 1970).
-fn now_ms() -> u64 {
+/// Expiry of owner authorizations is judged by it, never by a time the parent sends.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -340,42 +387,433 @@ fn nsm_random(nsm: &dyn NsmProvider, out: &mut [u8]) -> Result<(), WireError> {
     })
 }
 
-async fn set_policy(
+/// A change of one key's policy.
+enum PolicyChange {
+    /// `SetPolicy`: a new document.
+    Set {
+        policy_json: String,
+        approval: Option<OwnerApproval>,
+    },
+    /// `DisableKey`: the same rules, `enabled: false`.
+    Disable,
+    /// `EnableKey`: the same rules, `enabled: true`.
+    Enable { approval: Option<OwnerApproval> },
+}
+
+/// What the signing thread hands back for a policy change: either the staged change
+/// (new sealed policy and checkpoint) or a refusal decided after the record opened
+/// (audited).
+enum Staged {
+    Change {
+        policy: SealedPolicy,
+        checkpoint: Box<SealedCheckpoint>,
+        change: Change,
+    },
+    Refused {
+        error: WireError,
+        action: AuditAction,
+        policy_version: u64,
+    },
+}
+
+/// Phase 1 of `SetPolicy`, `DisableKey`, `EnableKey` ([`crate::durable`]): open the
+/// record, verify the current policy, build and (for an owned key) authorize the next
+/// version, seal it and the checkpoint of the state after the change.
+async fn change_policy(
     services: Arc<Services>,
+    enclave: &Enclave,
     record: SealedKeyRecord,
     keyring: KeyringRef,
     current: SealedPolicy,
-    policy_json: String,
+    change: PolicyChange,
 ) -> Result<ResponseBody, WireError> {
-    // Authorisation by the owner's signature is the next issue's: today any caller that
-    // holds the current sealed policy can replace it. Rollback of the stored row is
-    // refused while this enclave runs (crate::floor); a persistent anchor is future work.
+    services.restored()?;
     check_record_keyring(&record, &keyring)?;
     let dek = services.keyrings.data_key(&keyring).await?;
+    let guard = services.durable.lock().await?;
+    let checkpoint_keyring = guard.keyring.clone().ok_or(WireError::NotReady)?;
+    let checkpoint_dek = services.keyrings.data_key(&checkpoint_keyring).await?;
+    let seq = guard.seq.checked_add(1).ok_or(WireError::Internal)?;
+    let head = enclave.audit().head().ok_or(WireError::NotReady)?;
+    let audit_key = enclave.audit().public_key();
+    let key_id = record.key_id.clone();
+    let svc = Arc::clone(&services);
     // Opening the record and the MAC keys run on a scrubbed signing thread.
-    let policy = workers::signing()?
+    let staged = workers::signing()?
         .run(move || {
-            drop(open_and_verify(&services, &dek, &record, &current)?);
-            let policy = Policy::parse_new(&policy_json).map_err(policy_error)?;
-            let version = current
-                .version
-                .checked_add(1)
-                .ok_or(WireError::SealedStateInvalid)?;
-            let policy = sealing::mac_policy(&dek, &record, version, policy.canonical_json());
-            services.policy_floors.raise(RecordId::of(&record), version);
-            Ok::<_, WireError>(policy)
+            drop(open_and_verify(&svc, &dek, &record, &current)?);
+            let (policy_json, version, action) = match next_policy(&record, &current, change) {
+                Ok(next) => next,
+                Err((error, action)) => {
+                    return Ok(Staged::Refused {
+                        error,
+                        action,
+                        policy_version: current.version.saturating_add(1),
+                    })
+                }
+            };
+            let policy = sealing::mac_policy(&dek, &record, version, policy_json);
+            drop(dek);
+            let id = RecordId::of(&record);
+            let mut floors = svc.policy_floors.above(1);
+            floors.retain(|(r, _)| *r != id);
+            floors.push((id, version));
+            let body = CheckpointBody {
+                written_at: now_ms(),
+                stopped: svc.durable.is_stopped(),
+                audit_key,
+                audit_seq: head.seq,
+                audit_hash: head.hash,
+                floors: pack_floors(floors)?,
+            };
+            let checkpoint = seal_checkpoint(&checkpoint_dek, seq, &checkpoint_keyring, &body);
+            Ok::<_, WireError>(Staged::Change {
+                policy,
+                checkpoint: Box::new(checkpoint),
+                change: Change::KeyPolicy {
+                    record: id,
+                    key_id: record.key_id.clone(),
+                    version,
+                    action,
+                },
+            })
         })
         .await??;
-    Ok(ResponseBody::PolicySet { policy })
+    match staged {
+        Staged::Change {
+            policy,
+            checkpoint,
+            change,
+        } => {
+            services.durable.park(guard, seq, change);
+            Ok(ResponseBody::CheckpointPending {
+                checkpoint: *checkpoint,
+                policy: Some(policy),
+            })
+        }
+        Staged::Refused {
+            error,
+            action,
+            policy_version,
+        } => {
+            drop(guard);
+            let audit = enclave.audit().append(
+                action,
+                AuditDecision::Refused,
+                Entry {
+                    key_id: Some(key_id),
+                    policy_version: Some(policy_version),
+                    rule: Some(error.code().to_owned()),
+                    ..Entry::default()
+                },
+            )?;
+            Ok(ResponseBody::Refused { error, audit })
+        }
+    }
+}
+
+/// The next policy (canonical JSON), its version and the audit action, for an
+/// authentic `record` and `current`; the owner's authorization is checked here for
+/// `Set` and `Enable`. A refusal names the action it refused.
+fn next_policy(
+    record: &SealedKeyRecord,
+    current: &SealedPolicy,
+    change: PolicyChange,
+) -> Result<(String, u64, AuditAction), (WireError, AuditAction)> {
+    let action = match &change {
+        PolicyChange::Set { .. } => AuditAction::SetPolicy,
+        PolicyChange::Disable => AuditAction::Disable,
+        PolicyChange::Enable { .. } => AuditAction::Enable,
+    };
+    let fail = |e: WireError| (e, action);
+    let version = current
+        .version
+        .checked_add(1)
+        .ok_or(WireError::SealedStateInvalid)
+        .map_err(fail)?;
+    // A stored policy is read leniently (its meaning is kept); a new document must
+    // state its fee caps.
+    let stored = || Policy::parse(&current.policy_json).map_err(|_| WireError::SealedStateInvalid);
+    match change {
+        PolicyChange::Set {
+            policy_json,
+            approval,
+        } => {
+            let json = Policy::parse_new(&policy_json)
+                .map_err(policy_error)
+                .map_err(fail)?
+                .canonical_json();
+            check_owner(record, approval.as_ref(), OwnerAction::SetPolicy, version, &json)
+                .map_err(fail)?;
+            Ok((json, version, action))
+        }
+        PolicyChange::Disable => Ok((
+            stored().map_err(fail)?.with_enabled(false).canonical_json(),
+            version,
+            action,
+        )),
+        PolicyChange::Enable { approval } => {
+            let policy = stored().map_err(fail)?;
+            if policy.enabled() {
+                return Err(fail(bad_request("the key is not disabled".into())));
+            }
+            let json = policy.with_enabled(true).canonical_json();
+            check_owner(record, approval.as_ref(), OwnerAction::Enable, version, &json)
+                .map_err(fail)?;
+            Ok((json, version, action))
+        }
+    }
+}
+
+/// For a key with an owner: `approval` must be the owner's signature over the
+/// [`Authorization`] of exactly this change (action, key id, `version`, SHA-256 of
+/// `policy_json`), not expired by the enclave's clock. A key without an owner takes
+/// the change as it is (the host is trusted for it; docs/SECURITY.md).
+///
+/// # Errors
+/// [`WireError::OwnerAuthorizationInvalid`] naming what is wrong.
+fn check_owner(
+    record: &SealedKeyRecord,
+    approval: Option<&OwnerApproval>,
+    action: OwnerAction,
+    version: u64,
+    policy_json: &str,
+) -> Result<(), WireError> {
+    let Some(owner) = &record.owner else {
+        return Ok(());
+    };
+    let invalid = |message: &str| WireError::OwnerAuthorizationInvalid {
+        message: message.to_owned(),
+    };
+    // A record sealed before owners had a format holds free text: nobody can sign for
+    // it, so its policy stays as it is (fail closed).
+    let owner =
+        Owner::from_record_text(owner).map_err(|_| invalid("the key's owner cannot sign"))?;
+    let approval =
+        approval.ok_or_else(|| invalid("this key has an owner: the change needs its signature"))?;
+    if approval.version != version {
+        return Err(WireError::OwnerAuthorizationInvalid {
+            message: format!(
+                "the authorization is for version {}, the change makes version {version}",
+                approval.version
+            ),
+        });
+    }
+    if approval.expires_at > MAX_EXPIRES_AT || approval.expires_at < now_ms() / 1000 {
+        return Err(invalid("the authorization has expired"));
+    }
+    let message = Authorization {
+        action,
+        key_id: record.key_id.clone(),
+        version,
+        policy_sha256: policy_sha256(policy_json),
+        expires_at: approval.expires_at,
+    }
+    .message();
+    if !owner.verifies(message.as_bytes(), &approval.signature) {
+        return Err(invalid(
+            "the signature is not the owner's over this change (key, action, version, \
+             policy hash, expiry)",
+        ));
+    }
+    Ok(())
+}
+
+/// Phase 1 of `StopAll` / `ResumeAll`.
+async fn set_stop(
+    services: Arc<Services>,
+    enclave: &Enclave,
+    stopped: bool,
+) -> Result<ResponseBody, WireError> {
+    services.restored()?;
+    let guard = services.durable.lock().await?;
+    let keyring = guard.keyring.clone().ok_or(WireError::NotReady)?;
+    let dek = services.keyrings.data_key(&keyring).await?;
+    let seq = guard.seq.checked_add(1).ok_or(WireError::Internal)?;
+    let head = enclave.audit().head().ok_or(WireError::NotReady)?;
+    let body = CheckpointBody {
+        written_at: now_ms(),
+        stopped,
+        audit_key: enclave.audit().public_key(),
+        audit_seq: head.seq,
+        audit_hash: head.hash,
+        floors: pack_floors(services.policy_floors.above(1))?,
+    };
+    let checkpoint = workers::signing()?
+        .run(move || seal_checkpoint(&dek, seq, &keyring, &body))
+        .await?;
+    services.durable.park(guard, seq, Change::Stop(stopped));
+    Ok(ResponseBody::CheckpointPending {
+        checkpoint,
+        policy: None,
+    })
+}
+
+/// Phase 1 of `Restore`: verify the parent's newest checkpoint (if any) and find the
+/// audit head to continue from, then checkpoint the restored state under this boot's
+/// audit key.
+async fn restore(
+    services: Arc<Services>,
+    enclave: &Enclave,
+    keyring: KeyringRef,
+    checkpoint: Option<SealedCheckpoint>,
+    last_audit: Option<SignedAuditRecord>,
+) -> Result<ResponseBody, WireError> {
+    let already = || bad_request("the durable state is already restored".into());
+    if services.durable.is_restored() {
+        return Err(already());
+    }
+    let guard = services.durable.lock().await?;
+    if services.durable.is_restored() {
+        return Err(already());
+    }
+    let dek = services.keyrings.data_key(&keyring).await?;
+    // Made now, so that the commit cannot fail on it; reused for the boot's life.
+    enclave.audit().document(enclave.nsm()).await?;
+    let audit_key = enclave.audit().public_key();
+    let (checkpoint, change) = workers::signing()?
+        .run(move || {
+            let (base, floors, stopped, head) = match checkpoint {
+                // Audit records but no checkpoint: the first boot writes a checkpoint
+                // before any record, so the parent withholds it or lost it.
+                None if last_audit.is_some() => return Err(WireError::SealedStateInvalid),
+                None => (0, Vec::new(), false, AuditHead::GENESIS),
+                Some(cp) => {
+                    if cp.keyring != keyring.keyring || cp.epoch != keyring.epoch {
+                        return Err(WireError::SealedStateInvalid);
+                    }
+                    sealing::verify_checkpoint(&dek, &cp)
+                        .map_err(|_| WireError::SealedStateInvalid)?;
+                    let body = CheckpointBody::decode(&cp.body)?;
+                    let head = restored_head(&body, last_audit.as_ref())?;
+                    (cp.seq, body.floor_entries()?, body.stopped, head)
+                }
+            };
+            let seq = base.checked_add(1).ok_or(WireError::SealedStateInvalid)?;
+            let body = CheckpointBody {
+                written_at: now_ms(),
+                stopped,
+                audit_key,
+                audit_seq: head.seq,
+                audit_hash: head.hash,
+                floors: pack_floors(floors.clone())?,
+            };
+            let sealed = seal_checkpoint(&dek, seq, &keyring, &body);
+            Ok((
+                sealed,
+                Change::Restore {
+                    floors,
+                    stopped,
+                    head,
+                    keyring,
+                },
+            ))
+        })
+        .await??;
+    services.durable.park(guard, checkpoint.seq, change);
+    Ok(ResponseBody::CheckpointPending {
+        checkpoint,
+        policy: None,
+    })
+}
+
+/// Where the audit chain continues after a restart: the checkpoint's head, or the
+/// parent's newest record when it is that head or a later record of the boot that
+/// wrote the checkpoint (checked by its signature). Anything else is a record the
+/// checkpoint contradicts: [`WireError::SealedStateInvalid`].
+fn restored_head(
+    body: &CheckpointBody,
+    last: Option<&SignedAuditRecord>,
+) -> Result<AuditHead, WireError> {
+    let at_checkpoint = AuditHead {
+        seq: body.audit_seq,
+        hash: body.audit_hash,
+    };
+    let Some(last) = last else {
+        return Ok(at_checkpoint);
+    };
+    let record = last.verify().map_err(|_| WireError::SealedStateInvalid)?;
+    let hash = last.record_sha256();
+    if record.seq == body.audit_seq && hash == body.audit_hash {
+        return Ok(at_checkpoint);
+    }
+    if record.seq > body.audit_seq && last.audit_key == body.audit_key {
+        return Ok(AuditHead {
+            seq: record.seq,
+            hash,
+        });
+    }
+    Err(WireError::SealedStateInvalid)
+}
+
+/// A checkpoint of `body` as number `seq`, MAC'd with `dek` (a signing thread's job).
+fn seal_checkpoint(
+    dek: &DataKey,
+    seq: u64,
+    keyring: &KeyringRef,
+    body: &CheckpointBody,
+) -> SealedCheckpoint {
+    let mut checkpoint = durable::unsealed(seq, keyring, body);
+    sealing::mac_checkpoint(dek, &mut checkpoint);
+    checkpoint
+}
+
+/// Phase 2 of every state change: apply it and record it.
+async fn commit(
+    services: &Services,
+    enclave: &Enclave,
+    seq: u64,
+) -> Result<ResponseBody, WireError> {
+    let (change, guard) = services.durable.take(seq, &services.policy_floors)?;
+    let audit = enclave.audit();
+    let (record, document) = match change {
+        Change::Restore { head, .. } => {
+            audit.start(head);
+            let record = audit.append(AuditAction::Boot, AuditDecision::Allowed, Entry::default());
+            services.durable.mark_restored();
+            (record, Some(audit.document(enclave.nsm()).await?))
+        }
+        Change::KeyPolicy {
+            key_id,
+            version,
+            action,
+            ..
+        } => {
+            let entry = Entry {
+                key_id: Some(key_id),
+                policy_version: Some(version),
+                ..Entry::default()
+            };
+            (audit.append(action, AuditDecision::Allowed, entry), None)
+        }
+        Change::Stop(stopped) => {
+            let action = if stopped {
+                AuditAction::Stop
+            } else {
+                AuditAction::Resume
+            };
+            (
+                audit.append(action, AuditDecision::Allowed, Entry::default()),
+                None,
+            )
+        }
+    };
+    drop(guard);
+    Ok(ResponseBody::Committed {
+        audit: record?,
+        audit_document: document,
+    })
 }
 
 async fn sign(
     services: Arc<Services>,
+    enclave: &Enclave,
     record: SealedKeyRecord,
     keyring: KeyringRef,
     policy: SealedPolicy,
     payload: SignPayload,
 ) -> Result<ResponseBody, WireError> {
+    services.restored()?;
     check_record_keyring(&record, &keyring)?;
     let algorithm_matches = matches!(
         (payload.kind, record.algorithm),
@@ -389,26 +827,71 @@ async fn sign(
         )));
     }
     let dek = services.keyrings.data_key(&keyring).await?;
+    let audit = Arc::clone(enclave.audit());
     // Everything that touches the secret, the wrap key or the MAC key runs on a signing
     // thread whose stack is scrubbed afterwards (crate::workers).
-    let output = workers::signing()?
-        .run(move || sign_on_worker(&services, dek, &record, &policy, &payload))
-        .await??;
-    Ok(ResponseBody::Signed(output))
+    workers::signing()?
+        .run(move || sign_on_worker(&services, &audit, dek, &record, &policy, &payload))
+        .await?
 }
 
-/// The synchronous part of `Sign`: open, verify, evaluate, sign. Runs on a signing
-/// thread.
+/// The synchronous part of `Sign`: open and verify (a failure is not a decision on the
+/// key: not audited), then decide, sign, and record the decision either way.
 fn sign_on_worker(
     services: &Services,
+    audit: &AuditLog,
     dek: Arc<DataKey>,
     record: &SealedKeyRecord,
     policy: &SealedPolicy,
     payload: &SignPayload,
-) -> Result<SignOutput, WireError> {
+) -> Result<ResponseBody, WireError> {
     let secret = open_and_verify(services, &dek, record, policy)?;
     drop(dek);
+    let entry = Entry {
+        key_id: Some(record.key_id.clone()),
+        payload_kind: Some(match payload.kind {
+            PayloadKind::EvmTransaction => "evm_transaction",
+            PayloadKind::SolanaTransaction => "solana_transaction",
+        }),
+        payload_sha256: Some(Sha256::digest(&payload.bytes).into()),
+        policy_version: Some(policy.version),
+        rule: None,
+    };
+    match decide_and_sign(services, secret, record, policy, payload) {
+        Ok(output) => {
+            let audit = audit.append(AuditAction::Sign, AuditDecision::Allowed, entry)?;
+            Ok(ResponseBody::Signed { output, audit })
+        }
+        Err(error) => {
+            let rule = match &error {
+                WireError::PolicyDenied { rule, .. } => rule.clone(),
+                other => other.code().to_owned(),
+            };
+            let entry = Entry {
+                rule: Some(rule),
+                ..entry
+            };
+            let audit = audit.append(AuditAction::Sign, AuditDecision::Refused, entry)?;
+            Ok(ResponseBody::Refused { error, audit })
+        }
+    }
+}
+
+/// Store-wide stop, disabled key, decode, evaluate, sign.
+fn decide_and_sign(
+    services: &Services,
+    secret: Zeroizing<Vec<u8>>,
+    record: &SealedKeyRecord,
+    policy: &SealedPolicy,
+    payload: &SignPayload,
+) -> Result<SignOutput, WireError> {
+    if services.durable.is_stopped() {
+        return Err(WireError::StoreStopped);
+    }
     let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
+    if !policy.enabled() {
+        return Err(WireError::KeyDisabled);
+    }
     let output = match record.algorithm {
         Algorithm::Secp256k1 => {
             let tx = decode_unsigned(&payload.bytes).map_err(signer_error)?;

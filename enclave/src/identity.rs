@@ -12,13 +12,17 @@ use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
 use ed25519_dalek::SigningKey;
+use ekms_shared::audit::{AuditRecord, SignedAuditRecord};
 use ekms_shared::statement::{identity_user_data, KeyStatement, SignedKeyStatement};
 use ekms_shared::WireError;
 use zeroize::Zeroizing;
 
-/// The identity key and, once made, the attestation document that binds it.
+/// The identity key and, once made, the attestation document that binds it. The same
+/// type holds the audit key ([`crate::audit`]): an ed25519 key of this boot bound by a
+/// document whose `user_data` is `user_data(public key)`.
 pub struct Identity {
     key: SigningKey,
+    user_data: Vec<u8>,
     document: tokio::sync::OnceCell<Vec<u8>>,
 }
 
@@ -36,6 +40,18 @@ impl Identity {
     /// # Errors
     /// The NSM's error message if it cannot produce 32 random bytes, or returns zeros.
     pub fn generate(nsm: &dyn NsmProvider) -> Result<Self, String> {
+        Self::generate_bound(nsm, identity_user_data)
+    }
+
+    /// Draws a new key from the NSM's randomness, to be bound by an attestation
+    /// document with `user_data = bind(public key)`.
+    ///
+    /// # Errors
+    /// As [`Identity::generate`].
+    pub fn generate_bound(
+        nsm: &dyn NsmProvider,
+        bind: fn(&[u8; 32]) -> Vec<u8>,
+    ) -> Result<Self, String> {
         let mut seed = Zeroizing::new([0u8; 32]);
         nsm.random(seed.as_mut_slice())
             .map_err(|e| format!("NSM random for the identity key: {e}"))?;
@@ -43,8 +59,10 @@ impl Identity {
             return Err("NSM returned all-zero randomness for the identity key".into());
         }
         // `SigningKey` zeroizes itself on drop (ed25519-dalek `zeroize` feature).
+        let key = SigningKey::from_bytes(&seed);
         Ok(Self {
-            key: SigningKey::from_bytes(&seed),
+            user_data: bind(&key.verifying_key().to_bytes()),
+            key,
             document: tokio::sync::OnceCell::new(),
         })
     }
@@ -60,7 +78,7 @@ impl Identity {
     /// # Errors
     /// [`WireError::Attestation`] if the NSM cannot produce it.
     pub async fn document(&self, nsm: &Arc<dyn NsmProvider>) -> Result<Vec<u8>, WireError> {
-        let user_data = identity_user_data(&self.public_key());
+        let user_data = self.user_data.clone();
         let nsm = Arc::clone(nsm);
         self.document
             .get_or_try_init(|| async move {
@@ -84,6 +102,11 @@ impl Identity {
     /// Signs `statement` (its canonical JSON, after the statement domain prefix).
     pub fn sign_statement(&self, statement: &KeyStatement) -> SignedKeyStatement {
         SignedKeyStatement::sign(&self.key, statement)
+    }
+
+    /// Signs an audit record (its canonical JSON, after the audit domain prefix).
+    pub fn sign_audit(&self, record: &AuditRecord) -> SignedAuditRecord {
+        SignedAuditRecord::sign(&self.key, record)
     }
 }
 

@@ -11,6 +11,9 @@
 //! - [`kms`]: the enclave's own `aws-sdk-kms` client and the attested `Recipient` flow.
 //! - [`keyring`]: keyring data keys and their bounded cache.
 //! - [`handlers`]: one handler per request kind.
+//! - [`durable`]: checkpoints of the state that outlives a restart (policy floors, the
+//!   store-wide stop, the audit head) and two-phase state changes.
+//! - [`audit`]: this boot's audit key and the audit chain head.
 //! - [`server`]: connections, frames, per-request tasks, limits, graceful shutdown.
 //! - [`io`]: every socket (Unix, vsock, the TCP→vsock KMS forwarder).
 //! - [`hardening`]: no core dumps, not dumpable, memory locked.
@@ -27,6 +30,8 @@ use std::sync::Arc;
 use attestation::NsmProvider;
 use ekms_shared::Mode;
 
+pub mod audit;
+pub mod durable;
 pub mod floor;
 pub mod handlers;
 pub mod hardening;

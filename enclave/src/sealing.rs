@@ -20,7 +20,7 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use ekms_shared::{Algorithm, SealedKeyRecord, SealedPolicy};
+use ekms_shared::{Algorithm, SealedCheckpoint, SealedKeyRecord, SealedPolicy};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -195,6 +195,37 @@ pub fn verify_policy(
     policy_mac(dek, record, policy)
         .verify_slice(&policy.mac)
         .map_err(|_| SealingError::Invalid)
+}
+
+/// Fills in `checkpoint.mac`: HMAC-SHA256 over [`SealedCheckpoint::mac_input`] with
+/// the checkpoint-MAC key, `HKDF-SHA256(ikm = DEK, salt = none, info =
+/// "ekms/v1/checkpoint-mac")` (no key id and no salt: one key per data key; the info
+/// differs from every per-key purpose, which all end in `/` || key id).
+pub fn mac_checkpoint(dek: &DataKey, checkpoint: &mut SealedCheckpoint) {
+    let mac = checkpoint_mac(dek, checkpoint).finalize().into_bytes();
+    checkpoint.mac.copy_from_slice(&mac);
+}
+
+/// Verifies a checkpoint's MAC (constant time).
+///
+/// # Errors
+/// [`SealingError::Invalid`] when it does not verify.
+pub fn verify_checkpoint(dek: &DataKey, checkpoint: &SealedCheckpoint) -> Result<(), SealingError> {
+    checkpoint_mac(dek, checkpoint)
+        .verify_slice(&checkpoint.mac)
+        .map_err(|_| SealingError::Invalid)
+}
+
+fn checkpoint_mac(dek: &DataKey, checkpoint: &SealedCheckpoint) -> Hmac<Sha256> {
+    let hk = Hkdf::<Sha256>::new(None, dek.0.as_slice());
+    let mut key = Zeroizing::new([0u8; 32]);
+    if hk.expand(b"ekms/v1/checkpoint-mac", key.as_mut_slice()).is_err() {
+        unreachable!("HKDF-SHA256 output of 32 bytes is always valid");
+    }
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_slice())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(&checkpoint.mac_input());
+    mac
 }
 
 fn policy_mac(dek: &DataKey, record: &SealedKeyRecord, policy: &SealedPolicy) -> Hmac<Sha256> {

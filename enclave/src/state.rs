@@ -31,6 +31,8 @@ use attestation::NsmProvider;
 use ekms_shared::{DekCachePolicy, EnclaveState, KmsConfig, KmsTarget, Mode, Request, WireError};
 use serde_bytes::ByteBuf;
 
+use crate::audit::AuditLog;
+use crate::durable::Durable;
 use crate::floor::PolicyFloors;
 use crate::identity::Identity;
 use crate::keyring::Keyrings;
@@ -62,6 +64,18 @@ pub enum RequestKind {
     CertifyKey,
     /// [`Request::Sign`].
     Sign,
+    /// [`Request::DisableKey`].
+    DisableKey,
+    /// [`Request::EnableKey`].
+    EnableKey,
+    /// [`Request::StopAll`].
+    StopAll,
+    /// [`Request::ResumeAll`].
+    ResumeAll,
+    /// [`Request::Restore`].
+    Restore,
+    /// [`Request::Commit`].
+    Commit,
 }
 
 impl RequestKind {
@@ -76,6 +90,12 @@ impl RequestKind {
             Request::SetPolicy { .. } => Self::SetPolicy,
             Request::CertifyKey { .. } => Self::CertifyKey,
             Request::Sign { .. } => Self::Sign,
+            Request::DisableKey { .. } => Self::DisableKey,
+            Request::EnableKey { .. } => Self::EnableKey,
+            Request::StopAll => Self::StopAll,
+            Request::ResumeAll => Self::ResumeAll,
+            Request::Restore { .. } => Self::Restore,
+            Request::Commit { .. } => Self::Commit,
         }
     }
 
@@ -90,6 +110,12 @@ impl RequestKind {
             Self::SetPolicy => "set_policy",
             Self::CertifyKey => "certify_key",
             Self::Sign => "sign",
+            Self::DisableKey => "disable_key",
+            Self::EnableKey => "enable_key",
+            Self::StopAll => "stop_all",
+            Self::ResumeAll => "resume_all",
+            Self::Restore => "restore",
+            Self::Commit => "commit",
         }
     }
 }
@@ -107,15 +133,34 @@ pub fn accepts(state: EnclaveState, kind: RequestKind) -> bool {
     }
 }
 
-/// What only a `Ready` enclave has: the attested KMS client and the keyrings.
+/// What only a `Ready` enclave has: the attested KMS client, the keyrings, and the
+/// durable state. Key requests other than `CreateKeyring` further need the durable
+/// state restored ([`Services::restored`]).
 #[derive(Debug)]
 pub struct Services {
     /// The KMS client that passed the attested round trip.
     pub kms: Arc<Kms>,
     /// Keyrings and the data-key cache.
     pub keyrings: Keyrings,
-    /// Per-key policy version floors (rollback defence while the enclave runs).
+    /// Per-key policy version floors (rollback defence; checkpointed).
     pub policy_floors: PolicyFloors,
+    /// Checkpoints, the store-wide stop, two-phase state changes.
+    pub durable: Durable,
+}
+
+impl Services {
+    /// `Ok` once `Restore` is committed.
+    ///
+    /// # Errors
+    /// [`WireError::NotReady`] before: a key request served before the state is back
+    /// would forget every floor and a store-wide stop.
+    pub fn restored(&self) -> Result<(), WireError> {
+        if self.durable.is_restored() {
+            Ok(())
+        } else {
+            Err(WireError::NotReady)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -150,6 +195,8 @@ pub struct Enclave {
     kms_trust: KmsTrust,
     /// The identity key that signs key statements (drawn at boot).
     identity: Identity,
+    /// This boot's audit key and the audit chain head.
+    audit: Arc<AuditLog>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -175,8 +222,10 @@ impl Enclave {
             pcrs.insert(index, ByteBuf::from(value));
         }
         let identity = Identity::generate(nsm.as_ref()).map_err(EnclaveError::Identity)?;
+        let audit = Arc::new(AuditLog::generate(nsm.as_ref()).map_err(EnclaveError::Identity)?);
         Ok(Self {
             identity,
+            audit,
             nsm,
             mode,
             pcrs,
@@ -190,6 +239,11 @@ impl Enclave {
     /// The identity key that signs key statements ([`crate::identity`]).
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// This boot's audit key and the chain head ([`crate::audit`]).
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     /// Pins the KMS target: `Configure` is then refused unless it names exactly the
@@ -347,6 +401,7 @@ impl Enclave {
             kms: client,
             keyrings,
             policy_floors: PolicyFloors::default(),
+            durable: Durable::default(),
         })));
         Ok(())
     }
@@ -556,6 +611,7 @@ mod tests {
             keyrings: Keyrings::new(Arc::clone(&kms), CACHE),
             kms,
             policy_floors: PolicyFloors::default(),
+            durable: Durable::default(),
         });
         e.set_phase(Phase::Ready(Arc::clone(&services)));
         (e, services)

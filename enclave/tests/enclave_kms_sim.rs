@@ -305,13 +305,33 @@ impl Parent {
                 keyring,
                 epoch,
                 dek_ciphertext,
-            }) => KeyringRef {
-                keyring,
-                epoch,
-                dek_ciphertext,
-            },
+            }) => {
+                let created = KeyringRef {
+                    keyring,
+                    epoch,
+                    dek_ciphertext,
+                };
+                self.restore(&created).await;
+                created
+            }
             other => panic!("CreateKeyring: {other:?}"),
         }
+    }
+
+    async fn generate_raw(
+        &mut self,
+        algorithm: Algorithm,
+        policy_json: &str,
+        keyring: &KeyringRef,
+    ) -> Result<ResponseBody, WireError> {
+        self.call(Request::GenerateKey {
+            algorithm,
+            owner: None,
+            label: Some("test".into()),
+            policy_json: policy_json.into(),
+            keyring: keyring.clone(),
+        })
+        .await
     }
 
     async fn generate(
@@ -323,7 +343,7 @@ impl Parent {
         let answer = self
             .call(Request::GenerateKey {
                 algorithm,
-                owner: Some("alice".into()),
+                owner: None,
                 label: Some("test".into()),
                 policy_json: policy_json.into(),
                 keyring: keyring.clone(),
@@ -351,9 +371,46 @@ impl Parent {
         })
         .await
         .map(|body| match body {
-            ResponseBody::Signed(out) => out,
+            ResponseBody::Signed { output, .. } => Ok(output),
+            ResponseBody::Refused { error, .. } => Err(error),
             other => panic!("{other:?}"),
         })
+        .and_then(|r| r)
+    }
+
+    /// Both phases of a policy change: the pending checkpoint, then `Commit`; the new
+    /// sealed policy.
+    async fn set_policy(&mut self, request: Request) -> Result<SealedPolicy, WireError> {
+        match self.call(request).await? {
+            ResponseBody::CheckpointPending {
+                checkpoint,
+                policy: Some(policy),
+            } => match self.call(Request::Commit { seq: checkpoint.seq }).await? {
+                ResponseBody::Committed { .. } => Ok(policy),
+                other => panic!("{other:?}"),
+            },
+            ResponseBody::Refused { error, .. } => Err(error),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `Restore` with no checkpoint (a first boot) and its `Commit`, once per enclave.
+    async fn restore(&mut self, keyring: &KeyringRef) {
+        let answer = self
+            .call(Request::Restore {
+                keyring: keyring.clone(),
+                checkpoint: None,
+                last_audit: None,
+            })
+            .await;
+        match answer {
+            Ok(ResponseBody::CheckpointPending { checkpoint, .. }) => {
+                let done = self.call(Request::Commit { seq: checkpoint.seq }).await;
+                assert!(matches!(done, Ok(ResponseBody::Committed { .. })), "{done:?}");
+            }
+            Err(WireError::BadRequest { message }) if message.contains("already restored") => {}
+            other => panic!("Restore: {other:?}"),
+        }
     }
 }
 
@@ -512,13 +569,17 @@ async fn configure_create_generate_sign_and_refuse() {
         epoch,
         dek_ciphertext,
     };
+    // Key requests wait for the durable state: Restore (a first boot: no checkpoint).
+    let early = parent.generate_raw(Algorithm::Secp256k1, &evm_policy(), &main).await;
+    assert_eq!(early, Err(WireError::NotReady));
+    parent.restore(&main).await;
 
     // GenerateKey, both algorithms.
     let (evm_record, evm_policy_v1) = parent
         .generate(Algorithm::Secp256k1, &evm_policy(), &main)
         .await;
     assert_eq!(evm_record.public_key.len(), 33);
-    assert_eq!(evm_record.owner.as_deref(), Some("alice"));
+    assert_eq!(evm_record.owner, None);
     assert_eq!(evm_policy_v1.version, 1);
     let (sol_record, sol_policy) = parent
         .generate(Algorithm::Ed25519, &solana_policy(5_000_000), &main)
@@ -683,16 +744,15 @@ async fn configure_create_generate_sign_and_refuse() {
     // SetPolicy: version 2, MAC'd; the new policy allows chain 8453.
     let new_policy = evm_policy().replace("[1]", "[1,8453]");
     let set = parent
-        .call(Request::SetPolicy {
+        .set_policy(Request::SetPolicy {
             record: evm_record.clone(),
             keyring: main.clone(),
             current: evm_policy_v1.clone(),
             policy_json: new_policy,
+            approval: None,
         })
         .await;
-    let Ok(ResponseBody::PolicySet {
-        policy: evm_policy_v2,
-    }) = set
+    let Ok(evm_policy_v2) = set
     else {
         panic!("{set:?}");
     };
@@ -720,20 +780,22 @@ async fn configure_create_generate_sign_and_refuse() {
         .await;
     assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
     let rolled_back = parent
-        .call(Request::SetPolicy {
+        .set_policy(Request::SetPolicy {
             record: evm_record.clone(),
             keyring: main.clone(),
             current: evm_policy_v1.clone(),
             policy_json: evm_policy(),
+            approval: None,
         })
         .await;
     assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
     let refused = parent
-        .call(Request::SetPolicy {
+        .set_policy(Request::SetPolicy {
             record: evm_record.clone(),
             keyring: main.clone(),
             current: loosened,
             policy_json: evm_policy(),
+            approval: None,
         })
         .await;
     assert_eq!(refused, Err(WireError::SealedStateInvalid));
@@ -797,7 +859,13 @@ async fn signs_with_dek_cache_off_and_runs_requests_concurrently() {
     for _ in 0..8 {
         let r = parent.read().await;
         assert!(
-            matches!(r.body, Ok(ResponseBody::Signed(SignOutput::Evm { .. }))),
+            matches!(
+                r.body,
+                Ok(ResponseBody::Signed {
+                    output: SignOutput::Evm { .. },
+                    ..
+                })
+            ),
             "{r:?}"
         );
         answered.insert(r.request_id, ());
@@ -873,14 +941,15 @@ async fn refreshes_credentials_while_ready_and_refuses_another_key() {
         .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
         .await;
     let set = parent
-        .call(Request::SetPolicy {
+        .set_policy(Request::SetPolicy {
             record: record.clone(),
             keyring: ring.clone(),
             current: policy_v1.clone(),
             policy_json: evm_policy().replace("[1]", "[1,8453]"),
+            approval: None,
         })
         .await;
-    let Ok(ResponseBody::PolicySet { policy: policy_v2 }) = set else {
+    let Ok(policy_v2) = set else {
         panic!("{set:?}");
     };
 
@@ -1290,14 +1359,15 @@ async fn rejects_nothing_of_a_victim_whose_key_id_another_key_reuses() {
     let mut current = evil_v1.clone();
     for _ in 0..3 {
         let set = parent
-            .call(Request::SetPolicy {
+            .set_policy(Request::SetPolicy {
                 record: evil.clone(),
                 keyring: ring.clone(),
                 current: current.clone(),
                 policy_json: evm_policy(),
+                approval: None,
             })
             .await;
-        let Ok(ResponseBody::PolicySet { policy }) = set else {
+        let Ok(policy) = set else {
             panic!("{set:?}");
         };
         current = policy;

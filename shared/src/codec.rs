@@ -18,7 +18,7 @@ use crate::error::ProtocolError;
 use crate::messages::{RequestFrame, ResponseFrame};
 
 /// Version of this protocol, carried in every frame.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body accepted or produced, in bytes (256 KiB), excluding the prefix.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
@@ -233,6 +233,24 @@ mod tests {
         }
     }
 
+    fn checkpoint() -> crate::SealedCheckpoint {
+        crate::SealedCheckpoint {
+            seq: 3,
+            keyring: "default".into(),
+            epoch: 1,
+            body: vec![0xa0],
+            mac: [8; 32],
+        }
+    }
+
+    fn audit() -> crate::audit::SignedAuditRecord {
+        crate::audit::SignedAuditRecord {
+            record: "{}".into(),
+            signature: [6; 64],
+            audit_key: [5; 32],
+        }
+    }
+
     fn statement() -> crate::statement::SignedKeyStatement {
         crate::statement::SignedKeyStatement {
             statement: r#"{"statement_version":1}"#.into(),
@@ -280,7 +298,31 @@ mod tests {
                 keyring: keyring(),
                 current: policy(),
                 policy_json: r#"{"chain_ids":[1,10]}"#.into(),
+                approval: Some(crate::OwnerApproval {
+                    version: 2,
+                    expires_at: 1_800_000_000,
+                    signature: vec![7; 65],
+                }),
             },
+            Request::DisableKey {
+                record: record(),
+                keyring: keyring(),
+                current: policy(),
+            },
+            Request::EnableKey {
+                record: record(),
+                keyring: keyring(),
+                current: policy(),
+                approval: None,
+            },
+            Request::StopAll,
+            Request::ResumeAll,
+            Request::Restore {
+                keyring: keyring(),
+                checkpoint: Some(checkpoint()),
+                last_audit: Some(audit()),
+            },
+            Request::Commit { seq: 9 },
             Request::CertifyKey {
                 record: record(),
                 keyring: keyring(),
@@ -326,24 +368,42 @@ mod tests {
                 policy: policy(),
                 statement: Box::new(statement()),
                 identity_document: vec![0xd2; 40],
+                audit: audit(),
             }),
             Ok(ResponseBody::KeyCertified {
                 statement: Box::new(statement()),
                 identity_document: vec![0x84; 40],
             }),
-            Ok(ResponseBody::PolicySet { policy: policy() }),
-            Ok(ResponseBody::Signed(SignOutput::Evm {
-                r: [1; 32],
-                s: [2; 32],
-                y_parity: 1,
-                v: 37,
-                signed_transaction: vec![0x02, 0xf8],
-                transaction_hash: [3; 32],
-            })),
-            Ok(ResponseBody::Signed(SignOutput::Solana {
-                signature: [4; 64],
-                signed_transaction: vec![1, 2, 3],
-            })),
+            Ok(ResponseBody::CheckpointPending {
+                checkpoint: checkpoint(),
+                policy: Some(policy()),
+            }),
+            Ok(ResponseBody::Committed {
+                audit: audit(),
+                audit_document: Some(vec![0xd2; 10]),
+            }),
+            Ok(ResponseBody::Refused {
+                error: WireError::KeyDisabled,
+                audit: audit(),
+            }),
+            Ok(ResponseBody::Signed {
+                output: SignOutput::Evm {
+                    r: [1; 32],
+                    s: [2; 32],
+                    y_parity: 1,
+                    v: 37,
+                    signed_transaction: vec![0x02, 0xf8],
+                    transaction_hash: [3; 32],
+                },
+                audit: audit(),
+            }),
+            Ok(ResponseBody::Signed {
+                output: SignOutput::Solana {
+                    signature: [4; 64],
+                    signed_transaction: vec![1, 2, 3],
+                },
+                audit: audit(),
+            }),
             Err(WireError::PolicyDenied {
                 rule: "max_value".into(),
                 message: "too much".into(),
@@ -412,10 +472,13 @@ mod tests {
     fn byte_fields_are_cbor_byte_strings() {
         let frame = ResponseFrame::ok(
             1,
-            ResponseBody::Signed(SignOutput::Solana {
-                signature: [0xee; 64],
-                signed_transaction: vec![],
-            }),
+            ResponseBody::Signed {
+                output: SignOutput::Solana {
+                    signature: [0xee; 64],
+                    signed_transaction: vec![],
+                },
+                audit: audit(),
+            },
         );
         let bytes = encode_response(&frame).unwrap();
         // 0x58 0x40 = byte string of 64 bytes, followed by the bytes themselves.
@@ -487,23 +550,23 @@ mod tests {
     #[test]
     fn rejects_unknown_version() {
         // Body of a future version that this build cannot parse: the version is the error.
-        let body = raw_frame(2, 42, &[0x63, b'N', b'e', b'w']);
+        let body = raw_frame(3, 42, &[0x63, b'N', b'e', b'w']);
         let err = decode_request(&body).unwrap_err();
         assert_eq!(
             err,
             ProtocolError::UnsupportedVersion {
-                version: 2,
+                version: 3,
                 request_id: 42
             }
         );
         assert_eq!(err.request_id(), Some(42));
-        assert!(err.to_string().contains("version 2"));
+        assert!(err.to_string().contains("version 3"));
         assert!(matches!(
             decode_response(&raw_frame(0, 1, &[0xf6])),
             Err(ProtocolError::UnsupportedVersion { version: 0, .. })
         ));
         let mut frame = RequestFrame::new(1, Request::Status);
-        frame.version = 2;
+        frame.version = 3;
         assert!(matches!(
             encode_request(&frame),
             Err(ProtocolError::Encode { .. })
@@ -566,7 +629,7 @@ mod tests {
         }
         for body in all_responses() {
             let frame = ResponseFrame {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 request_id: 1,
                 body,
             };
@@ -599,7 +662,7 @@ mod tests {
         }
         for body in all_responses() {
             let frame = ResponseFrame {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 request_id: 1,
                 body,
             };
@@ -616,12 +679,12 @@ mod tests {
     fn rejects_wrong_types() {
         let cases = [
             // body is an integer
-            raw_frame(1, 7, &[0x01]),
+            raw_frame(PROTOCOL_VERSION, 7, &[0x01]),
             // unknown request variant
-            raw_frame(1, 7, &[0x63, b'F', b'o', b'o']),
+            raw_frame(PROTOCOL_VERSION, 7, &[0x63, b'F', b'o', b'o']),
             // unit variant Status given a payload
             raw_frame(
-                1,
+                PROTOCOL_VERSION,
                 7,
                 &[0xa1, 0x66, b'S', b't', b'a', b't', b'u', b's', 0x01],
             ),
@@ -644,7 +707,7 @@ mod tests {
         ));
         // A CBOR array instead of a map, a negative request id, a bare integer.
         let negative_id = ciborium::Value::Map(vec![
-            ("version".into(), 1.into()),
+            ("version".into(), PROTOCOL_VERSION.into()),
             ("request_id".into(), (-1).into()),
             ("body".into(), "Status".into()),
         ]);
@@ -737,7 +800,7 @@ mod tests {
             .collect();
         seeds.extend(all_responses().into_iter().map(|b| {
             encode_response(&ResponseFrame {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 request_id: 2,
                 body: b,
             })

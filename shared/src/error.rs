@@ -178,6 +178,20 @@ pub enum WireError {
     /// An internal error; details are in the enclave's log only.
     #[error("internal error")]
     Internal,
+    /// A change that needs the key owner's authorization came without a valid one
+    /// (missing, wrong signer, wrong version or policy hash, expired). Deliberately no
+    /// detail beyond the message.
+    #[error("owner authorization invalid: {message}")]
+    OwnerAuthorizationInvalid {
+        /// Human-readable reason.
+        message: String,
+    },
+    /// The key's policy is disabled (emergency stop); only an enable brings it back.
+    #[error("key disabled")]
+    KeyDisabled,
+    /// The store-wide stop is in force: nothing is signed.
+    #[error("signing is stopped store-wide")]
+    StoreStopped,
 }
 
 impl WireError {
@@ -196,6 +210,9 @@ impl WireError {
             WireError::Attestation { .. } => "attestation",
             WireError::Busy => "busy",
             WireError::Internal => "internal",
+            WireError::OwnerAuthorizationInvalid { .. } => "owner_authorization_invalid",
+            WireError::KeyDisabled => "key_disabled",
+            WireError::StoreStopped => "store_stopped",
         }
     }
 }
@@ -225,6 +242,9 @@ mod tests {
             WireError::Attestation { message: m() },
             WireError::Busy,
             WireError::Internal,
+            WireError::OwnerAuthorizationInvalid { message: m() },
+            WireError::KeyDisabled,
+            WireError::StoreStopped,
         ]
     }
 

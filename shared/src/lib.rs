@@ -12,9 +12,11 @@
 //! blobs outlive binaries).
 
 mod address;
+pub mod audit;
 mod codec;
 mod error;
 mod messages;
+pub mod owner;
 pub mod statement;
 
 pub use address::Address;
@@ -25,9 +27,10 @@ pub use codec::{
 pub use error::{ProtocolError, WireError};
 pub use messages::{
     Algorithm, Credentials, DekCachePolicy, EnclaveState, KeyringRef, KmsConfig, KmsTarget, Mode,
-    PayloadKind, Request, RequestFrame, Response, ResponseBody, ResponseFrame, SealedKeyRecord,
-    SealedPolicy, SignOutput, SignPayload, StatusInfo, MAX_ATTESTATION_NONCE_LEN,
-    MAX_ATTESTATION_USER_DATA_LEN,
+    OwnerApproval, PayloadKind, Request, RequestFrame, Response, ResponseBody, ResponseFrame,
+    SealedCheckpoint, SealedKeyRecord, SealedPolicy, SignOutput, SignPayload, StatusInfo,
+    MAX_ATTESTATION_NONCE_LEN, MAX_ATTESTATION_USER_DATA_LEN, MAX_OWNER_SIGNATURE_LEN,
+    PENDING_CHECKPOINT_SECS,
 };
 
 /// vsock CID of the parent instance as seen from inside an enclave (`VMADDR_CID_HOST`,

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::audit::SignedAuditRecord;
 use crate::codec::PROTOCOL_VERSION;
 use crate::error::WireError;
 use crate::statement::SignedKeyStatement;
@@ -148,8 +149,12 @@ pub enum Request {
         /// The keyring whose data key seals the new key.
         keyring: KeyringRef,
     },
-    /// Replace a key's policy. → [`ResponseBody::PolicySet`] with version
-    /// `current.version + 1`.
+    /// Replace a key's policy with version `current.version + 1`. For a key with an
+    /// owner, `approval` must carry the owner's signature over the
+    /// [`crate::owner::Authorization`] (`set_policy`) of exactly this change. →
+    /// [`ResponseBody::CheckpointPending`] with the new policy (in force once
+    /// [`Request::Commit`] is answered), or [`ResponseBody::Refused`]
+    /// ([`WireError::OwnerAuthorizationInvalid`]).
     SetPolicy {
         /// The key's sealed record.
         record: SealedKeyRecord,
@@ -159,6 +164,59 @@ pub enum Request {
         current: SealedPolicy,
         /// The new policy document (JSON).
         policy_json: String,
+        /// The owner's authorization, for a key with an owner.
+        approval: Option<OwnerApproval>,
+    },
+    /// Emergency stop of one key: the enclave issues version `current.version + 1`,
+    /// the same rules with `enabled: false`. Needs no owner (it only removes rights). →
+    /// [`ResponseBody::CheckpointPending`].
+    DisableKey {
+        /// The key's sealed record.
+        record: SealedKeyRecord,
+        /// Its keyring.
+        keyring: KeyringRef,
+        /// The policy currently stored (must verify).
+        current: SealedPolicy,
+    },
+    /// Re-enable a disabled key: version `current.version + 1`, the same rules with
+    /// `enabled: true`; for a key with an owner, only with the owner's `enable`
+    /// authorization. → [`ResponseBody::CheckpointPending`] or
+    /// [`ResponseBody::Refused`].
+    EnableKey {
+        /// The key's sealed record.
+        record: SealedKeyRecord,
+        /// Its keyring.
+        keyring: KeyringRef,
+        /// The policy currently stored (must verify, and be disabled).
+        current: SealedPolicy,
+        /// The owner's authorization, for a key with an owner.
+        approval: Option<OwnerApproval>,
+    },
+    /// Store-wide stop: every `Sign` is refused until [`Request::ResumeAll`]. →
+    /// [`ResponseBody::CheckpointPending`].
+    StopAll,
+    /// Ends the store-wide stop. → [`ResponseBody::CheckpointPending`].
+    ResumeAll,
+    /// Load the enclave's durable state (once per boot, after `Configure` made it
+    /// `Ready`; key requests are [`WireError::NotReady`] until the state is restored
+    /// and committed). `checkpoint` is the newest one the parent stored (`None` on the
+    /// very first boot), `last_audit` the newest audit record. →
+    /// [`ResponseBody::CheckpointPending`].
+    Restore {
+        /// The keyring whose data key MACs checkpoints from now on (and, for
+        /// `checkpoint`, the one it names).
+        keyring: KeyringRef,
+        /// The newest stored checkpoint.
+        checkpoint: Option<SealedCheckpoint>,
+        /// The newest stored audit record.
+        last_audit: Option<SignedAuditRecord>,
+    },
+    /// Second phase of a state change: the parent has durably stored the checkpoint
+    /// `seq` (and the policy that came with it); the enclave now applies the change and
+    /// answers. → [`ResponseBody::Committed`].
+    Commit {
+        /// The pending checkpoint's sequence number.
+        seq: u64,
     },
     /// Issue a key statement for an existing key (one stored before statements
     /// existed, or whose stored statement was lost): the enclave opens the sealed
@@ -218,6 +276,8 @@ pub enum ResponseBody {
         /// The attestation document binding the statement's identity key.
         #[serde(with = "serde_bytes")]
         identity_document: Vec<u8>,
+        /// The audit record of the creation.
+        audit: SignedAuditRecord,
     },
     /// Answer to [`Request::CertifyKey`].
     KeyCertified {
@@ -227,13 +287,111 @@ pub enum ResponseBody {
         #[serde(with = "serde_bytes")]
         identity_document: Vec<u8>,
     },
-    /// Answer to [`Request::SetPolicy`].
-    PolicySet {
-        /// The new MAC'd policy, for the parent to store.
-        policy: SealedPolicy,
+    /// First phase of a state change ([`Request::SetPolicy`], [`Request::DisableKey`],
+    /// [`Request::EnableKey`], [`Request::StopAll`], [`Request::ResumeAll`],
+    /// [`Request::Restore`]): store `checkpoint` (and `policy`, in one transaction),
+    /// then send [`Request::Commit`] with `checkpoint.seq`. Nothing is in force in the
+    /// enclave until then; an uncommitted change is dropped after
+    /// [`PENDING_CHECKPOINT_SECS`].
+    CheckpointPending {
+        /// The enclave's state after the change, MAC'd.
+        checkpoint: SealedCheckpoint,
+        /// For a key's change: the key's new MAC'd policy.
+        policy: Option<SealedPolicy>,
     },
-    /// Answer to [`Request::Sign`].
-    Signed(SignOutput),
+    /// Answer to [`Request::Commit`]: the change is in force.
+    Committed {
+        /// The audit record of the change (for `Restore`: the boot record).
+        audit: SignedAuditRecord,
+        /// For `Restore`: the attestation document that binds this boot's audit key.
+        #[serde(with = "serde_bytes")]
+        audit_document: Option<Vec<u8>>,
+    },
+    /// Answer to [`Request::Sign`] that signed.
+    Signed {
+        /// The signature.
+        output: SignOutput,
+        /// Its audit record (the parent stores it before releasing the signature).
+        audit: SignedAuditRecord,
+    },
+    /// A refusal the enclave decided on a key and recorded (policy, disabled key,
+    /// store stop, owner authorization): the parent stores `audit`, then answers
+    /// `error`.
+    Refused {
+        /// Why.
+        error: WireError,
+        /// Its audit record.
+        audit: SignedAuditRecord,
+    },
+}
+
+/// Seconds an uncommitted [`ResponseBody::CheckpointPending`] is kept before the
+/// enclave drops it (and takes other state changes again).
+pub const PENDING_CHECKPOINT_SECS: u64 = 30;
+
+/// An owner's authorization as sent with a change (the enclave rebuilds the message
+/// itself, [`crate::owner::Authorization`], from the change and these fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerApproval {
+    /// The policy version the owner approved (must be `current.version + 1`).
+    pub version: u64,
+    /// Unix seconds after which the approval is void (enclave clock).
+    pub expires_at: u64,
+    /// The signature: 65 bytes `r || s || v` (eip191) or 64 bytes (ed25519).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// Most bytes of [`OwnerApproval::signature`].
+pub const MAX_OWNER_SIGNATURE_LEN: usize = 65;
+
+/// The enclave's durable state (issue 7 item 4), MAC'd with a key derived from the data
+/// key of `keyring`/`epoch` ([`SealedCheckpoint::mac_input`]). The parent stores it;
+/// only the enclave can make one. `body` is the enclave's own CBOR encoding.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedCheckpoint {
+    /// Monotonic sequence number (1 for the first).
+    pub seq: u64,
+    /// Keyring whose data key MACs it.
+    pub keyring: String,
+    /// Its epoch.
+    pub epoch: u32,
+    /// The state (enclave-defined CBOR).
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// HMAC-SHA256 over [`SealedCheckpoint::mac_input`].
+    #[serde(with = "serde_bytes")]
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for SealedCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedCheckpoint")
+            .field("seq", &self.seq)
+            .field("keyring", &self.keyring)
+            .field("epoch", &self.epoch)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Domain separator of [`SealedCheckpoint::mac_input`].
+const CHECKPOINT_MAC_DOMAIN: &[u8] = b"ekms/v1/checkpoint-mac";
+
+impl SealedCheckpoint {
+    /// The bytes the checkpoint MAC covers:
+    /// `lp("ekms/v1/checkpoint-mac") || u64_be seq || lp(keyring) || u32_be epoch || lp(body)`.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.keyring.len() + self.body.len());
+        put_lp(&mut out, CHECKPOINT_MAC_DOMAIN);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        put_lp(&mut out, self.keyring.as_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        put_lp(&mut out, &self.body);
+        out
+    }
 }
 
 /// KMS settings for the enclave's own KMS client (DESIGN §2).

@@ -415,6 +415,16 @@ impl Policy {
         self.enabled
     }
 
+    /// This policy with `enabled` set to `enabled` and every rule kept: what an
+    /// emergency stop (`false`) and a re-enable (`true`) issue as the key's next policy
+    /// version (issue 7). The result's canonical JSON is what an owner's `enable`
+    /// authorization names.
+    #[must_use]
+    pub fn with_enabled(mut self, enabled: bool) -> Policy {
+        self.enabled = enabled;
+        self
+    }
+
     /// The `evm` section, if any.
     pub fn evm(&self) -> Option<&EvmRules> {
         self.evm.as_ref()
