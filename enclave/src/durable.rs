@@ -104,7 +104,11 @@ impl CheckpointBody {
             let mut v = [0u8; 8];
             v.copy_from_slice(&chunk[32..]);
             let version = u64::from_be_bytes(v);
-            if version < 2 || out.last().is_some_and(|(last, _)| *last >= RecordId::from(id)) {
+            if version < 2
+                || out
+                    .last()
+                    .is_some_and(|(last, _)| *last >= RecordId::from(id))
+            {
                 return Err(WireError::SealedStateInvalid);
             }
             out.push((RecordId::from(id), version));
@@ -354,8 +358,11 @@ mod tests {
 
     #[test]
     fn rejects_bodies_with_bad_floors() {
-        let good = pack_floors(vec![(RecordId::from([1; 32]), 2), (RecordId::from([2; 32]), 2)])
-            .unwrap();
+        let good = pack_floors(vec![
+            (RecordId::from([1; 32]), 2),
+            (RecordId::from([2; 32]), 2),
+        ])
+        .unwrap();
         let mut unsorted = good[40..].to_vec();
         unsorted.extend_from_slice(&good[..40]);
         let mut duplicate = good[..40].to_vec();
@@ -379,7 +386,10 @@ mod tests {
                 (RecordId::from(id), 2)
             })
             .collect();
-        assert!(matches!(pack_floors(many), Err(WireError::BadRequest { .. })));
+        assert!(matches!(
+            pack_floors(many),
+            Err(WireError::BadRequest { .. })
+        ));
     }
 
     #[tokio::test]
@@ -402,7 +412,10 @@ mod tests {
         assert!(d.is_stopped());
         assert_eq!(guard.seq, 1);
         drop(guard);
-        assert!(matches!(d.take(1, &floors), Err(WireError::BadRequest { .. })));
+        assert!(matches!(
+            d.take(1, &floors),
+            Err(WireError::BadRequest { .. })
+        ));
         let guard = d.lock().await.unwrap();
         let record = RecordId::from([4; 32]);
         d.park(
@@ -432,6 +445,9 @@ mod tests {
         assert!(d.take(1, &floors).is_err());
         assert!(!d.is_stopped());
         let guard = d.lock().await.unwrap();
-        assert_eq!(guard.seq, 0, "the dropped change left the committed state alone");
+        assert_eq!(
+            guard.seq, 0,
+            "the dropped change left the committed state alone"
+        );
     }
 }

@@ -18,9 +18,7 @@
 use std::sync::Arc;
 
 use attestation::{AttestationRequest, NsmProvider};
-use ekms_shared::audit::{
-    AuditAction, AuditDecision, SignedAuditRecord, AUDIT_USER_DATA_PREFIX,
-};
+use ekms_shared::audit::{AuditAction, AuditDecision, SignedAuditRecord, AUDIT_USER_DATA_PREFIX};
 use ekms_shared::owner::{policy_sha256, Authorization, Owner, OwnerAction, MAX_EXPIRES_AT};
 use ekms_shared::statement::{
     KeyStatement, SignedKeyStatement, IDENTITY_USER_DATA_PREFIX, STATEMENT_VERSION,
@@ -30,11 +28,11 @@ use ekms_shared::{
     ResponseBody, SealedCheckpoint, SealedKeyRecord, SealedPolicy, SignOutput, SignPayload,
     StatusInfo, WireError,
 };
-use sha2::{Digest as _, Sha256};
 use ekms_signer::{
     decode_solana, decode_unsigned, eip55, evm_address, sign_evm, sign_solana, solana_address,
     Denial, Ed25519Secret, Policy, Secp256k1Secret, SignerError,
 };
+use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditHead, AuditLog, Entry};
@@ -62,7 +60,7 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
     let ready_arc = || services.clone().ok_or(WireError::NotReady);
     match request {
         Request::Configure { kms, dek_cache } => configure(enclave, kms, dek_cache).await,
-        Request::Status => Ok(status(enclave)),
+        Request::Status => Ok(status(enclave, services.as_deref())),
         Request::Attestation { nonce, user_data } => attestation(enclave, nonce, user_data).await,
         Request::CreateKeyring { keyring, epoch } => create_keyring(ready()?, keyring, epoch).await,
         Request::GenerateKey {
@@ -139,12 +137,14 @@ async fn configure(
     Ok(ResponseBody::Configured)
 }
 
-fn status(enclave: &Enclave) -> ResponseBody {
+fn status(enclave: &Enclave, services: Option<&Services>) -> ResponseBody {
     ResponseBody::Status(StatusInfo {
         state: enclave.state(),
         mode: enclave.mode(),
         pcrs: enclave.pcrs().clone(),
         kms_target: enclave.kms_target(),
+        restored: services.is_some_and(|s| s.durable.is_restored()),
+        stopped: services.is_some_and(|s| s.durable.is_stopped()),
     })
 }
 
@@ -543,8 +543,14 @@ fn next_policy(
                 .map_err(policy_error)
                 .map_err(fail)?
                 .canonical_json();
-            check_owner(record, approval.as_ref(), OwnerAction::SetPolicy, version, &json)
-                .map_err(fail)?;
+            check_owner(
+                record,
+                approval.as_ref(),
+                OwnerAction::SetPolicy,
+                version,
+                &json,
+            )
+            .map_err(fail)?;
             Ok((json, version, action))
         }
         PolicyChange::Disable => Ok((
@@ -558,8 +564,14 @@ fn next_policy(
                 return Err(fail(bad_request("the key is not disabled".into())));
             }
             let json = policy.with_enabled(true).canonical_json();
-            check_owner(record, approval.as_ref(), OwnerAction::Enable, version, &json)
-                .map_err(fail)?;
+            check_owner(
+                record,
+                approval.as_ref(),
+                OwnerAction::Enable,
+                version,
+                &json,
+            )
+            .map_err(fail)?;
             Ok((json, version, action))
         }
     }

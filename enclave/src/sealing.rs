@@ -219,7 +219,10 @@ pub fn verify_checkpoint(dek: &DataKey, checkpoint: &SealedCheckpoint) -> Result
 fn checkpoint_mac(dek: &DataKey, checkpoint: &SealedCheckpoint) -> Hmac<Sha256> {
     let hk = Hkdf::<Sha256>::new(None, dek.0.as_slice());
     let mut key = Zeroizing::new([0u8; 32]);
-    if hk.expand(b"ekms/v1/checkpoint-mac", key.as_mut_slice()).is_err() {
+    if hk
+        .expand(b"ekms/v1/checkpoint-mac", key.as_mut_slice())
+        .is_err()
+    {
         unreachable!("HKDF-SHA256 output of 32 bytes is always valid");
     }
     let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_slice())

@@ -385,7 +385,12 @@ impl Parent {
             ResponseBody::CheckpointPending {
                 checkpoint,
                 policy: Some(policy),
-            } => match self.call(Request::Commit { seq: checkpoint.seq }).await? {
+            } => match self
+                .call(Request::Commit {
+                    seq: checkpoint.seq,
+                })
+                .await?
+            {
                 ResponseBody::Committed { .. } => Ok(policy),
                 other => panic!("{other:?}"),
             },
@@ -405,8 +410,15 @@ impl Parent {
             .await;
         match answer {
             Ok(ResponseBody::CheckpointPending { checkpoint, .. }) => {
-                let done = self.call(Request::Commit { seq: checkpoint.seq }).await;
-                assert!(matches!(done, Ok(ResponseBody::Committed { .. })), "{done:?}");
+                let done = self
+                    .call(Request::Commit {
+                        seq: checkpoint.seq,
+                    })
+                    .await;
+                assert!(
+                    matches!(done, Ok(ResponseBody::Committed { .. })),
+                    "{done:?}"
+                );
             }
             Err(WireError::BadRequest { message }) if message.contains("already restored") => {}
             other => panic!("Restore: {other:?}"),
@@ -570,7 +582,9 @@ async fn configure_create_generate_sign_and_refuse() {
         dek_ciphertext,
     };
     // Key requests wait for the durable state: Restore (a first boot: no checkpoint).
-    let early = parent.generate_raw(Algorithm::Secp256k1, &evm_policy(), &main).await;
+    let early = parent
+        .generate_raw(Algorithm::Secp256k1, &evm_policy(), &main)
+        .await;
     assert_eq!(early, Err(WireError::NotReady));
     parent.restore(&main).await;
 
@@ -752,8 +766,7 @@ async fn configure_create_generate_sign_and_refuse() {
             approval: None,
         })
         .await;
-    let Ok(evm_policy_v2) = set
-    else {
+    let Ok(evm_policy_v2) = set else {
         panic!("{set:?}");
     };
     assert_eq!(evm_policy_v2.version, 2);

@@ -29,6 +29,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use ekms_shared::audit::Receipt;
+use ekms_shared::owner::{Owner, OwnerJson};
 use ekms_shared::{
     Algorithm, Mode, PayloadKind, Request as EnclaveRequest, ResponseBody, SignOutput, SignPayload,
     MAX_ATTESTATION_NONCE_LEN,
@@ -39,9 +41,11 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
+use crate::control;
 use crate::error::{ApiError, Error};
 use crate::format;
 use crate::identity::IdentityCheck;
+use crate::journal::Journal;
 use crate::relay::Relay;
 use crate::store::{algorithm_text, KeySummary, NewKey, Store, StoredStatement};
 
@@ -75,7 +79,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{key_id}", get(get_key))
-        .route("/v1/keys/{key_id}/policy", put(set_policy))
+        .route("/v1/keys/{key_id}/policy", put(control::set_policy))
+        .route(
+            "/v1/keys/{key_id}/policy/proposal",
+            post(control::propose_policy),
+        )
+        .route("/v1/keys/{key_id}/disable", post(control::disable))
+        .route("/v1/keys/{key_id}/enable", post(control::enable))
+        .route(
+            "/v1/keys/{key_id}/enable/proposal",
+            post(control::propose_enable),
+        )
+        .route("/v1/admin/stop", post(control::stop))
+        .route("/v1/admin/resume", post(control::resume))
+        .route("/v1/audit", get(control::audit))
         .route("/v1/keys/{key_id}/sign", post(sign))
         .route("/v1/attestation", get(attestation))
         .fallback(not_found)
@@ -115,7 +132,7 @@ async fn method_not_allowed() -> ApiError {
 /// A JSON body read with the state's deadline and size limit; every failure is an
 /// [`ApiError`]: 415 `unsupported_media_type`, 413 `body_too_large`, 408
 /// `request_timeout`, 400 `invalid_json`.
-struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
@@ -162,7 +179,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
 /// The `{key_id}` path segment. Anything that is not a canonical UUID cannot name a
 /// key, so it is 404 `key_not_found` like an unknown one.
-fn key_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn key_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Ok(Path(id)) = path else {
         return Err(ApiError::key_not_found());
     };
@@ -174,7 +191,10 @@ fn key_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
 
 /// `name=value` pairs of a query string, without percent-decoding (every parameter of
 /// this API is digits or hex).
-fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn query_pairs(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -221,12 +241,7 @@ struct CreateKeyBody {
     algorithm: String,
     label: Option<String>,
     policy: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyBody {
-    policy: Value,
+    owner: Option<OwnerJson>,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +252,7 @@ struct SignBody {
 }
 
 /// The policy document as the string the enclave receives; it must be a JSON object.
-fn policy_json(policy: &Value) -> Result<String, ApiError> {
+pub(crate) fn policy_json(policy: &Value) -> Result<String, ApiError> {
     if !policy.is_object() {
         return Err(ApiError::bad_request(
             "invalid_policy",
@@ -285,23 +300,32 @@ async fn create_key(
             format!("the label exceeds {MAX_LABEL_LEN} bytes"),
         ));
     }
+    let owner = body
+        .owner
+        .as_ref()
+        .map(|o| Owner::from_json(o).map(|o| o.record_text()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_owner", e.to_string()))?;
     let policy = policy_json(&body.policy.unwrap_or_else(|| json!({"enabled": true})))?;
     let keyring = state.relay.current_keyring().await?;
     let answer = state
         .relay
         .call(EnclaveRequest::GenerateKey {
             algorithm,
-            owner: None,
+            owner: owner.clone(),
             label: body.label.clone(),
             policy_json: policy,
             keyring: keyring.clone(),
         })
         .await?;
+    // The creation's audit record is stored before anything else.
+    let (answer, _) = Journal::new(state.store.clone()).record(answer).await?;
     let ResponseBody::KeyGenerated {
         record,
         policy,
         statement,
         identity_document,
+        ..
     } = answer
     else {
         return Err(Error::UnexpectedResponse("GenerateKey").into());
@@ -314,6 +338,7 @@ async fn create_key(
         || record.algorithm != algorithm
         || record.keyring != keyring.keyring
         || record.epoch != keyring.epoch
+        || record.owner != owner
         || policy.key_id != key_id
     {
         return Err(Error::UnexpectedResponse("GenerateKey").into());
@@ -353,8 +378,21 @@ async fn create_key(
         .await?;
     tracing::info!(key_id = %summary.key_id, "key created");
     let mut out = key_json(&summary);
+    out.insert("owner".into(), owner_json(owner.as_deref()));
     out.insert("statement".into(), statement_json);
     Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// The owner as the API shows it: `null`, the JSON form
+/// (`{"type":"eip191","address"}` / `{"type":"ed25519","public_key"}`), or, for a
+/// record sealed before owners had a format, `{"type":"unknown"}` (nobody can sign for
+/// it: its policy cannot change).
+fn owner_json(owner: Option<&str>) -> Value {
+    match owner.map(Owner::from_record_text) {
+        None => Value::Null,
+        Some(Ok(o)) => serde_json::to_value(o.to_json()).unwrap_or(Value::Null),
+        Some(Err(_)) => json!({"type": "unknown"}),
+    }
 }
 
 /// The key statement as the API shows it: the statement's exact JSON text (the signed
@@ -497,6 +535,7 @@ async fn get_key(
         .ok_or_else(ApiError::key_not_found)?;
     let stored = checked_statement(&state, &row.summary).await?;
     let mut out = key_json(&row.summary);
+    out.insert("owner".into(), owner_json(row.record.owner.as_deref()));
     out.insert("statement".into(), statement_json(&stored, true));
     // The stored document is unauthenticated here (the enclave checks its MAC on use).
     let policy: Value = serde_json::from_str(&row.policy.policy_json)
@@ -506,40 +545,6 @@ async fn get_key(
     }
     out.insert("policy".into(), policy);
     Ok(Json(out).into_response())
-}
-
-async fn set_policy(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    JsonBody(body): JsonBody<PolicyBody>,
-) -> Result<Response, ApiError> {
-    let id = key_id(path)?;
-    let policy = policy_json(&body.policy)?;
-    let (row, keyring) = state
-        .store
-        .key_with_keyring(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let expected = row.policy.version;
-    let answer = state
-        .relay
-        .call(EnclaveRequest::SetPolicy {
-            record: row.record,
-            keyring,
-            current: row.policy,
-            policy_json: policy,
-        })
-        .await?;
-    let ResponseBody::PolicySet { policy } = answer else {
-        return Err(Error::UnexpectedResponse("SetPolicy").into());
-    };
-    if policy.key_id != id {
-        return Err(Error::UnexpectedResponse("SetPolicy").into());
-    }
-    let version = policy.version;
-    state.store.compare_and_set_policy(expected, policy).await?;
-    tracing::info!(key_id = %id, version, "policy updated");
-    Ok(Json(json!({ "policy_version": version })).into_response())
 }
 
 async fn sign(
@@ -600,17 +605,32 @@ async fn sign(
             payload: SignPayload { kind, bytes },
         })
         .await?;
-    let out = match (kind, answer) {
+    // The decision's audit record is stored first: no signature leaves without it.
+    let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
+    let receipt = audit
+        .map(|a| {
+            let seq = serde_json::from_str::<ekms_shared::audit::AuditRecord>(&a.record)
+                .map_err(|_| Error::UnexpectedResponse("Sign"))?
+                .seq;
+            Ok::<_, Error>(Receipt::of(&a, seq))
+        })
+        .transpose()?
+        .ok_or(Error::UnexpectedResponse("Sign"))?;
+    let output = match answer {
+        ResponseBody::Signed { output, .. } => output,
+        _ => return Err(Error::UnexpectedResponse("Sign").into()),
+    };
+    let mut out = match (kind, output) {
         (
             PayloadKind::EvmTransaction,
-            ResponseBody::Signed(SignOutput::Evm {
+            SignOutput::Evm {
                 r,
                 s,
                 y_parity,
                 v,
                 signed_transaction,
                 transaction_hash,
-            }),
+            },
         ) => json!({
             "signature": {
                 "r": format::to_0x_hex(&r),
@@ -623,16 +643,17 @@ async fn sign(
         }),
         (
             PayloadKind::SolanaTransaction,
-            ResponseBody::Signed(SignOutput::Solana {
+            SignOutput::Solana {
                 signature,
                 signed_transaction,
-            }),
+            },
         ) => json!({
             "signature": format::to_base58(&signature),
             "signed_transaction": format::to_base64(&signed_transaction),
         }),
         _ => return Err(Error::UnexpectedResponse("Sign").into()),
     };
+    out["receipt"] = serde_json::to_value(receipt).map_err(|_| ApiError::internal())?;
     Ok(Json(out).into_response())
 }
 

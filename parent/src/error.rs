@@ -221,6 +221,19 @@ impl From<WireError> for ApiError {
                 "enclave_busy",
                 "the enclave is busy; retry",
             ),
+            WireError::OwnerAuthorizationInvalid { message } => {
+                ApiError::new(S::FORBIDDEN, "owner_authorization_invalid", message)
+            }
+            WireError::KeyDisabled => ApiError::new(
+                S::FORBIDDEN,
+                "key_disabled",
+                "the key is disabled (emergency stop); only its owner can re-enable it",
+            ),
+            WireError::StoreStopped => ApiError::new(
+                S::FORBIDDEN,
+                "store_stopped",
+                "signing is stopped store-wide (POST /v1/admin/resume lifts it)",
+            ),
             other => {
                 tracing::error!(error = %other, "enclave error");
                 ApiError::internal()

@@ -16,11 +16,13 @@
 
 pub mod api;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod error;
 pub mod format;
 pub mod identity;
 pub mod io;
+pub mod journal;
 pub mod relay;
 pub mod store;
 

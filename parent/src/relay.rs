@@ -50,6 +50,7 @@ use tokio::task::JoinHandle;
 use crate::config::{AwsCredentials, KmsSettings};
 use crate::error::Error;
 use crate::io::{connect_enclave, EnclaveStream};
+use crate::journal::Journal;
 use crate::store::Store;
 
 /// First and largest pause between reconnection attempts.
@@ -109,6 +110,8 @@ struct Inner {
     refreshed: RwLock<Option<AwsCredentials>>,
     /// The current keyring; the async mutex makes creation happen once.
     keyring: tokio::sync::Mutex<Option<KeyringRef>>,
+    /// One `Restore` at a time from this parent (each connection initialises itself).
+    restoring: tokio::sync::Mutex<()>,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -128,6 +131,7 @@ impl Relay {
             alarm: RwLock::new(None),
             refreshed: RwLock::new(None),
             keyring: tokio::sync::Mutex::new(None),
+            restoring: tokio::sync::Mutex::new(()),
             supervisors: Mutex::new(Vec::new()),
         });
         let handles = (0..n)
@@ -478,7 +482,7 @@ fn configure_request(inner: &Inner) -> Request {
     }
 }
 
-/// Steps 2 of the module doc: status, configure, keyring.
+/// Steps 2 and 3 of the module doc: status, configure, keyring, restore.
 async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
     let status = match conn.call(inner, Request::Status).await? {
         ResponseBody::Status(s) => s,
@@ -503,7 +507,65 @@ async fn initialise(inner: &Inner, conn: &Conn) -> Result<StatusInfo, Error> {
         Err(e) => return Err(e),
     }
     ensure_keyring(inner, conn).await?;
+    if !status.restored {
+        restore(inner, conn).await?;
+    }
     Ok(status)
+}
+
+/// Step 3: hands a freshly started enclave its durable state (`Restore` with the
+/// newest stored checkpoint and audit record), stores the checkpoint it answers, and
+/// commits it ([`crate::journal`]). An enclave restored meanwhile (through another
+/// connection) answers `BadRequest`, which is fine. A refusal (a checkpoint that does
+/// not verify, records the checkpoint contradicts) leaves the enclave unable to
+/// serve keys: it is logged at error level, and the connection retried.
+async fn restore(inner: &Inner, conn: &Conn) -> Result<(), Error> {
+    let _one_at_a_time = inner.restoring.lock().await;
+    // Another connection may have restored it while this one waited.
+    if let ResponseBody::Status(s) = conn.call(inner, Request::Status).await? {
+        if s.restored {
+            return Ok(());
+        }
+    }
+    let journal = Journal::new(inner.store.clone());
+    let keyring = inner
+        .keyring
+        .lock()
+        .await
+        .clone()
+        .ok_or(Error::UnexpectedResponse("Restore"))?;
+    let checkpoint = journal.latest_checkpoint().await?;
+    let last_audit = journal.latest_record().await?.map(|r| r.signed);
+    let request = Request::Restore {
+        keyring,
+        checkpoint,
+        last_audit,
+    };
+    let (checkpoint, policy) = match conn.call(inner, request).await {
+        Ok(ResponseBody::CheckpointPending { checkpoint, policy }) => (checkpoint, policy),
+        Ok(_) => return Err(Error::UnexpectedResponse("Restore")),
+        Err(Error::Enclave(WireError::BadRequest { message }))
+            if message.contains("already restored") =>
+        {
+            return Ok(())
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "the enclave refused the stored checkpoint or audit chain: keys stay unusable"
+            );
+            return Err(e);
+        }
+    };
+    if policy.is_some() {
+        return Err(Error::UnexpectedResponse("Restore"));
+    }
+    let seq = checkpoint.seq;
+    journal.store_checkpoint(checkpoint, None).await?;
+    let committed = conn.call(inner, Request::Commit { seq }).await?;
+    journal.committed(committed).await?;
+    tracing::info!(checkpoint = seq, "durable state restored");
+    Ok(())
 }
 
 /// Raises the alarm (module docs): the enclave reported a KMS target (`theirs`, when
@@ -891,6 +953,8 @@ mod tests {
                                 mode: Mode::Simulation,
                                 pcrs: BTreeMap::new(),
                                 kms_target: None,
+                                restored: true,
+                                stopped: false,
                             })),
                             Request::Configure { kms, .. } => {
                                 let id = kms.credentials.access_key_id;

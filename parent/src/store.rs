@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::error::Error;
 
 /// Version of the schema below, kept in the `schema_version` table.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -176,7 +176,7 @@ impl Store {
     }
 
     /// Runs `f` on the connection in a blocking task.
-    async fn with<T, F>(&self, f: F) -> Result<T, Error>
+    pub(crate) async fn with<T, F>(&self, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
@@ -441,37 +441,51 @@ impl Store {
         expected_version: u64,
         policy: SealedPolicy,
     ) -> Result<(), Error> {
-        if policy.version <= expected_version {
-            return Err(Error::StoreCorrupt(
-                "a new policy version must be above the current one".into(),
-            ));
-        }
-        let range = |_| Error::StoreCorrupt("policy version out of range".into());
-        let expected = i64::try_from(expected_version).map_err(range)?;
-        let version = i64::try_from(policy.version).map_err(range)?;
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = tx.execute(
-                "UPDATE policies SET version = ?1, policy_json = ?2, mac = ?3
-                 WHERE key_id = ?4 AND version = ?5",
-                params![
-                    version,
-                    policy.policy_json,
-                    policy.mac.as_slice(),
-                    policy.key_id,
-                    expected
-                ],
-            )?;
-            if n != 1 {
-                return Err(Error::PolicyConflict {
-                    expected: expected_version,
-                });
-            }
+            cas_policy(&tx, expected_version, &policy)?;
             tx.commit()?;
             Ok(())
         })
         .await
     }
+}
+
+/// The compare-and-set of [`Store::compare_and_set_policy`] inside the caller's
+/// transaction (also used with a checkpoint, [`crate::journal`]).
+///
+/// # Errors
+/// As [`Store::compare_and_set_policy`].
+pub(crate) fn cas_policy(
+    tx: &rusqlite::Transaction<'_>,
+    expected_version: u64,
+    policy: &SealedPolicy,
+) -> Result<(), Error> {
+    if policy.version <= expected_version {
+        return Err(Error::StoreCorrupt(
+            "a new policy version must be above the current one".into(),
+        ));
+    }
+    let range = |_| Error::StoreCorrupt("policy version out of range".into());
+    let expected = i64::try_from(expected_version).map_err(range)?;
+    let version = i64::try_from(policy.version).map_err(range)?;
+    let n = tx.execute(
+        "UPDATE policies SET version = ?1, policy_json = ?2, mac = ?3
+         WHERE key_id = ?4 AND version = ?5",
+        params![
+            version,
+            policy.policy_json,
+            policy.mac.as_slice(),
+            policy.key_id,
+            expected
+        ],
+    )?;
+    if n != 1 {
+        return Err(Error::PolicyConflict {
+            expected: expected_version,
+        });
+    }
+    Ok(())
 }
 
 /// SQLite columns are dynamically typed: a row edited outside the parent can hold TEXT
@@ -501,6 +515,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     if !has_table {
         tx.execute_batch(SCHEMA_V1)?;
         tx.execute_batch(SCHEMA_V2)?;
+        tx.execute_batch(crate::journal::SCHEMA_JOURNAL)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             params![SCHEMA_VERSION],
@@ -511,17 +526,27 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: i64 = tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
         r.get::<_, Option<i64>>(0).map(|v| v.unwrap_or(0))
     })?;
+    // Each step brings a database one version up, in one transaction.
+    let mut version = version;
     if version == 1 {
         tx.execute_batch(SCHEMA_V2)?;
-        tx.execute("INSERT INTO schema_version (version) VALUES (2)", [])?;
-        tx.commit()?;
-        return Ok(());
+        version = 2;
+    }
+    if version == 2 {
+        // Version 3: the enclave's checkpoints and audit chain (crate::journal).
+        tx.execute_batch(crate::journal::SCHEMA_JOURNAL)?;
+        version = 3;
     }
     if version != SCHEMA_VERSION {
         return Err(Error::Config(format!(
             "database schema version {version}, this build knows {SCHEMA_VERSION}"
         )));
     }
+    tx.execute(
+        "INSERT INTO schema_version (version) SELECT ?1 WHERE ?1 > (SELECT MAX(version) FROM schema_version)",
+        params![SCHEMA_VERSION],
+    )?;
+    tx.commit()?;
     Ok(())
 }
 

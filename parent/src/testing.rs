@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ekms_shared::audit::{AuditAction, AuditDecision};
 use ekms_shared::{
     decode_request, encode_response, frame_len, Algorithm, DekCachePolicy, EnclaveState, Mode,
     Request, ResponseBody, ResponseFrame, SealedKeyRecord, SealedPolicy, SignOutput, StatusInfo,
@@ -47,6 +48,76 @@ pub struct FakeState {
     pub configures: AtomicUsize,
     pub keyrings_created: AtomicUsize,
     pub connections: AtomicUsize,
+    /// `Restore` committed.
+    pub restored: AtomicBool,
+    /// The store-wide stop.
+    pub stopped: AtomicBool,
+    /// Checkpoint numbers issued.
+    pub checkpoint_seq: std::sync::atomic::AtomicU64,
+    /// The fake's audit chain: next `seq` and the head's hash.
+    pub audit: std::sync::Mutex<(u64, [u8; 32])>,
+    /// The pending state change: its checkpoint `seq`, the policy version it makes
+    /// (for the audit record), whether it is a restore, a stop change.
+    pub pending: std::sync::Mutex<Option<FakePending>>,
+}
+
+/// A fake pending change: checkpoint `seq`, (key id, version), restore?, stop change.
+type FakePending = (u64, Option<(String, u64)>, bool, Option<bool>);
+
+impl FakeState {
+    /// Appends a record to the fake's chain (signed by a fixed key; the fake is not a
+    /// model of the enclave's security).
+    fn audit(
+        &self,
+        action: ekms_shared::audit::AuditAction,
+        decision: ekms_shared::audit::AuditDecision,
+        key_id: Option<String>,
+        rule: Option<String>,
+    ) -> ekms_shared::audit::SignedAuditRecord {
+        let mut head = self.audit.lock().unwrap();
+        let record = ekms_shared::audit::AuditRecord {
+            seq: head.0 + 1,
+            time: 1,
+            key_id,
+            action,
+            payload_kind: None,
+            payload_sha256: None,
+            policy_version: None,
+            decision,
+            rule,
+            prev_hash: hex::encode(head.1),
+        };
+        let signed = ekms_shared::audit::SignedAuditRecord::sign(&fake_identity().key, &record);
+        *head = (record.seq, signed.record_sha256());
+        signed
+    }
+
+    /// Phase 1 of a fake state change.
+    fn pend(
+        &self,
+        policy: Option<SealedPolicy>,
+        restore: bool,
+        stop: Option<bool>,
+    ) -> Result<ResponseBody, WireError> {
+        let mut pending = self.pending.lock().unwrap();
+        let seq = self.checkpoint_seq.load(Ordering::SeqCst) + 1;
+        *pending = Some((
+            seq,
+            policy.as_ref().map(|p| (p.key_id.clone(), p.version)),
+            restore,
+            stop,
+        ));
+        Ok(ResponseBody::CheckpointPending {
+            checkpoint: ekms_shared::SealedCheckpoint {
+                seq,
+                keyring: "default".into(),
+                epoch: 1,
+                body: vec![0xa0],
+                mac: [0; 32],
+            },
+            policy,
+        })
+    }
 }
 
 /// A running fake enclave; stops (closing every connection) on drop.
@@ -184,6 +255,8 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                     endpoint_url: Some("http://127.0.0.1:4566".into()),
                     kms_key_id,
                 }),
+            restored: state.restored.load(Ordering::SeqCst),
+            stopped: state.stopped.load(Ordering::SeqCst),
         })),
         Request::Configure { kms, .. } => {
             let mut target = state.target.lock().unwrap();
@@ -255,11 +328,18 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                 mac: [0; 32],
             });
             let (statement, identity_document) = fake_statement(&record, Some(1));
+            let audit = state.audit(
+                AuditAction::CreateKey,
+                AuditDecision::Allowed,
+                Some(record.key_id.clone()),
+                None,
+            );
             Ok(ResponseBody::KeyGenerated {
                 record,
                 policy,
                 statement,
                 identity_document,
+                audit,
             })
         }
         Request::CertifyKey { record, .. } => {
@@ -284,13 +364,70 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                     message: "unknown rule bad_rule".into(),
                 });
             }
-            Ok(ResponseBody::PolicySet {
-                policy: seal(SealedPolicy {
-                    key_id: record.key_id,
-                    version: current.version + 1,
-                    policy_json,
-                    mac: [0; 32],
-                }),
+            let policy = seal(SealedPolicy {
+                key_id: record.key_id,
+                version: current.version + 1,
+                policy_json,
+                mac: [0; 32],
+            });
+            state.pend(Some(policy), false, None)
+        }
+        Request::DisableKey {
+            record, current, ..
+        }
+        | Request::EnableKey {
+            record, current, ..
+        } => {
+            check(&record, &current)?;
+            let policy = seal(SealedPolicy {
+                key_id: record.key_id,
+                version: current.version + 1,
+                policy_json: current.policy_json,
+                mac: [0; 32],
+            });
+            state.pend(Some(policy), false, None)
+        }
+        Request::StopAll => state.pend(None, false, Some(true)),
+        Request::ResumeAll => state.pend(None, false, Some(false)),
+        Request::Restore { .. } => {
+            if state.restored.load(Ordering::SeqCst) {
+                return Err(WireError::BadRequest {
+                    message: "the durable state is already restored".into(),
+                });
+            }
+            state.pend(None, true, None)
+        }
+        Request::Commit { seq } => {
+            let Some((pending_seq, key, restore, stop)) = state.pending.lock().unwrap().take()
+            else {
+                return Err(WireError::BadRequest {
+                    message: "nothing pending".into(),
+                });
+            };
+            if pending_seq != seq {
+                return Err(WireError::BadRequest {
+                    message: "another checkpoint is pending".into(),
+                });
+            }
+            state.checkpoint_seq.store(seq, Ordering::SeqCst);
+            let (action, document) = if restore {
+                state.restored.store(true, Ordering::SeqCst);
+                (AuditAction::Boot, Some(b"audit-doc".to_vec()))
+            } else if let Some(stop) = stop {
+                state.stopped.store(stop, Ordering::SeqCst);
+                let action = if stop {
+                    AuditAction::Stop
+                } else {
+                    AuditAction::Resume
+                };
+                (action, None)
+            } else {
+                (AuditAction::SetPolicy, None)
+            };
+            let audit = state.audit(action, AuditDecision::Allowed, key.map(|k| k.0), None);
+            Ok(ResponseBody::Committed {
+                audit,
+                audit_document: document,
             })
         }
         Request::Sign {
@@ -301,11 +438,26 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
         } => {
             check(&record, &policy)?;
             let b = payload.bytes;
+            let refuse = |error: WireError, rule: &str| {
+                let audit = state.audit(
+                    AuditAction::Sign,
+                    AuditDecision::Refused,
+                    Some(record.key_id.clone()),
+                    Some(rule.into()),
+                );
+                Ok(ResponseBody::Refused { error, audit })
+            };
+            if state.stopped.load(Ordering::SeqCst) {
+                return refuse(WireError::StoreStopped, "store_stopped");
+            }
             match b.as_slice() {
-                b"deny" => Err(WireError::PolicyDenied {
-                    rule: "evm.chain_ids".into(),
-                    message: "chain id 5 is not allowed".into(),
-                }),
+                b"deny" => refuse(
+                    WireError::PolicyDenied {
+                        rule: "evm.chain_ids".into(),
+                        message: "chain id 5 is not allowed".into(),
+                    },
+                    "evm.chain_ids",
+                ),
                 [0xff, ..] => Err(WireError::UnsupportedPayload {
                     message: "legacy transactions are not supported".into(),
                 }),
@@ -316,20 +468,28 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
                     code: "ThrottlingException".into(),
                     message: "rate exceeded".into(),
                 }),
-                _ => Ok(ResponseBody::Signed(match record.algorithm {
-                    Algorithm::Secp256k1 => SignOutput::Evm {
-                        r: [1; 32],
-                        s: [2; 32],
-                        y_parity: 1,
-                        v: 38,
-                        signed_transaction: [b.as_slice(), &[0xee]].concat(),
-                        transaction_hash: [3; 32],
+                _ => Ok(ResponseBody::Signed {
+                    audit: state.audit(
+                        AuditAction::Sign,
+                        AuditDecision::Allowed,
+                        Some(record.key_id.clone()),
+                        None,
+                    ),
+                    output: match record.algorithm {
+                        Algorithm::Secp256k1 => SignOutput::Evm {
+                            r: [1; 32],
+                            s: [2; 32],
+                            y_parity: 1,
+                            v: 38,
+                            signed_transaction: [b.as_slice(), &[0xee]].concat(),
+                            transaction_hash: [3; 32],
+                        },
+                        Algorithm::Ed25519 => SignOutput::Solana {
+                            signature: [4; 64],
+                            signed_transaction: [&[0xee], b.as_slice()].concat(),
+                        },
                     },
-                    Algorithm::Ed25519 => SignOutput::Solana {
-                        signature: [4; 64],
-                        signed_transaction: [&[0xee], b.as_slice()].concat(),
-                    },
-                })),
+                }),
             }
         }
     }

@@ -188,7 +188,8 @@ impl SignedAuditRecord {
         if record.canonical_json() != self.record {
             return Err(AuditError::Malformed);
         }
-        let key = VerifyingKey::from_bytes(&self.audit_key).map_err(|_| AuditError::BadSignature)?;
+        let key =
+            VerifyingKey::from_bytes(&self.audit_key).map_err(|_| AuditError::BadSignature)?;
         key.verify_strict(
             &signing_input(&self.record),
             &Signature::from_bytes(&self.signature),
@@ -261,7 +262,16 @@ mod tests {
         let names: Vec<_> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(
             names,
-            ["boot", "create_key", "sign", "set_policy", "disable", "enable", "stop", "resume"]
+            [
+                "boot",
+                "create_key",
+                "sign",
+                "set_policy",
+                "disable",
+                "enable",
+                "stop",
+                "resume"
+            ]
         );
         for a in AuditAction::ALL {
             assert_eq!(
@@ -308,6 +318,9 @@ mod tests {
     fn audit_user_data_binds_the_key_hash() {
         let ud = audit_user_data(&[7; 32]);
         assert!(ud.starts_with(AUDIT_USER_DATA_PREFIX));
-        assert_eq!(&ud[AUDIT_USER_DATA_PREFIX.len()..], &Sha256::digest([7u8; 32])[..]);
+        assert_eq!(
+            &ud[AUDIT_USER_DATA_PREFIX.len()..],
+            &Sha256::digest([7u8; 32])[..]
+        );
     }
 }

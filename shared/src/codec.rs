@@ -354,6 +354,8 @@ mod tests {
                     endpoint_url: Some("https://127.0.0.1:4566".into()),
                     kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
                 }),
+                restored: true,
+                stopped: false,
             })),
             Ok(ResponseBody::Attestation {
                 document: vec![0xd2, 0x84],

@@ -453,6 +453,13 @@ pub struct StatusInfo {
     /// parent can tell an enclave configured by someone else. Absent on the wire = `None`.
     #[serde(default)]
     pub kms_target: Option<KmsTarget>,
+    /// Whether the durable state was restored (`Restore` committed): key requests are
+    /// served only then. Absent on the wire = `false`.
+    #[serde(default)]
+    pub restored: bool,
+    /// Whether the store-wide stop is in force.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Which KMS an enclave uses: [`KmsConfig`] without the credentials (nothing secret).

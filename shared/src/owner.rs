@@ -230,8 +230,7 @@ pub fn recover_eip191(message: &[u8], signature: &[u8]) -> Option<[u8; 20]> {
         return None;
     }
     let recid = RecoveryId::from_byte(v)?;
-    let key =
-        VerifyingKey::recover_from_prehash(&eip191_hash(message), &signature, recid).ok()?;
+    let key = VerifyingKey::recover_from_prehash(&eip191_hash(message), &signature, recid).ok()?;
     let point = key.to_sec1_point(false);
     let hash = Keccak256::digest(&point.as_bytes()[1..]);
     let mut address = [0u8; 20];

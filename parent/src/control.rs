@@ -1,0 +1,385 @@
+//! The API routes that change what a key may do (issue 7): owner-authorized policy
+//! changes and their proposals, the emergency stop of one key and its re-enable, the
+//! store-wide stop and resume, and the audit chain.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /v1/keys/{id}/policy/proposal` | `{"policy", "expires_at"?}` | `{"version","policy_sha256","canonical_policy","expires_at","message"}` |
+//! | `PUT /v1/keys/{id}/policy` | `{"policy", "version"?, "expires_at"?, "owner_signature"?}` | `{"policy_version"}` |
+//! | `POST /v1/keys/{id}/disable` | `{}` | `{"policy_version","enabled":false}` |
+//! | `POST /v1/keys/{id}/enable/proposal` | `{"expires_at"?}` | as the policy proposal |
+//! | `POST /v1/keys/{id}/enable` | `{"version"?, "expires_at"?, "owner_signature"?}` | `{"policy_version","enabled":true}` |
+//! | `POST /v1/admin/stop`, `POST /v1/admin/resume` | `{}` | `{"stopped":bool}` |
+//! | `GET /v1/audit?after=SEQ&limit=N` | | `{"records":[{"seq","record","signature","audit_key"}],"documents":{"0x<key>":"<base64>"}}` |
+//!
+//! A proposal is a convenience: it shows the exact message ([`ekms_shared::owner`]) an
+//! owner signs for the change; the enclave rebuilds and checks everything itself, and
+//! judges `expires_at` by its own clock. Every change goes through the enclave's two
+//! phases ([`crate::journal::Journal::settle`]): its answer is released only once the
+//! checkpoint is stored and committed.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ekms_shared::owner::{parse_rfc3339, policy_sha256, rfc3339, Authorization, OwnerAction};
+use ekms_shared::{OwnerApproval, Request as EnclaveRequest, MAX_OWNER_SIGNATURE_LEN};
+use ekms_signer::Policy;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{key_id, policy_json, query_pairs, AppState, JsonBody};
+use crate::error::{ApiError, Error};
+use crate::format;
+use crate::journal::{Journal, MAX_AUDIT_PAGE};
+
+/// Lifetime of a proposal's authorization when the caller names none (seconds).
+pub const DEFAULT_AUTHORIZATION_SECS: u64 = 3600;
+const DEFAULT_AUDIT_PAGE: u32 = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProposalBody {
+    policy: Value,
+    expires_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnableProposalBody {
+    expires_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetPolicyBody {
+    policy: Value,
+    version: Option<u64>,
+    expires_at: Option<String>,
+    owner_signature: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnableBody {
+    version: Option<u64>,
+    expires_at: Option<String>,
+    owner_signature: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmptyBody {}
+
+/// `expires_at` as Unix seconds: the caller's (RFC 3339 UTC, seconds), or an hour from
+/// now for a proposal.
+fn expiry(text: Option<&str>) -> Result<u64, ApiError> {
+    match text {
+        Some(t) => parse_rfc3339(t).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_expires_at",
+                "expires_at must be RFC 3339 UTC with seconds, e.g. 2026-12-02T12:00:00Z",
+            )
+        }),
+        None => Ok(u64::try_from(crate::now_ms() / 1000).unwrap_or(0) + DEFAULT_AUTHORIZATION_SECS),
+    }
+}
+
+/// The owner's signature: `0x` + hex (EIP-191, 65 bytes) or base58 (ed25519, 64 bytes).
+fn signature_bytes(text: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = match text.strip_prefix("0x") {
+        Some(_) => format::from_0x_hex(text),
+        None => bs58::decode(text).into_vec().ok(),
+    };
+    bytes
+        .filter(|b| (64..=MAX_OWNER_SIGNATURE_LEN).contains(&b.len()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_owner_signature",
+                "owner_signature must be 0x + 130 hex digits (eip191) or base58 of 64 bytes (ed25519)",
+            )
+        })
+}
+
+/// The approval sent to the enclave: all three of `version`, `expires_at` and
+/// `owner_signature`, or none (a key without an owner; for an owned key the enclave
+/// then refuses with `owner_authorization_invalid`).
+fn approval(
+    version: Option<u64>,
+    expires_at: Option<&str>,
+    signature: Option<&str>,
+) -> Result<Option<OwnerApproval>, ApiError> {
+    match (version, expires_at, signature) {
+        (None, None, None) => Ok(None),
+        (Some(version), Some(expires_at), Some(signature)) => Ok(Some(OwnerApproval {
+            version,
+            expires_at: expiry(Some(expires_at))?,
+            signature: signature_bytes(signature)?,
+        })),
+        _ => Err(ApiError::bad_request(
+            "invalid_owner_authorization",
+            "an owner authorization needs version, expires_at and owner_signature together",
+        )),
+    }
+}
+
+/// The proposal answer for `action` on `key_id` making `version` with `canonical`.
+fn proposal_json(
+    action: OwnerAction,
+    key_id: String,
+    version: u64,
+    canonical: String,
+    expires_at: u64,
+) -> Value {
+    let digest = policy_sha256(&canonical);
+    let message = Authorization {
+        action,
+        key_id,
+        version,
+        policy_sha256: digest,
+        expires_at,
+    }
+    .message();
+    json!({
+        "action": action.as_str(),
+        "version": version,
+        "policy_sha256": hex::encode(digest),
+        "canonical_policy": canonical,
+        "expires_at": rfc3339(expires_at),
+        "message": message,
+    })
+}
+
+fn invalid_policy(e: ekms_signer::SignerError) -> ApiError {
+    ApiError::bad_request("invalid_policy", e.to_string())
+}
+
+/// `POST /v1/keys/{id}/policy/proposal`.
+pub(crate) async fn propose_policy(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<ProposalBody>,
+) -> Result<Response, ApiError> {
+    let id = key_id(path)?;
+    let canonical = Policy::parse_new(&policy_json(&body.policy)?)
+        .map_err(invalid_policy)?
+        .canonical_json();
+    let row = state
+        .store
+        .key(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let version = row.policy.version.saturating_add(1);
+    let expires_at = expiry(body.expires_at.as_deref())?;
+    let out = proposal_json(OwnerAction::SetPolicy, id, version, canonical, expires_at);
+    Ok(Json(out).into_response())
+}
+
+/// `POST /v1/keys/{id}/enable/proposal`.
+pub(crate) async fn propose_enable(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<EnableProposalBody>,
+) -> Result<Response, ApiError> {
+    let id = key_id(path)?;
+    let row = state
+        .store
+        .key(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let policy = Policy::parse(&row.policy.policy_json)
+        .map_err(|_| Error::StoreCorrupt("stored policy does not parse".into()))?;
+    if policy.enabled() {
+        return Err(ApiError::bad_request(
+            "key_not_disabled",
+            "the key is not disabled",
+        ));
+    }
+    let canonical = policy.with_enabled(true).canonical_json();
+    let version = row.policy.version.saturating_add(1);
+    let expires_at = expiry(body.expires_at.as_deref())?;
+    let out = proposal_json(OwnerAction::Enable, id, version, canonical, expires_at);
+    Ok(Json(out).into_response())
+}
+
+/// `PUT /v1/keys/{id}/policy`.
+pub(crate) async fn set_policy(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<SetPolicyBody>,
+) -> Result<Response, ApiError> {
+    let id = key_id(path)?;
+    let policy = policy_json(&body.policy)?;
+    let approval = approval(
+        body.version,
+        body.expires_at.as_deref(),
+        body.owner_signature.as_deref(),
+    )?;
+    let (row, keyring) = state
+        .store
+        .key_with_keyring(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let expected = row.policy.version;
+    let request = EnclaveRequest::SetPolicy {
+        record: row.record,
+        keyring,
+        current: row.policy,
+        policy_json: policy,
+        approval,
+    };
+    let version = change(&state, &id, request, expected).await?;
+    tracing::info!(key_id = %id, version, "policy updated");
+    Ok(Json(json!({ "policy_version": version })).into_response())
+}
+
+/// `POST /v1/keys/{id}/disable`: the emergency stop of one key (needs no owner).
+pub(crate) async fn disable(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(_): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let id = key_id(path)?;
+    let (row, keyring) = state
+        .store
+        .key_with_keyring(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let expected = row.policy.version;
+    let request = EnclaveRequest::DisableKey {
+        record: row.record,
+        keyring,
+        current: row.policy,
+    };
+    let version = change(&state, &id, request, expected).await?;
+    tracing::warn!(key_id = %id, version, "key disabled");
+    Ok(Json(json!({ "policy_version": version, "enabled": false })).into_response())
+}
+
+/// `POST /v1/keys/{id}/enable`.
+pub(crate) async fn enable(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<EnableBody>,
+) -> Result<Response, ApiError> {
+    let id = key_id(path)?;
+    let approval = approval(
+        body.version,
+        body.expires_at.as_deref(),
+        body.owner_signature.as_deref(),
+    )?;
+    let (row, keyring) = state
+        .store
+        .key_with_keyring(id.clone())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let expected = row.policy.version;
+    let request = EnclaveRequest::EnableKey {
+        record: row.record,
+        keyring,
+        current: row.policy,
+        approval,
+    };
+    let version = change(&state, &id, request, expected).await?;
+    tracing::info!(key_id = %id, version, "key enabled");
+    Ok(Json(json!({ "policy_version": version, "enabled": true })).into_response())
+}
+
+/// Sends a key's policy change and settles it; the new version.
+async fn change(
+    state: &AppState,
+    id: &str,
+    request: EnclaveRequest,
+    expected: u64,
+) -> Result<u64, ApiError> {
+    let answer = state.relay.call(request).await?;
+    let journal = Journal::new(state.store.clone());
+    let policy = journal
+        .settle(&state.relay, answer, Some(expected))
+        .await?
+        .ok_or(Error::UnexpectedResponse("policy change"))?;
+    if policy.key_id != id {
+        return Err(Error::UnexpectedResponse("policy change").into());
+    }
+    Ok(policy.version)
+}
+
+/// `POST /v1/admin/stop`.
+pub(crate) async fn stop(
+    State(state): State<AppState>,
+    JsonBody(_): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    set_stop(&state, true).await
+}
+
+/// `POST /v1/admin/resume`.
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    JsonBody(_): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    set_stop(&state, false).await
+}
+
+async fn set_stop(state: &AppState, stopped: bool) -> Result<Response, ApiError> {
+    let request = if stopped {
+        EnclaveRequest::StopAll
+    } else {
+        EnclaveRequest::ResumeAll
+    };
+    let answer = state.relay.call(request).await?;
+    Journal::new(state.store.clone())
+        .settle(&state.relay, answer, None)
+        .await?;
+    if stopped {
+        tracing::warn!("store-wide stop: the enclave signs nothing until resumed");
+    } else {
+        tracing::warn!("store-wide stop lifted");
+    }
+    Ok(Json(json!({ "stopped": stopped })).into_response())
+}
+
+/// `GET /v1/audit?after=SEQ&limit=N`.
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut after = 0u64;
+    let mut limit = DEFAULT_AUDIT_PAGE;
+    for (k, v) in query_pairs(query.as_deref(), &["after", "limit"])? {
+        let bad = |what: String| ApiError::bad_request("invalid_query", what);
+        if k == "after" {
+            after = v
+                .parse()
+                .map_err(|_| bad("after must be a record seq".into()))?;
+        } else {
+            limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
+                .ok_or_else(|| bad(format!("limit must be 1 to {MAX_AUDIT_PAGE}")))?;
+        }
+    }
+    let journal = Journal::new(state.store.clone());
+    let rows = journal.records_after(after, limit).await?;
+    let mut keys: Vec<[u8; 32]> = rows.iter().map(|r| r.signed.audit_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let documents: serde_json::Map<String, Value> = journal
+        .documents(keys)
+        .await?
+        .into_iter()
+        .map(|(k, d)| (format::to_0x_hex(&k), format::to_base64(&d).into()))
+        .collect();
+    let records: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "record": r.signed.record,
+                "signature": format::to_0x_hex(&r.signed.signature),
+                "audit_key": format::to_0x_hex(&r.signed.audit_key),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "records": records, "documents": documents })).into_response())
+}
