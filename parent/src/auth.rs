@@ -294,11 +294,9 @@ pub async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error>
         let kept = match store.token_by_hash(token_hash(&existing)).await {
             Ok(Some(row)) => {
                 let caller = Caller::from_row(row);
+                let now = crate::now_ms();
                 caller.scopes & Scope::Admin.bit() != 0
-                    && !caller
-                        .row
-                        .expires_at_ms
-                        .is_some_and(|t| t <= crate::now_ms())
+                    && caller.row.expires_at_ms.is_none_or(|t| t > now)
             }
             Ok(None) | Err(Error::StoreCorrupt(_)) => false,
             Err(e) => return Err(e),
