@@ -111,13 +111,41 @@ class Response:
         return f"Response({self.status}, {self.body[:400]!r})"
 
 
+ADMIN_TOKEN = object()
+"""`Client(token=ADMIN_TOKEN)` (the default): the admin token in `admin.token` beside the
+socket, read at each request (the parent writes it at its first start)."""
+
+
 class Client:
     """The application API on a Unix socket. One connection per call, so a client can
-    be shared by threads."""
+    be shared by threads.
 
-    def __init__(self, socket_path: str | os.PathLike, timeout: float = 30.0):
+    `token`: `ADMIN_TOKEN` (default, see above), a token string, or None for no
+    `Authorization` header."""
+
+    def __init__(self, socket_path: str | os.PathLike, timeout: float = 30.0, token: Any = ADMIN_TOKEN):
         self.socket_path = os.fspath(socket_path)
         self.timeout = timeout
+        self.token = token
+
+    def with_token(self, token: Any) -> "Client":
+        """The same client with another token (a string, None, or ADMIN_TOKEN)."""
+        return Client(self.socket_path, self.timeout, token)
+
+    def admin_token_path(self) -> Path:
+        return Path(self.socket_path).parent / "admin.token"
+
+    def _token(self) -> str | None:
+        if self.token is ADMIN_TOKEN:
+            try:
+                return self.admin_token_path().read_text().strip()
+            except FileNotFoundError:
+                return None
+        return self.token
+
+    def auth_headers(self) -> dict[str, str]:
+        token = self._token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(
         self,
@@ -132,7 +160,7 @@ class Client:
         conn = UnixHTTPConnection(self.socket_path, timeout or self.timeout)
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-            headers = {}
+            headers = self.auth_headers()
             if data is not None and content_type:
                 headers["Content-Type"] = content_type
             try:
@@ -181,6 +209,21 @@ class Client:
 
     def sign_solana(self, key_id: str, unsigned: bytes, timeout: float | None = None) -> Response:
         return self.sign(key_id, "solana_transaction", base64.b64encode(unsigned).decode(), timeout=timeout)
+
+    def create_token(self, name: str, scopes: list[str], key_ids: list[str] | None = None,
+                     expires_at: str | None = None) -> Response:
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if key_ids is not None:
+            body["key_ids"] = key_ids
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        return self.request("POST", "/v1/tokens", body)
+
+    def list_tokens(self) -> Response:
+        return self.request("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: str) -> Response:
+        return self.request("DELETE", f"/v1/tokens/{token_id}")
 
 
 # -------------------------------------------------------------------------------- sim

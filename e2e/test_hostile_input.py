@@ -94,7 +94,8 @@ def test_rejects_oversize_chunked_body(sim, keys):
             yield b'"}'
 
         try:
-            conn.request("POST", sign_path(keys), body=chunks(), headers={"Content-Type": "application/json"},
+            conn.request("POST", sign_path(keys), body=chunks(),
+                         headers={"Content-Type": "application/json", **sim.client.auth_headers()},
                          encode_chunked=True)
         except (BrokenPipeError, ConnectionResetError):
             pass

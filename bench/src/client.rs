@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -16,9 +16,27 @@ use tokio::net::UnixStream;
 use crate::Error;
 
 /// One keep-alive HTTP/1.1 connection to a Unix socket; requests on it are sequential.
+/// Every request carries the admin token the parent keeps beside its socket
+/// (`admin.token`, as `ekms sim` lays it out), when that file exists.
 pub struct Conn {
     path: PathBuf,
     sender: Option<SendRequest<Full<Bytes>>>,
+    token: Option<HeaderValue>,
+}
+
+/// `Bearer <token>` from `admin.token` beside the socket at `path`, if the file exists.
+fn admin_token(path: &Path) -> Result<Option<HeaderValue>, Error> {
+    let file = path.parent().unwrap_or(Path::new(".")).join("admin.token");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", text.trim()))
+                .map_err(|_| Error::Http(format!("{} holds no token", file.display())))?;
+            v.set_sensitive(true);
+            Ok(Some(v))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Http(format!("reading {}: {e}", file.display()))),
+    }
 }
 
 impl Conn {
@@ -30,6 +48,7 @@ impl Conn {
         let mut conn = Self {
             path: path.to_path_buf(),
             sender: None,
+            token: admin_token(path)?,
         };
         conn.sender = Some(conn.open().await?);
         Ok(conn)
@@ -64,7 +83,7 @@ impl Conn {
             Some(s) => s,
             None => self.sender.insert(self.open().await?),
         };
-        let result = send(sender, method, uri, body).await;
+        let result = send(sender, method, uri, body, self.token.as_ref()).await;
         if result.is_err() {
             self.sender = None;
         }
@@ -77,16 +96,21 @@ async fn send(
     method: Method,
     uri: &str,
     body: Bytes,
+    token: Option<&HeaderValue>,
 ) -> Result<(StatusCode, Bytes), Error> {
     sender
         .ready()
         .await
         .map_err(|e| Error::Http(format!("connection not ready: {e}")))?;
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
         .header(HOST, "localhost")
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(AUTHORIZATION, token.clone());
+    }
+    let req = req
         .body(Full::new(body))
         .map_err(|e| Error::Http(format!("request: {e}")))?;
     let resp = sender

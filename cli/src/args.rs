@@ -25,6 +25,11 @@ pub struct Cli {
     /// Application API socket of the parent.
     #[arg(long, global = true, env = "EKMS_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// File holding the API token to send (`Authorization: Bearer`). Without it, the
+    /// token in the environment variable EKMS_TOKEN, else `admin.token` beside the
+    /// socket when that file exists (what `ekms sim` writes).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +54,36 @@ pub enum Command {
     /// Fetch and verify attestation documents.
     #[command(subcommand)]
     Attestation(AttestationCommand),
+    /// Create, list and revoke API tokens (needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+/// `ekms tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token (`POST /v1/tokens`); prints it once.
+    Create {
+        /// Name of the token (1 to 64 bytes).
+        #[arg(long)]
+        name: String,
+        /// A scope: sign, keys:create, keys:read, policy:write or admin (repeatable).
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Limit the sign scope to this key (repeatable).
+        #[arg(long = "key-id", value_name = "ID")]
+        key_ids: Vec<String>,
+        /// Expiry, RFC 3339 (e.g. 2030-01-01T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// List tokens (`GET /v1/tokens`); never shows a token.
+    List,
+    /// Revoke a token (`DELETE /v1/tokens/{id}`).
+    Revoke {
+        /// Token id.
+        id: String,
+    },
 }
 
 /// Flags of `ekms sim`.
@@ -395,6 +430,54 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_token_flags_and_commands() {
+        let cli = parse(&[
+            "tokens",
+            "create",
+            "--name",
+            "bot",
+            "--scope",
+            "sign",
+            "--scope",
+            "keys:read",
+            "--key-id",
+            "k1",
+            "--token-file",
+            "/tmp/t",
+        ])
+        .unwrap();
+        assert_eq!(cli.token_file, Some(PathBuf::from("/tmp/t")));
+        match cli.command {
+            Command::Tokens(TokensCommand::Create {
+                name,
+                scopes,
+                key_ids,
+                expires_at,
+            }) => {
+                assert_eq!(name, "bot");
+                assert_eq!(scopes, ["sign", "keys:read"]);
+                assert_eq!(key_ids, ["k1"]);
+                assert_eq!(expires_at, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse(&["tokens", "revoke", "abc"]).unwrap().command,
+            Command::Tokens(TokensCommand::Revoke { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_token_commands_without_their_arguments() {
+        assert!(parse(&["tokens", "create", "--name", "x"]).is_err());
+        assert!(parse(&["tokens", "revoke"]).is_err());
+        assert!(
+            parse(&["--token", "x", "health"]).is_err(),
+            "no token in argv"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A small HTTP/1.1 client of the application API on the parent's Unix socket: one
 //! connection per request (hyper 1 `client::conn::http1` over `tokio::net::UnixStream`),
 //! JSON bodies, a deadline for the whole exchange and a bound on the answer's size.
+//! With an API token ([`ApiClient::with_token`]) every request carries
+//! `Authorization: Bearer <token>`; the token never shows in `Debug` or an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,11 +20,69 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Default deadline for one request (connect, send, read the whole answer).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest API token accepted from a file or the environment, in bytes.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+/// An API token (`ekms_…`). Its `Debug` shows nothing.
+#[derive(Clone)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Checks `text` (surrounding white space removed): 1 to [`MAX_TOKEN_LEN`] visible
+    /// ASCII characters. `origin` names where it came from, for the error (which never
+    /// quotes the token).
+    ///
+    /// # Errors
+    /// [`Error::Usage`] otherwise.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        let t = text.trim();
+        if t.is_empty() || t.len() > MAX_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Usage(format!(
+                "{origin} does not hold an API token (1 to {MAX_TOKEN_LEN} visible ASCII characters)"
+            )));
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    /// Reads the token from `path`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read, [`Error::Usage`] if it holds no token.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        use std::io::Read as _;
+        let origin = path.display().to_string();
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_TOKEN_LEN as u64 + 2).read_to_string(&mut text))
+            .map_err(|e| Error::io(format!("reading the token file {origin}"), e))?;
+        Self::parse(&text, &origin)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn expose_for_tests(&self) -> &str {
+        &self.0
+    }
+
+    fn header(&self) -> Result<header::HeaderValue, Error> {
+        let mut v = header::HeaderValue::from_str(&format!("Bearer {}", self.0))
+            .map_err(|_| Error::Usage("the API token is not a valid header value".into()))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerToken").finish_non_exhaustive()
+    }
+}
+
 /// A client of the API served on one Unix socket.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     socket: PathBuf,
     timeout: Duration,
+    token: Option<BearerToken>,
 }
 
 /// A decoded answer: its status and JSON body (`Value::Null` for an empty body).
@@ -71,7 +131,14 @@ impl ApiClient {
         Self {
             socket: socket.into(),
             timeout: DEFAULT_TIMEOUT,
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The same client with another per-request deadline.
@@ -131,6 +198,9 @@ impl ApiClient {
             .uri(path)
             .header(header::HOST, "localhost")
             .header(header::ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, token.header()?);
+        }
         let bytes = match body {
             Some(v) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -255,6 +325,38 @@ mod tests {
                 assert_eq!(rule.as_deref(), Some("chain_ids"));
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_the_bearer_token_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(serve_once(
+            listener,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+        ));
+        let token = BearerToken::parse(" ekms_secret-value\n", "test").unwrap();
+        let client = ApiClient::new(&path).with_token(Some(token));
+        assert!(!format!("{client:?}").contains("secret"), "{client:?}");
+        client.request(Method::GET, "/v1/keys", None).await.unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.contains("\r\nauthorization: Bearer ekms_secret-value\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn rejects_token_text_that_is_not_a_token() {
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        for t in ["", "  \n", "two words", "ekms_é", long.as_str()] {
+            let err = BearerToken::parse(t, "EKMS_TOKEN").unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{t:?}");
+            if !t.trim().is_empty() {
+                assert!(!err.to_string().contains(t.trim()), "{err}");
+            }
         }
     }
 

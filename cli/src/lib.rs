@@ -1,6 +1,12 @@
 //! The `ekms` command: runs the simulation (`ekms sim`, see [`sim`]) and is a client of
 //! the parent's application API on its Unix socket (keys, policies, signing, health,
-//! attestation verification).
+//! attestation verification, API tokens).
+//!
+//! The API token sent with each request ([`api_token`]): `--token-file PATH`, else the
+//! environment variable `EKMS_TOKEN`, else `admin.token` beside the socket when that
+//! file exists (the admin token the parent writes into its state directory, so `ekms
+//! sim` users need nothing). The token is never printed, except by `ekms tokens
+//! create`, which shows the new token once.
 //!
 //! Output contract: the server's JSON answer, pretty-printed, on stdout; errors on
 //! stderr as `ekms: <code>: <message>`, with exit status 2 for a usage error and 1 for
@@ -19,9 +25,14 @@ use serde_json::{json, Value};
 
 use crate::args::{
     check_evm_payload, check_key_id, check_solana_payload, AttestationCommand, Cli, Command,
-    KeysCommand, PolicyCommand, SignCommand,
+    KeysCommand, PolicyCommand, SignCommand, TokensCommand,
 };
-use crate::client::ApiClient;
+use crate::client::{ApiClient, BearerToken};
+
+/// The environment variable holding an API token.
+pub const TOKEN_ENV: &str = "EKMS_TOKEN";
+/// The admin token file the parent writes into its state directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Everything that can make `ekms` fail.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +108,14 @@ impl Error {
 /// # Errors
 /// Any [`Error`]; the caller prints it and exits with [`Error::exit_code`].
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let client = ApiClient::new(&cli.socket);
+    if let Command::Sim(args) = cli.command {
+        return sim::run(args).await;
+    }
+    let env_token = std::env::var(TOKEN_ENV).ok();
+    let token = api_token(&cli.socket, cli.token_file.as_deref(), env_token.as_deref())?;
+    let client = ApiClient::new(&cli.socket).with_token(token);
     let output = match cli.command {
-        Command::Sim(args) => return sim::run(args).await,
+        Command::Sim(_) => unreachable!("handled above"),
         Command::Health => get(&client, "/v1/health").await?,
         Command::Keys(KeysCommand::Create {
             algorithm,
@@ -149,6 +165,32 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 json!({"kind": "solana_transaction", "payload": check_solana_payload(&payload)?});
             send(&client, Method::POST, &path, &body).await?
         }
+        Command::Tokens(TokensCommand::Create {
+            name,
+            scopes,
+            key_ids,
+            expires_at,
+        }) => {
+            let mut body = json!({"name": name, "scopes": scopes});
+            if !key_ids.is_empty() {
+                for id in &key_ids {
+                    check_key_id(id)?;
+                }
+                body["key_ids"] = json!(key_ids);
+            }
+            if let Some(t) = expires_at {
+                body["expires_at"] = Value::String(t);
+            }
+            send(&client, Method::POST, "/v1/tokens", &body).await?
+        }
+        Command::Tokens(TokensCommand::List) => get(&client, "/v1/tokens").await?,
+        Command::Tokens(TokensCommand::Revoke { id }) => {
+            let path = format!("/v1/tokens/{}", check_key_id(&id)?);
+            client
+                .request(Method::DELETE, &path, None)
+                .await?
+                .into_result()?
+        }
         Command::Attestation(AttestationCommand::Verify(args)) => {
             let out = verify::run(&client, &args).await?;
             if out.get("warning").is_some() {
@@ -158,6 +200,38 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
     };
     print_json(&output)
+}
+
+/// The API token to send: from `token_file`, else `env_token` (the value of
+/// [`TOKEN_ENV`]), else [`ADMIN_TOKEN_FILE`] in the socket's directory if it exists;
+/// `None` when there is none (routes other than health then answer 401).
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Usage`] for a token file that cannot be read or holds no
+/// token, [`Error::Usage`] for an `EKMS_TOKEN` that is not one.
+pub fn api_token(
+    socket: &std::path::Path,
+    token_file: Option<&std::path::Path>,
+    env_token: Option<&str>,
+) -> Result<Option<BearerToken>, Error> {
+    if let Some(path) = token_file {
+        return BearerToken::from_file(path).map(Some);
+    }
+    if let Some(text) = env_token {
+        return BearerToken::parse(text, TOKEN_ENV).map(Some);
+    }
+    let default = socket
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(ADMIN_TOKEN_FILE);
+    match std::fs::metadata(&default) {
+        Ok(_) => BearerToken::from_file(&default).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(
+            format!("reading the token file {}", default.display()),
+            e,
+        )),
+    }
 }
 
 async fn get(client: &ApiClient, path: &str) -> Result<Value, Error> {
@@ -201,6 +275,41 @@ mod tests {
             api.to_string(),
             "policy_denied: chain 5 is not allowed (rule: chain_ids)"
         );
+    }
+
+    #[test]
+    fn picks_the_token_file_then_the_environment_then_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ekms.sock");
+        let pick = |file: Option<&std::path::Path>, env: Option<&str>| {
+            api_token(&socket, file, env)
+                .unwrap()
+                .map(|t| t.expose_for_tests().to_owned())
+        };
+        assert_eq!(pick(None, None), None);
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "ekms_admin\n").unwrap();
+        let file = dir.path().join("bot.token");
+        std::fs::write(&file, "ekms_bot").unwrap();
+        assert_eq!(
+            pick(Some(&file), Some("ekms_env")).as_deref(),
+            Some("ekms_bot")
+        );
+        assert_eq!(pick(None, Some("ekms_env")).as_deref(), Some("ekms_env"));
+        assert_eq!(pick(None, None).as_deref(), Some("ekms_admin"));
+    }
+
+    #[test]
+    fn rejects_a_missing_token_file_or_a_bad_environment_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ekms.sock");
+        let missing = dir.path().join("none.token");
+        assert!(matches!(
+            api_token(&socket, Some(&missing), None),
+            Err(Error::Io { .. })
+        ));
+        let err = api_token(&socket, None, Some("not a token")).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(!err.to_string().contains("not a token"), "{err}");
     }
 
     #[test]

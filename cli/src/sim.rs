@@ -10,6 +10,7 @@
 //! | `kms/` | kms-sim's keys and policies |
 //! | `kms-key-arn` | ARN of the KMS key that seals the data keys |
 //! | `keys.db` | the parent's key store |
+//! | `admin.token` | the admin API token the parent writes at its first start (0600); `ekms` sends it by default |
 //! | `enclave.sock`, `ekms.sock` | the enclave's socket and the application API socket |
 //! | `logs/{kms-sim,enclave,parent}.log` | the children's stdout and stderr (appended) |
 //! | `sim.json` | pids and paths of the running simulation (removed on a clean stop) |

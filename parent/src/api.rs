@@ -9,6 +9,14 @@
 //! | `PUT /v1/keys/{key_id}/policy` `{"policy":{…}}` | `{"policy_version":N}` |
 //! | `POST /v1/keys/{key_id}/sign` `{"kind","payload"}` | EVM: `{"signature":{"r","s","y_parity","v"},"signed_transaction","transaction_hash"}`; Solana: `{"signature","signed_transaction"}` |
 //! | `GET /v1/attestation?nonce=HEX` (≤ 512 bytes) | `{"document":"<base64>"}` |
+//! | `POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{token_id}` | see [`crate::tokens`] |
+//!
+//! Every route but `GET /v1/health` needs `Authorization: Bearer <token>` with a scope
+//! ([`crate::auth`]): `POST /v1/keys` `keys:create`; `GET /v1/keys[/{id}]` `keys:read`;
+//! `PUT …/policy` `policy:write`; `POST …/sign` `sign` (on a listed key, if the token
+//! lists keys); `GET /v1/attestation` any token; the token routes `admin`. No, an
+//! unknown, a revoked or an expired token is 401 `unauthenticated`; a valid token
+//! without the scope is 403 `forbidden`.
 //!
 //! Bytes are `0x` hex for EVM and secp256k1 keys, base64 for Solana transactions and
 //! base58 for Solana keys and signatures. Every error, including axum's own rejections,
@@ -41,6 +49,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
+use crate::auth::{Caller, Scope};
 use crate::control;
 use crate::error::{ApiError, Error};
 use crate::format;
@@ -95,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(control::audit))
         .route("/v1/keys/{key_id}/sign", post(sign))
         .route("/v1/attestation", get(attestation))
+        .merge(crate::tokens::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
@@ -112,8 +122,13 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
         )
         .into_response();
     };
-    let span =
-        tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    // `token_id` is recorded by the `Caller` extractor once the token is known.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        token_id = tracing::field::Empty
+    );
     next.run(request).instrument(span).await
 }
 
@@ -281,9 +296,11 @@ fn key_json(k: &KeySummary) -> serde_json::Map<String, Value> {
 }
 
 async fn create_key(
+    caller: Caller,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::KeysCreate, None)?;
     let algorithm = match body.algorithm.as_str() {
         "secp256k1" => Algorithm::Secp256k1,
         "ed25519" => Algorithm::Ed25519,
@@ -490,9 +507,11 @@ fn enclave_pcr0(state: &AppState) -> Option<Vec<u8>> {
 }
 
 async fn list_keys(
+    caller: Caller,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::KeysRead, None)?;
     let mut limit = DEFAULT_LIST_LIMIT;
     for (_, v) in query_pairs(query.as_deref(), &["limit"])? {
         limit = v
@@ -524,9 +543,11 @@ async fn list_keys(
 }
 
 async fn get_key(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::KeysRead, None)?;
     let id = key_id(path)?;
     let row = state
         .store
@@ -548,11 +569,13 @@ async fn get_key(
 }
 
 async fn sign(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<SignBody>,
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
+    caller.require(Scope::Sign, Some(&id))?;
     let kind = match body.kind.as_str() {
         "evm_transaction" => PayloadKind::EvmTransaction,
         "solana_transaction" => PayloadKind::SolanaTransaction,
@@ -658,6 +681,8 @@ async fn sign(
 }
 
 async fn attestation(
+    // Any valid token: every document costs the enclave an NSM call.
+    _caller: Caller,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -697,7 +722,16 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
+    /// The router, with the harness's admin token on every request that has none.
     fn app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
+        crate::testing::authorized(
+            bare_app(h, max_body_bytes, in_flight),
+            h.admin_token.clone(),
+        )
+    }
+
+    /// The router as served: requests carry only the headers a test gives them.
+    fn bare_app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
         router(AppState {
             relay: h.relay.clone(),
             store: h.store.clone(),
@@ -756,6 +790,7 @@ mod tests {
             relay_config(&dir.path().join("none.sock"), 1),
             store.clone(),
         );
+        let (_, admin) = crate::testing::token(&store, "admin", None, None).await;
         let app = router(AppState {
             relay: relay.clone(),
             store,
@@ -764,6 +799,7 @@ mod tests {
             read_timeout: Duration::from_secs(2),
             max_body_bytes: 1024,
         });
+        let app = crate::testing::authorized(app, admin);
         let (s, v) = send(&app, "GET", "/v1/health", None).await;
         assert_eq!(
             (s, code(&v)),

@@ -26,8 +26,8 @@ pub use crate::identity::AttestationRoot;
 /// Where the application API listens.
 ///
 /// Text forms: `unix:/path` (the default, a Unix stream socket) or `tcp://IP:PORT`
-/// (loopback only: the API has no authentication of its own, so it must not be
-/// reachable from the network).
+/// (loopback only: the API is plain HTTP, so its bearer tokens must not cross a
+/// network).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// A Unix socket path.
@@ -56,7 +56,7 @@ impl FromStr for ListenAddr {
                 .map_err(|_| Error::Config(format!("invalid TCP address in {s:?}")))?;
             if !addr.ip().is_loopback() {
                 return Err(Error::Config(format!(
-                    "{s:?}: the API has no authentication, so TCP is loopback only"
+                    "{s:?}: the API is plain HTTP (its tokens would cross the network in clear), so TCP is loopback only"
                 )));
             }
             Ok(ListenAddr::Tcp(addr))
@@ -151,6 +151,9 @@ pub struct Config {
     pub enclave: Address,
     /// SQLite database path.
     pub db: PathBuf,
+    /// Where the admin token is kept (`<state-dir>/admin.token`, see
+    /// [`crate::auth::ensure_admin_token`]).
+    pub admin_token: PathBuf,
     /// KMS region, endpoint and key for the enclave.
     pub kms: KmsTarget,
     /// Where the enclave's AWS credentials come from.
@@ -188,7 +191,8 @@ pub const MAX_TIMEOUT_SECS: u64 = 3600;
     about = "enclave-kms parent: API, key store and enclave relay"
 )]
 pub struct Args {
-    /// Directory for the default socket and database (created 0700 if missing).
+    /// Directory for the default socket and database, and for `admin.token`, the admin
+    /// API token written at the first start (created 0700 if missing).
     #[arg(long, env = "EKMS_STATE_DIR", default_value = "/var/lib/ekms")]
     pub state_dir: PathBuf,
     /// Application API address: unix:/path or tcp://127.0.0.1:PORT
@@ -331,6 +335,7 @@ impl Args {
             listen,
             enclave,
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),
+            admin_token: self.state_dir.join(crate::auth::ADMIN_TOKEN_FILE),
             kms: KmsTarget {
                 region: self.kms_region,
                 endpoint_url: self.kms_endpoint_url,

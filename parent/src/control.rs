@@ -12,6 +12,11 @@
 //! | `POST /v1/admin/stop`, `POST /v1/admin/resume` | `{}` | `{"stopped":bool}` |
 //! | `GET /v1/audit?after=SEQ&limit=N` | | `{"records":[{"seq","record","signature","audit_key"}],"documents":{"0x<key>":"<base64>"}}` |
 //!
+//! Scopes: proposals, `PUT …/policy` and `enable` need `policy:write`; `disable`,
+//! `stop` and `resume` need `admin`; `GET /v1/audit` needs `keys:read`. A token only
+//! lets a change reach the enclave: for a key with an owner, the enclave applies it only
+//! with the owner's signature.
+//!
 //! A proposal is a convenience: it shows the exact message ([`ekms_shared::owner`]) an
 //! owner signs for the change; the enclave rebuilds and checks everything itself, and
 //! judges `expires_at` by its own clock. Every change goes through the enclave's two
@@ -29,6 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{key_id, policy_json, query_pairs, AppState, JsonBody};
+use crate::auth::{Caller, Scope};
 use crate::error::{ApiError, Error};
 use crate::format;
 use crate::journal::{Journal, MAX_AUDIT_PAGE};
@@ -156,10 +162,12 @@ fn invalid_policy(e: ekms_signer::SignerError) -> ApiError {
 
 /// `POST /v1/keys/{id}/policy/proposal`.
 pub(crate) async fn propose_policy(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<ProposalBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let canonical = Policy::parse_new(&policy_json(&body.policy)?)
         .map_err(invalid_policy)?
@@ -177,10 +185,12 @@ pub(crate) async fn propose_policy(
 
 /// `POST /v1/keys/{id}/enable/proposal`.
 pub(crate) async fn propose_enable(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<EnableProposalBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let row = state
         .store
@@ -204,10 +214,12 @@ pub(crate) async fn propose_enable(
 
 /// `PUT /v1/keys/{id}/policy`.
 pub(crate) async fn set_policy(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<SetPolicyBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let policy = policy_json(&body.policy)?;
     let approval = approval(
@@ -235,10 +247,12 @@ pub(crate) async fn set_policy(
 
 /// `POST /v1/keys/{id}/disable`: the emergency stop of one key (needs no owner).
 pub(crate) async fn disable(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(_): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin, None)?;
     let id = key_id(path)?;
     let (row, keyring) = state
         .store
@@ -258,10 +272,12 @@ pub(crate) async fn disable(
 
 /// `POST /v1/keys/{id}/enable`.
 pub(crate) async fn enable(
+    caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<EnableBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let approval = approval(
         body.version,
@@ -306,17 +322,21 @@ async fn change(
 
 /// `POST /v1/admin/stop`.
 pub(crate) async fn stop(
+    caller: Caller,
     State(state): State<AppState>,
     JsonBody(_): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin, None)?;
     set_stop(&state, true).await
 }
 
 /// `POST /v1/admin/resume`.
 pub(crate) async fn resume(
+    caller: Caller,
     State(state): State<AppState>,
     JsonBody(_): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin, None)?;
     set_stop(&state, false).await
 }
 
@@ -340,9 +360,11 @@ async fn set_stop(state: &AppState, stopped: bool) -> Result<Response, ApiError>
 
 /// `GET /v1/audit?after=SEQ&limit=N`.
 pub(crate) async fn audit(
+    caller: Caller,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::KeysRead, None)?;
     let mut after = 0u64;
     let mut limit = DEFAULT_AUDIT_PAGE;
     for (k, v) in query_pairs(query.as_deref(), &["after", "limit"])? {

@@ -44,6 +44,9 @@ pub enum Error {
     /// A row to insert already exists (keyring epoch or key id).
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// As many API tokens as allowed are stored already.
+    #[error("at most {0} API tokens may exist; revoke one first")]
+    TooManyTokens(usize),
     /// No connection to the enclave, or it dropped while the request was in flight.
     #[error("enclave unavailable: {0}")]
     EnclaveUnavailable(String),
@@ -131,6 +134,27 @@ impl ApiError {
         )
     }
 
+    /// 401 `unauthenticated`: no `Authorization: Bearer` token, or one that is unknown,
+    /// revoked or expired ([`crate::auth`]). The message says which of "none" and "not
+    /// valid" it was, never why a presented token is not valid.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// 403 `forbidden`: a valid token without the scope (or key) the route needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `token_not_found`.
+    pub fn token_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "token_not_found",
+            "no token with this id",
+        )
+    }
+
     /// 500 `internal` with a generic message (details go to the log, not the caller).
     pub fn internal() -> Self {
         Self::new(
@@ -171,6 +195,9 @@ impl From<Error> for ApiError {
                 "body_too_large",
                 format!("the request does not fit in one enclave frame of {max} bytes"),
             ),
+            Error::TooManyTokens(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_tokens", error.to_string())
+            }
             Error::PolicyConflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "policy_conflict", error.to_string())
             }
@@ -317,6 +344,29 @@ mod tests {
             (e.status, e.code),
             (StatusCode::GATEWAY_TIMEOUT, "enclave_timeout")
         );
+    }
+
+    /// The codes of authentication and token management, pinned: clients match on them.
+    #[test]
+    fn pins_auth_and_token_codes() {
+        let too_many: ApiError = Error::TooManyTokens(1000).into();
+        let cases = [
+            (
+                ApiError::unauthenticated("x"),
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+            ),
+            (ApiError::forbidden("x"), StatusCode::FORBIDDEN, "forbidden"),
+            (
+                ApiError::token_not_found(),
+                StatusCode::NOT_FOUND,
+                "token_not_found",
+            ),
+            (too_many, StatusCode::CONFLICT, "too_many_tokens"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status, e.code), (status, code));
+        }
     }
 
     #[test]

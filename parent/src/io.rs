@@ -81,6 +81,43 @@ pub fn restrict_file(path: &std::path::Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
 
+/// Writes `bytes` to `path` atomically, readable by the owner only from the first
+/// byte: a new file `<path>.<random>.tmp` in the same directory is created with
+/// `O_EXCL` and mode 0600, written and synced, then renamed over `path` (and the
+/// directory synced). Readers see the old file or the whole new one, never a partial or
+/// world-readable one.
+///
+/// # Errors
+/// [`Error::Io`] for any step; the temporary file is removed on failure.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| Error::Internal(format!("OS random: {e}")))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", hex::encode(suffix)));
+    let tmp = PathBuf::from(tmp);
+    let write = || -> io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The mode given to open(2) is masked by the umask, which can only remove bits.
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("writing {}", path.display()), e)
+    })
+}
+
 /// The bound application socket.
 #[derive(Debug)]
 pub enum AppListener {

@@ -11,10 +11,14 @@
 //! EC2, from IMDSv2, refreshed before they expire and pushed to the enclave with
 //! `Configure` ([`credentials`]).
 //!
+//! Every route but health needs an API token ([`auth`], [`tokens`]); at its first start
+//! the parent writes an admin token to `<state-dir>/admin.token` (mode 0600).
+//!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
 //! [`Server::bind`] then [`Server::run`], to learn the bound address first).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod credentials;
@@ -25,6 +29,7 @@ pub mod io;
 pub mod journal;
 pub mod relay;
 pub mod store;
+pub mod tokens;
 
 #[cfg(test)]
 mod testing;
@@ -48,8 +53,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the key store (creating its directory 0700 if missing) and binds the
-    /// application socket.
+    /// Opens the key store (creating its directory 0700 if missing), makes sure the
+    /// admin token file holds a valid admin token ([`auth::ensure_admin_token`]) and
+    /// binds the application socket.
     ///
     /// # Errors
     /// [`Error::Io`] for the directory or socket, [`Error::Store`] or [`Error::Config`]
@@ -72,6 +78,14 @@ impl Server {
                 io::restrict_file(&side)?;
             }
         }
+        if let Some(dir) = config
+            .admin_token
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            io::ensure_private_dir(dir)?;
+        }
+        auth::ensure_admin_token(&store, &config.admin_token).await?;
         let listener = AppListener::bind(&config.listen).await?;
         Ok(Server {
             config,
@@ -192,6 +206,7 @@ mod tests {
             listen: ListenAddr::Unix(dir.join("api.sock")),
             enclave: ekms_shared::Address::Unix(enclave.to_owned()),
             db: dir.join("state/ekms.db"),
+            admin_token: dir.join("state/admin.token"),
             kms: KmsTarget {
                 region: "us-east-1".into(),
                 endpoint_url: None,
@@ -250,9 +265,24 @@ mod tests {
         }
         assert!(last.0.contains(" 200 "), "{last:?}");
         assert!(last.1.contains(r#""mode":"simulation""#), "{last:?}");
-        let post = "POST /v1/keys HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\
-                    Content-Type: application/json\r\nContent-Length: 23\r\n\r\n{\"algorithm\":\"ed25519\"}";
-        let (status, body) = http(&sock, post).await;
+        let post = |auth: &str| {
+            format!(
+                "POST /v1/keys HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: 23\r\n\r\n{{\"algorithm\":\"ed25519\"}}"
+            )
+        };
+        let (status, body) = http(&sock, &post("")).await;
+        assert!(status.contains(" 401 "), "{status} {body}");
+        // The admin token written at the first start, owner-only.
+        let token_file = dir.path().join("state/admin.token");
+        let mode = std::fs::metadata(&token_file).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+        let (status, body) = http(&sock, &post(&auth)).await;
         assert!(status.contains(" 201 "), "{status} {body}");
         stop_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)

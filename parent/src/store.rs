@@ -14,9 +14,17 @@
 //! rusqlite is blocking: each call runs on `spawn_blocking` against one connection
 //! behind a mutex. Rule for maintainers: a schema change bumps [`SCHEMA_VERSION`] and
 //! adds a migration step in [`migrate`].
+//!
+//! API tokens (schema version 3, [`crate::auth`]) live here too: only their SHA-256
+//! hashes, looked up by hash through a unique index. Valid tokens found by hash are kept
+//! in a small in-memory cache (at most one entry per stored token), so the signing path
+//! authenticates without a blocking SQLite call; a lookup that fills the cache and a
+//! revocation that empties it both run under the connection's lock, so no cached entry
+//! outlives a revoke.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ekms_shared::statement::SignedKeyStatement;
 use ekms_shared::{Algorithm, KeyringRef, SealedKeyRecord, SealedPolicy};
@@ -25,7 +33,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::error::Error;
 
 /// Version of the schema below, kept in the `schema_version` table.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -74,10 +82,47 @@ CREATE TABLE key_statements (
 );
 ";
 
-/// The SQLite key store. Cheap to clone (one shared connection).
+/// Version 3: API tokens ([`crate::auth`]). Only the SHA-256 of a token is stored
+/// (`token_hash`, unique and so indexed); `scopes` is the space-separated scope names,
+/// `key_ids` a JSON array of the keys a `sign` scope is limited to (NULL: every key),
+/// times in milliseconds since the Unix epoch.
+const SCHEMA_V3: &str = "
+CREATE TABLE tokens (
+    token_id   TEXT    PRIMARY KEY NOT NULL,
+    name       TEXT    NOT NULL,
+    token_hash BLOB    NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    scopes     TEXT    NOT NULL,
+    key_ids    TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+";
+
+/// The SQLite key store. Cheap to clone (one shared connection and token cache).
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Tokens found by hash (see the module docs); written only while `conn` is locked.
+    tokens: Arc<RwLock<HashMap<[u8; 32], Arc<TokenRow>>>>,
+}
+
+/// A stored API token (never the token itself: its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Non-secret id (32 hex digits).
+    pub token_id: String,
+    /// Operator's name for the token.
+    pub name: String,
+    /// SHA-256 of the token string.
+    pub token_hash: [u8; 32],
+    /// Scope names ([`crate::auth::Scope::as_str`]), space-separated.
+    pub scopes: String,
+    /// Keys the `sign` scope is limited to; `None`: every key.
+    pub key_ids: Option<Vec<String>>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Expiry, milliseconds since the Unix epoch; `None`: never.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -172,6 +217,7 @@ impl Store {
         migrate(&mut conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            tokens: Arc::default(),
         })
     }
 
@@ -449,6 +495,139 @@ impl Store {
         })
         .await
     }
+
+    /// Stores a new API token; returns once committed. With `max_tokens`, refuses when
+    /// that many tokens are stored already (the bootstrap admin token passes `None`).
+    ///
+    /// # Errors
+    /// [`Error::TooManyTokens`]; [`Error::AlreadyExists`] for a duplicate id or hash;
+    /// [`Error::Store`]. Nothing is written on error.
+    pub async fn insert_token(
+        &self,
+        token: TokenRow,
+        max_tokens: Option<usize>,
+    ) -> Result<(), Error> {
+        let key_ids = token
+            .key_ids
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("encoding key ids: {e}")))?;
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(max) = max_tokens {
+                let n: i64 = tx.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;
+                if usize::try_from(n).map_or(true, |n| n >= max) {
+                    return Err(Error::TooManyTokens(max));
+                }
+            }
+            let n = tx.execute(
+                "INSERT INTO tokens (token_id, name, token_hash, scopes, key_ids, created_at,
+                                     expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                params![
+                    token.token_id,
+                    token.name,
+                    token.token_hash.as_slice(),
+                    token.scopes,
+                    key_ids,
+                    token.created_at_ms,
+                    token.expires_at_ms
+                ],
+            )?;
+            if n == 0 {
+                return Err(Error::AlreadyExists(format!("token {}", token.token_id)));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The token whose SHA-256 is `hash`, if stored: from the cache, else one indexed
+    /// query (which caches what it finds). Expiry is the caller's check.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] for a malformed row; [`Error::Store`].
+    pub async fn token_by_hash(&self, hash: [u8; 32]) -> Result<Option<Arc<TokenRow>>, Error> {
+        if let Some(row) = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return Ok(Some(Arc::clone(row)));
+        }
+        let cache = Arc::clone(&self.tokens);
+        self.with(move |c| {
+            let row = c
+                .query_row(
+                    &format!("{TOKEN_COLUMNS} WHERE token_hash = ?1"),
+                    params![hash.as_slice()],
+                    token_columns,
+                )
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            let row = Arc::new(row.check()?);
+            // Under the connection lock: a revoke cannot run between the query and this.
+            cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hash, Arc::clone(&row));
+            Ok(Some(row))
+        })
+        .await
+    }
+
+    /// Every stored token, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::StoreCorrupt`] for a malformed row; [`Error::Store`].
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "{TOKEN_COLUMNS} ORDER BY created_at ASC, rowid ASC"
+            ))?;
+            let rows = stmt.query_map([], token_columns)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.check()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes the token `token_id` and drops it from the cache, before returning.
+    /// Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn delete_token(&self, token_id: String) -> Result<bool, Error> {
+        let cache = Arc::clone(&self.tokens);
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let hash: Option<Vec<u8>> = tx
+                .query_row(
+                    "DELETE FROM tokens WHERE token_id = ?1 RETURNING token_hash",
+                    params![token_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.commit()?;
+            let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+            match hash.as_deref().map(<[u8; 32]>::try_from) {
+                Some(Ok(h)) => {
+                    cache.remove(&h);
+                }
+                // A hash of the wrong shape was never cached; drop every entry of this
+                // id anyway.
+                _ => cache.retain(|_, row| row.token_id != token_id),
+            }
+            Ok(hash.is_some())
+        })
+        .await
+    }
 }
 
 /// The compare-and-set of [`Store::compare_and_set_policy`] inside the caller's
@@ -515,6 +694,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     if !has_table {
         tx.execute_batch(SCHEMA_V1)?;
         tx.execute_batch(SCHEMA_V2)?;
+        tx.execute_batch(SCHEMA_V3)?;
         tx.execute_batch(crate::journal::SCHEMA_JOURNAL)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
@@ -523,31 +703,84 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
         tx.commit()?;
         return Ok(());
     }
-    let version: i64 = tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+    let mut version: i64 = tx.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
         r.get::<_, Option<i64>>(0).map(|v| v.unwrap_or(0))
     })?;
-    // Each step brings a database one version up, in one transaction.
-    let mut version = version;
-    if version == 1 {
-        tx.execute_batch(SCHEMA_V2)?;
-        version = 2;
-    }
-    if version == 2 {
-        // Version 3: the enclave's checkpoints and audit chain (crate::journal).
-        tx.execute_batch(crate::journal::SCHEMA_JOURNAL)?;
-        version = 3;
-    }
-    if version != SCHEMA_VERSION {
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(Error::Config(format!(
             "database schema version {version}, this build knows {SCHEMA_VERSION}"
         )));
     }
-    tx.execute(
-        "INSERT INTO schema_version (version) SELECT ?1 WHERE ?1 > (SELECT MAX(version) FROM schema_version)",
-        params![SCHEMA_VERSION],
-    )?;
+    // One step per version, in order, in one transaction.
+    let steps: [(i64, &str); 3] = [
+        (2, SCHEMA_V2),
+        (3, SCHEMA_V3),
+        // Version 4: the enclave's checkpoints and audit chain (crate::journal).
+        (4, crate::journal::SCHEMA_JOURNAL),
+    ];
+    for (to, sql) in steps {
+        if version == to - 1 {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                params![to],
+            )?;
+            version = to;
+        }
+    }
     tx.commit()?;
     Ok(())
+}
+
+/// The columns [`token_columns`] reads.
+const TOKEN_COLUMNS: &str = "SELECT token_id, name, token_hash, scopes, key_ids, created_at,
+    expires_at FROM tokens";
+
+/// A token row as read, checked by [`RawToken::check`].
+struct RawToken {
+    token_id: String,
+    name: String,
+    token_hash: Vec<u8>,
+    scopes: String,
+    key_ids: Option<String>,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+}
+
+fn token_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawToken> {
+    Ok(RawToken {
+        token_id: r.get(0)?,
+        name: r.get(1)?,
+        token_hash: r.get(2)?,
+        scopes: r.get(3)?,
+        key_ids: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        expires_at_ms: r.get(6)?,
+    })
+}
+
+impl RawToken {
+    fn check(self) -> Result<TokenRow, Error> {
+        let corrupt = |what: &str| Error::StoreCorrupt(format!("token {}: {what}", self.token_id));
+        let token_hash = <[u8; 32]>::try_from(self.token_hash.as_slice())
+            .map_err(|_| corrupt("hash is not 32 bytes"))?;
+        let key_ids = match &self.key_ids {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<Vec<String>>(text)
+                    .map_err(|_| corrupt("key_ids is not a JSON array of strings"))?,
+            ),
+        };
+        Ok(TokenRow {
+            token_id: self.token_id,
+            name: self.name,
+            token_hash,
+            scopes: self.scopes,
+            key_ids,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+        })
+    }
 }
 
 /// Raw columns of a summary, checked by [`RawSummary::check`] (outside the rusqlite
@@ -797,6 +1030,91 @@ mod tests {
         // Reopening a migrated database is a no-op.
         let store = Store::open(&path).unwrap();
         assert!(store.statement("k1".into()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_2_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(SCHEMA_V2).unwrap();
+            c.execute("INSERT INTO schema_version (version) VALUES (1), (2)", [])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        store.insert_token(token_row("t1", 1), None).await.unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list_tokens().await.unwrap(), [token_row("t1", 1)]);
+        let version: i64 = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    fn token_row(id: &str, hash_byte: u8) -> TokenRow {
+        TokenRow {
+            token_id: id.into(),
+            name: "bot".into(),
+            token_hash: [hash_byte; 32],
+            scopes: "sign keys:read".into(),
+            key_ids: Some(vec!["k1".into()]),
+            created_at_ms: 5,
+            expires_at_ms: Some(9),
+        }
+    }
+
+    #[tokio::test]
+    async fn finds_tokens_by_hash_until_they_are_deleted() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_token(token_row("t1", 1), None).await.unwrap();
+        s.insert_token(token_row("t2", 2), None).await.unwrap();
+        for _ in 0..2 {
+            // The second round is served from the cache.
+            let got = s.token_by_hash([1; 32]).await.unwrap().unwrap();
+            assert_eq!(*got, token_row("t1", 1));
+        }
+        assert!(s.token_by_hash([3; 32]).await.unwrap().is_none());
+        assert!(s.delete_token("t1".into()).await.unwrap());
+        assert!(s.token_by_hash([1; 32]).await.unwrap().is_none());
+        assert!(!s.delete_token("t1".into()).await.unwrap());
+        assert_eq!(s.list_tokens().await.unwrap(), [token_row("t2", 2)]);
+    }
+
+    #[tokio::test]
+    async fn rejects_tokens_over_the_limit_or_duplicated() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_token(token_row("t1", 1), Some(2)).await.unwrap();
+        s.insert_token(token_row("t2", 2), Some(2)).await.unwrap();
+        assert!(matches!(
+            s.insert_token(token_row("t3", 3), Some(2)).await,
+            Err(Error::TooManyTokens(2))
+        ));
+        // The bootstrap path has no limit; a duplicate hash or id is refused.
+        s.insert_token(token_row("t3", 3), None).await.unwrap();
+        assert!(s.insert_token(token_row("t4", 3), None).await.is_err());
+        assert!(s.insert_token(token_row("t3", 4), None).await.is_err());
+        assert_eq!(s.list_tokens().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn rejects_a_token_row_of_the_wrong_shape() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_token(token_row("t1", 1), None).await.unwrap();
+        s.conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE tokens SET key_ids = '{'", [])
+            .unwrap();
+        assert!(matches!(
+            s.token_by_hash([1; 32]).await,
+            Err(Error::StoreCorrupt(_))
+        ));
     }
 
     #[tokio::test]

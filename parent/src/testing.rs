@@ -642,12 +642,60 @@ pub async fn wait_ready(relay: &Relay) {
     panic!("relay not ready after 5 s");
 }
 
-/// A started relay and store around a fresh fake enclave in a temp dir.
+/// Stores a token with `scopes` (space-separated), limited to `key_ids` when given,
+/// expiring at `expires_at_ms` when given; returns its id and the token.
+pub async fn token(
+    store: &Store,
+    scopes: &str,
+    key_ids: Option<&[&str]>,
+    expires_at_ms: Option<i64>,
+) -> (String, String) {
+    let (token, token_hash) = crate::auth::generate_token().unwrap();
+    let token_id = crate::auth::new_token_id().unwrap();
+    store
+        .insert_token(
+            crate::store::TokenRow {
+                token_id: token_id.clone(),
+                name: format!("test {scopes}"),
+                token_hash,
+                scopes: scopes.into(),
+                key_ids: key_ids.map(|ids| ids.iter().map(|s| (*s).to_owned()).collect()),
+                created_at_ms: crate::now_ms(),
+                expires_at_ms,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    (token_id, token.expose().to_owned())
+}
+
+/// `router` with `Authorization: Bearer <token>` added to every request that has no
+/// `Authorization` header: for the tests of handlers that are not about authentication.
+pub fn authorized(router: axum::Router, token: String) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+            let value = axum::http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+            async move {
+                let headers = request.headers_mut();
+                if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+                    headers.insert(axum::http::header::AUTHORIZATION, value);
+                }
+                next.run(request).await
+            }
+        },
+    ))
+}
+
+/// A started relay and store around a fresh fake enclave in a temp dir, with an admin
+/// token.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub fake: FakeEnclave,
     pub relay: Relay,
     pub store: Store,
+    /// An `admin` token of `store`.
+    pub admin_token: String,
 }
 
 impl Harness {
@@ -657,11 +705,13 @@ impl Harness {
         let store = Store::open(&dir.path().join("ekms.db")).unwrap();
         let relay = Relay::start(relay_config(&fake.path, connections), store.clone());
         wait_ready(&relay).await;
+        let (_, admin_token) = token(&store, "admin", None, None).await;
         Harness {
             dir,
             fake,
             relay,
             store,
+            admin_token,
         }
     }
 
