@@ -476,7 +476,11 @@ fn flood(sim: &SimGuard, evm: &Key, request: fn(u64, &Key) -> Request) -> Flood 
             let mut body = vec![0; frame_len(prefix).unwrap()];
             reader.read_exact(&mut body).unwrap();
             match decode_response(&body).unwrap().body {
-                Ok(ResponseBody::Attestation { .. }) | Err(WireError::InvalidPayload { .. }) => {
+                Ok(ResponseBody::Attestation { .. })
+                | Ok(ResponseBody::Refused {
+                    error: WireError::InvalidPayload { .. },
+                    ..
+                }) => {
                     ok += 1;
                 }
                 Err(WireError::Busy) => busy += 1,

@@ -60,6 +60,8 @@ struct World {
     kms_task: Option<tokio::task::JoinHandle<()>>,
     enclave_stop: Option<oneshot::Sender<()>>,
     enclave_task: Option<tokio::task::JoinHandle<()>>,
+    /// The simulated Nitro CA (a restarted enclave gets a new NSM under it).
+    ca: SimulatedCa,
 }
 
 /// A kms-sim served in-process on `tcp` with its TLS CA in `tls_ca_dir`; returns its
@@ -131,16 +133,9 @@ impl World {
             .with_kms_pin(pin)
             .danger_trust_simulation_kms_ca(tls_root_pem.clone())
             .unwrap();
-        let (enclave_stop, enclave_stopped) = oneshot::channel::<()>();
-        let enclave_task = tokio::spawn(ekms_enclave::run(
-            listener,
-            Arc::new(enclave),
-            Limits::default(),
-            async {
-                let _ = enclave_stopped.await;
-            },
-        ));
+        let (enclave_stop, enclave_task) = serve(listener, enclave);
         Self {
+            ca,
             dir,
             kms_port,
             kms_key_arn,
@@ -151,6 +146,35 @@ impl World {
             enclave_stop: Some(enclave_stop),
             enclave_task: Some(enclave_task),
         }
+    }
+
+    /// Stops the enclave and starts a new one (new identity and audit keys, no
+    /// memory) on the same socket, pinned the same way: an enclave restart.
+    async fn restart_enclave(&mut self) {
+        if let Some(s) = self.enclave_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.enclave_task.take() {
+            t.await.unwrap();
+        }
+        let nsm = SimulatedNsm::new(&self.ca, attestation::pcrs_from_digest(PCR_DIGEST)).unwrap();
+        let pin = KmsPin::from_flags(
+            Some(&self.kms_key_arn),
+            Some(&self.kms_endpoint()),
+            Mode::Simulation,
+        )
+        .unwrap();
+        let enclave = Enclave::new(Arc::new(nsm), Mode::Simulation)
+            .unwrap()
+            .with_kms_pin(pin)
+            .danger_trust_simulation_kms_ca(self.tls_root_pem.clone())
+            .unwrap();
+        let listener = Listener::bind(&Address::Unix(self.socket.clone()))
+            .await
+            .unwrap();
+        let (stop, task) = serve(listener, enclave);
+        self.enclave_stop = Some(stop);
+        self.enclave_task = Some(task);
     }
 
     fn kms_endpoint(&self) -> String {
@@ -201,6 +225,23 @@ impl World {
         }
         assert!(!self.socket.exists(), "socket file removed on shutdown");
     }
+}
+
+/// Serves `enclave` on `listener` until the returned sender fires.
+fn serve(
+    listener: Listener,
+    enclave: Enclave,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ekms_enclave::run(
+        listener,
+        Arc::new(enclave),
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, task)
 }
 
 /// An administrator's KMS client for the kms-sim on `port`, trusting `tls_root_pem`.
@@ -1458,5 +1499,288 @@ async fn survives_malformed_credentials_in_configure() {
         .await
         .unwrap();
     assert_eq!(parent.state().await, EnclaveState::Ready);
+    world.stop().await;
+}
+
+// ---- owners, checkpoints, the audit chain (issue 7) -------------------------------
+
+/// An EIP-191 owner's key and its record text.
+fn eip191_owner(byte: u8) -> (k256::ecdsa::SigningKey, String) {
+    use sha3::Digest as _;
+    let key = k256::ecdsa::SigningKey::from_slice(&[byte; 32]).unwrap();
+    let point = key.verifying_key().to_sec1_point(false);
+    let address = &sha3::Keccak256::digest(&point.as_bytes()[1..])[12..];
+    (key, format!("eip191:0x{}", hex::encode(address)))
+}
+
+/// The owner's approval of `action` on `key_id` making `version` with `policy_json`
+/// (canonical), signed with EIP-191 `personal_sign`.
+fn approve(
+    owner: &k256::ecdsa::SigningKey,
+    action: ekms_shared::owner::OwnerAction,
+    key_id: &str,
+    version: u64,
+    policy_json: &str,
+) -> ekms_shared::OwnerApproval {
+    use ekms_shared::owner::{eip191_hash, policy_sha256, Authorization};
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let message = Authorization {
+        action,
+        key_id: key_id.into(),
+        version,
+        policy_sha256: policy_sha256(policy_json),
+        expires_at,
+    }
+    .message();
+    let (sig, recid) = owner.sign_prehash_recoverable(&eip191_hash(message.as_bytes()));
+    let mut signature = sig.to_bytes().to_vec();
+    signature.push(27 + recid.to_byte());
+    ekms_shared::OwnerApproval {
+        version,
+        expires_at,
+        signature,
+    }
+}
+
+/// The canonical form of `json` (what the enclave MACs and the owner hashes).
+fn canonical(json: &str) -> String {
+    ekms_signer::Policy::parse(json).unwrap().canonical_json()
+}
+
+/// Everything a restarted enclave needs from its parent.
+struct Kept {
+    checkpoint: ekms_shared::SealedCheckpoint,
+    last_audit: ekms_shared::audit::SignedAuditRecord,
+}
+
+impl Parent {
+    /// Phase 1 and 2 of a change; the checkpoint and the audit record of the commit.
+    async fn two_phase(
+        &mut self,
+        request: Request,
+    ) -> Result<(Option<SealedPolicy>, Kept), WireError> {
+        let (checkpoint, policy) = match self.call(request).await? {
+            ResponseBody::CheckpointPending { checkpoint, policy } => (checkpoint, policy),
+            ResponseBody::Refused { error, .. } => return Err(error),
+            other => panic!("{other:?}"),
+        };
+        match self.call(Request::Commit { seq: checkpoint.seq }).await? {
+            ResponseBody::Committed { audit, .. } => Ok((
+                policy,
+                Kept {
+                    checkpoint,
+                    last_audit: audit,
+                },
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn restores_state_and_refuses_forged_checkpoints() {
+    use ekms_shared::owner::OwnerAction;
+    let mut world = World::start().await;
+    let mut parent = world.connect().await;
+    let cache = DekCachePolicy {
+        ttl_secs: 300,
+        max_uses: 1000,
+    };
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: cache,
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    let ring = parent
+        .call(Request::CreateKeyring {
+            keyring: "owners".into(),
+            epoch: 1,
+        })
+        .await;
+    let Ok(ResponseBody::KeyringCreated { dek_ciphertext, .. }) = ring else {
+        panic!("{ring:?}");
+    };
+    let ring = KeyringRef {
+        keyring: "owners".into(),
+        epoch: 1,
+        dek_ciphertext,
+    };
+    let (_, mut kept) = parent
+        .two_phase(Request::Restore {
+            keyring: ring.clone(),
+            checkpoint: None,
+            last_audit: None,
+        })
+        .await
+        .unwrap();
+    let boot = kept.last_audit.verify().unwrap();
+    assert_eq!((boot.seq, boot.prev_hash.clone()), (1, "00".repeat(32)));
+
+    // An owned key: a change without the owner, or signed by another key, is refused
+    // (and recorded); with the owner's signature it applies.
+    let (owner, owner_text) = eip191_owner(0x31);
+    let (other, _) = eip191_owner(0x32);
+    let generated = parent
+        .call(Request::GenerateKey {
+            algorithm: Algorithm::Secp256k1,
+            owner: Some(owner_text.clone()),
+            label: None,
+            policy_json: evm_policy(),
+            keyring: ring.clone(),
+        })
+        .await;
+    let Ok(ResponseBody::KeyGenerated {
+        record, policy: v1, ..
+    }) = generated
+    else {
+        panic!("{generated:?}");
+    };
+    assert_eq!(record.owner.as_deref(), Some(owner_text.as_str()));
+    let loose = canonical(&evm_policy().replace("[1]", "[1,8453]"));
+    let set = |approval| Request::SetPolicy {
+        record: record.clone(),
+        keyring: ring.clone(),
+        current: v1.clone(),
+        policy_json: loose.clone(),
+        approval,
+    };
+    for approval in [
+        None,
+        Some(approve(&other, OwnerAction::SetPolicy, &record.key_id, 2, &loose)),
+        Some(approve(&owner, OwnerAction::SetPolicy, &record.key_id, 3, &loose)),
+        Some(approve(&owner, OwnerAction::Enable, &record.key_id, 2, &loose)),
+        Some(approve(&owner, OwnerAction::SetPolicy, &record.key_id, 2, &evm_policy())),
+    ] {
+        let r = parent.call(set(approval)).await;
+        assert!(
+            matches!(
+                &r,
+                Ok(ResponseBody::Refused {
+                    error: WireError::OwnerAuthorizationInvalid { .. },
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    let good = approve(&owner, OwnerAction::SetPolicy, &record.key_id, 2, &loose);
+    let (v2, _) = parent.two_phase(set(Some(good))).await.unwrap();
+    let v2 = v2.unwrap();
+    assert_eq!(v2.version, 2);
+    // Emergency stop: no owner needed.
+    let (v3, k) = parent
+        .two_phase(Request::DisableKey {
+            record: record.clone(),
+            keyring: ring.clone(),
+            current: v2.clone(),
+        })
+        .await
+        .unwrap();
+    let v3 = v3.unwrap();
+    kept = k;
+    let tx = eip1559(8453, DEST, 1);
+    let disabled = parent
+        .sign(&record, &v3, &ring, PayloadKind::EvmTransaction, tx.clone())
+        .await;
+    assert_eq!(disabled, Err(WireError::KeyDisabled));
+
+    // The enclave restarts: it remembers nothing but what the parent hands back.
+    drop(parent);
+    world.restart_enclave().await;
+    let mut parent = world.connect().await;
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: cache,
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    // Key requests wait for Restore.
+    let early = parent
+        .sign(&record, &v3, &ring, PayloadKind::EvmTransaction, tx.clone())
+        .await;
+    assert_eq!(early, Err(WireError::NotReady));
+    // A forged checkpoint (one byte of its body, or its keyring), an audit record the
+    // checkpoint contradicts, or records without a checkpoint: refused.
+    let mut forged = kept.checkpoint.clone();
+    let last = forged.body.len() - 1;
+    forged.body[last] ^= 1;
+    let mut other_ring = kept.checkpoint.clone();
+    other_ring.epoch = 2;
+    let mut foreign = kept.last_audit.clone();
+    foreign.audit_key = [9; 32];
+    let restores = [
+        (Some(forged), Some(kept.last_audit.clone())),
+        (Some(other_ring), Some(kept.last_audit.clone())),
+        (Some(kept.checkpoint.clone()), Some(foreign)),
+        (None, Some(kept.last_audit.clone())),
+    ];
+    for (checkpoint, last_audit) in restores {
+        let r = parent
+            .call(Request::Restore {
+                keyring: ring.clone(),
+                checkpoint,
+                last_audit,
+            })
+            .await;
+        assert_eq!(r, Err(WireError::SealedStateInvalid));
+    }
+    let (_, after) = parent
+        .two_phase(Request::Restore {
+            keyring: ring.clone(),
+            checkpoint: Some(kept.checkpoint.clone()),
+            last_audit: Some(kept.last_audit.clone()),
+        })
+        .await
+        .unwrap();
+    // The chain goes on from the last record, under the new boot's key.
+    let boot = after.last_audit.verify().unwrap();
+    let before = kept.last_audit.verify().unwrap();
+    assert_eq!(boot.seq, before.seq + 1);
+    assert_eq!(boot.prev_hash, hex::encode(kept.last_audit.record_sha256()));
+    assert_ne!(after.last_audit.audit_key, kept.last_audit.audit_key);
+    // The disable survived; the pre-disable row (valid MAC) is a rollback.
+    let disabled = parent
+        .sign(&record, &v3, &ring, PayloadKind::EvmTransaction, tx.clone())
+        .await;
+    assert_eq!(disabled, Err(WireError::KeyDisabled));
+    let rolled_back = parent
+        .sign(&record, &v2, &ring, PayloadKind::EvmTransaction, tx.clone())
+        .await;
+    assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
+    // Re-enable: only with the owner's `enable` authorization.
+    let enabled_json = canonical(&v3.policy_json.replace("\"enabled\":false", "\"enabled\":true"));
+    let enable = |approval| Request::EnableKey {
+        record: record.clone(),
+        keyring: ring.clone(),
+        current: v3.clone(),
+        approval,
+    };
+    let refused = parent.call(enable(None)).await;
+    assert!(
+        matches!(
+            refused,
+            Ok(ResponseBody::Refused {
+                error: WireError::OwnerAuthorizationInvalid { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let approval = approve(&owner, OwnerAction::Enable, &record.key_id, 4, &enabled_json);
+    let (v4, _) = parent.two_phase(enable(Some(approval))).await.unwrap();
+    let v4 = v4.unwrap();
+    assert_eq!(v4.policy_json, enabled_json);
+    parent
+        .sign(&record, &v4, &ring, PayloadKind::EvmTransaction, tx)
+        .await
+        .unwrap();
+    drop(parent);
     world.stop().await;
 }
