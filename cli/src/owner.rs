@@ -1,0 +1,599 @@
+//! Key owners on the command line: `ekms owner sign` and `ekms owner show` (an owner's
+//! local signing key), and the `--owner…` flags of `ekms keys create`.
+//!
+//! The owner's secret key never leaves this process: it is read from a file into a
+//! zeroizing buffer, parsed into a [`OwnerKey`] (whose `Debug` is redacted and whose
+//! keys zeroize on drop), used for one signature and dropped. Errors about a key file
+//! never quote its contents (a hex decoder's "invalid character 'x' at 7" would).
+//!
+//! Key files:
+//! - `eip191`: a 32-byte secp256k1 private key as hex (`0x` optional, surrounding
+//!   whitespace ignored);
+//! - `ed25519`: a Solana CLI keypair (a JSON array of 64 numbers: seed ‖ public key,
+//!   the public half checked against the seed), or a 32-byte seed as hex.
+//!
+//! Signatures (what the enclave checks, `ekms_shared::owner`): `eip191` is EIP-191
+//! `personal_sign` over the exact message bytes (RFC 6979, low `s` per EIP-2, `v` =
+//! 27 + recovery id), printed as `0x` + 130 hex digits; `ed25519` is RFC 8032 over the
+//! same bytes, printed as base58.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use ekms_shared::owner::{eip191_hash, Owner, OwnerJson};
+use sha3::{Digest as _, Keccak256};
+use zeroize::Zeroizing;
+
+use crate::Error;
+
+/// Largest key file read, in bytes (a Solana keypair file is under 300).
+pub const MAX_KEY_FILE_LEN: usize = 4096;
+/// Largest message `ekms owner sign` signs, in bytes (an authorization is under 300).
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+
+/// `ekms owner …`
+#[derive(Debug, Subcommand)]
+pub enum OwnerCommand {
+    /// Sign a message (an owner authorization) with the owner's local key; prints the
+    /// signature only: `0x` + 130 hex digits (eip191) or base58 (ed25519).
+    Sign(SignArgs),
+    /// Print the owner JSON of a local key, to pass to `ekms keys create --owner`.
+    Show(KeyFileArgs),
+}
+
+/// Which owner key file and how to read it.
+#[derive(Debug, Clone, Args)]
+pub struct KeyFileArgs {
+    /// The owner's secret key file (see `ekms owner --help` for the formats).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// The owner type [default: ed25519 for a Solana keypair JSON file; required for a
+    /// hex key file].
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<OwnerType>,
+}
+
+/// Flags of `ekms owner sign`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["message", "message_file"])))]
+pub struct SignArgs {
+    /// The key.
+    #[command(flatten)]
+    pub key: KeyFileArgs,
+    /// The message: its exact bytes as given, or `-` to read standard input exactly.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// A file holding the message, signed byte for byte (no newline added or removed).
+    #[arg(long)]
+    pub message_file: Option<PathBuf>,
+}
+
+/// Owner types (the `type` of the owner JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OwnerType {
+    /// An Ethereum account: EIP-191 `personal_sign` with secp256k1.
+    Eip191,
+    /// An ed25519 key (e.g. a Solana wallet).
+    Ed25519,
+}
+
+/// The `--owner…` flags of `ekms keys create` (at most one).
+#[derive(Debug, Clone, Default, Args)]
+#[command(group(clap::ArgGroup::new("owner_flags").multiple(false)))]
+pub struct OwnerFlags {
+    /// The key's owner as JSON: `{"type":"eip191","address":"0x…"}` or
+    /// `{"type":"ed25519","public_key":"<base58>"}` (inline, a file, or `-`).
+    #[arg(long, group = "owner_flags")]
+    pub owner: Option<String>,
+    /// The key's owner: an Ethereum address (EIP-191 signatures).
+    #[arg(long, group = "owner_flags", value_name = "ADDRESS")]
+    pub owner_eip191: Option<String>,
+    /// The key's owner: a base58 ed25519 public key.
+    #[arg(long, group = "owner_flags", value_name = "BASE58")]
+    pub owner_ed25519: Option<String>,
+}
+
+impl OwnerFlags {
+    /// The owner to send with `POST /v1/keys`, checked and in its normal form (EIP-55
+    /// address, base58 key), or `None` without a flag.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for malformed JSON or an invalid address or public key.
+    pub fn owner(&self) -> Result<Option<Owner>, Error> {
+        let json = if let Some(text) = &self.owner {
+            let value = crate::input::load_json_object(text)?;
+            serde_json::from_value::<OwnerJson>(value)
+                .map_err(|e| Error::Usage(format!("--owner: {e}")))?
+        } else if let Some(address) = &self.owner_eip191 {
+            OwnerJson::Eip191 {
+                address: address.clone(),
+            }
+        } else if let Some(public_key) = &self.owner_ed25519 {
+            OwnerJson::Ed25519 {
+                public_key: public_key.clone(),
+            }
+        } else {
+            return Ok(None);
+        };
+        Owner::from_json(&json)
+            .map(Some)
+            .map_err(|e| Error::Usage(format!("the key's owner: {e}")))
+    }
+}
+
+/// An owner's secret key. Both variants zeroize their secret on drop; `Debug` shows the
+/// owner only.
+pub enum OwnerKey {
+    /// secp256k1, signing EIP-191 `personal_sign`.
+    Eip191(k256::ecdsa::SigningKey),
+    /// ed25519.
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+impl std::fmt::Debug for OwnerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnerKey")
+            .field("owner", &self.owner().record_text())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnerKey {
+    /// Reads a key file (module docs) as `kind`, or as the type its format implies.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for an unreadable or oversized file, a format that is not
+    /// `kind`'s, a hex file without `kind`, or bytes that are not a valid key. The
+    /// message never contains the file's contents.
+    pub fn load(path: &Path, kind: Option<OwnerType>) -> Result<Self, Error> {
+        let bad = |what: &str| Error::Usage(format!("{}: {what}", path.display()));
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Usage(format!("cannot open {}: {e}", path.display())))?;
+        // Sized once, so the secret is never copied by a reallocation.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN + 1));
+        file.take(u64::try_from(MAX_KEY_FILE_LEN + 1).unwrap_or(u64::MAX))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if bytes.len() > MAX_KEY_FILE_LEN {
+            return Err(bad("larger than a key file"));
+        }
+        Self::parse(&bytes, kind).map_err(bad)
+    }
+
+    /// Parses a key file's bytes (module docs). Errors are fixed texts, never the input.
+    fn parse(bytes: &[u8], kind: Option<OwnerType>) -> Result<Self, &'static str> {
+        let text = bytes.trim_ascii();
+        if text.starts_with(b"[") {
+            if kind == Some(OwnerType::Eip191) {
+                return Err("a JSON keypair file is an ed25519 (Solana) key, not eip191");
+            }
+            let pair = solana_keypair(text)?;
+            let mut seed = Zeroizing::new([0u8; 32]);
+            seed.copy_from_slice(&pair[..32]);
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            if key.verifying_key().as_bytes()[..] != pair[32..] {
+                return Err("the keypair's public half does not match its secret half");
+            }
+            return Ok(OwnerKey::Ed25519(key));
+        }
+        let Some(kind) = kind else {
+            return Err("a hex key file needs --type (eip191 or ed25519)");
+        };
+        let secret = hex32(text).ok_or("expected 32 bytes as hex (64 digits, 0x optional)")?;
+        match kind {
+            OwnerType::Eip191 => k256::ecdsa::SigningKey::from_slice(&secret[..])
+                .map(OwnerKey::Eip191)
+                .map_err(|_| "not a valid secp256k1 private key"),
+            OwnerType::Ed25519 => Ok(OwnerKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
+                &secret,
+            ))),
+        }
+    }
+
+    /// The owner this key signs for.
+    pub fn owner(&self) -> Owner {
+        match self {
+            OwnerKey::Eip191(key) => {
+                let point = key.verifying_key().to_sec1_point(false);
+                let hash = Keccak256::digest(&point.as_bytes()[1..]);
+                let mut address = [0u8; 20];
+                address.copy_from_slice(&hash[12..]);
+                Owner::Eip191 { address }
+            }
+            OwnerKey::Ed25519(key) => Owner::Ed25519 {
+                public_key: key.verifying_key().to_bytes(),
+            },
+        }
+    }
+
+    /// The owner type.
+    pub fn kind(&self) -> OwnerType {
+        match self {
+            OwnerKey::Eip191(_) => OwnerType::Eip191,
+            OwnerKey::Ed25519(_) => OwnerType::Ed25519,
+        }
+    }
+
+    /// Signs `message` (its exact bytes) as the module docs say; returns the signature
+    /// bytes: 65 (`r ‖ s ‖ v`, low `s`, `v` ∈ {27, 28}) or 64 (ed25519).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        match self {
+            OwnerKey::Eip191(key) => {
+                let (signature, recid) = key.sign_prehash_recoverable(&eip191_hash(message));
+                // RFC 6979 signing in k256 already gives a low s; normalise anyway, since
+                // the enclave refuses a high one (EIP-2): negating s flips the y parity.
+                let low = signature.normalize_s();
+                let parity = recid.to_byte() ^ u8::from(low != signature);
+                let mut out = Vec::with_capacity(65);
+                out.extend_from_slice(&low.to_bytes());
+                out.push(27 + parity);
+                out
+            }
+            OwnerKey::Ed25519(key) => {
+                use ed25519_dalek::Signer as _;
+                key.sign(message).to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// [`OwnerKey::sign`] in the text form the API takes: `0x` + hex for eip191,
+    /// base58 for ed25519.
+    pub fn sign_text(&self, message: &[u8]) -> String {
+        let signature = self.sign(message);
+        match self {
+            OwnerKey::Eip191(_) => format!("0x{}", hex::encode(signature)),
+            OwnerKey::Ed25519(_) => bs58::encode(signature).into_string(),
+        }
+    }
+}
+
+/// Decodes 64 hex digits (optional `0x`) into a zeroizing 32-byte buffer.
+fn hex32(text: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
+    let digits = text.strip_prefix(b"0x").unwrap_or(text);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(digits, &mut out[..]).ok()?;
+    Some(out)
+}
+
+/// Parses a Solana CLI keypair file: `[n, n, …]`, exactly 64 numbers 0..=255. Done by
+/// hand into a zeroizing buffer so that no parser keeps a copy of the secret.
+fn solana_keypair(text: &[u8]) -> Result<Zeroizing<[u8; 64]>, &'static str> {
+    const BAD: &str = "expected a JSON array of 64 numbers from 0 to 255 (a Solana keypair)";
+    let inner = text
+        .strip_prefix(b"[")
+        .and_then(|t| t.strip_suffix(b"]"))
+        .ok_or(BAD)?;
+    let mut out = Zeroizing::new([0u8; 64]);
+    let mut count = 0usize;
+    for item in inner.split(|&b| b == b',') {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || digits.len() > 3 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(BAD);
+        }
+        let value = digits
+            .iter()
+            .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+        let slot = out.get_mut(count).ok_or(BAD)?;
+        *slot = u8::try_from(value).map_err(|_| BAD)?;
+        count += 1;
+    }
+    if count != 64 {
+        return Err(BAD);
+    }
+    Ok(out)
+}
+
+/// Reads the message to sign: `--message-file` byte for byte, `--message -` from stdin
+/// byte for byte, or `--message TEXT` as the argument's bytes.
+///
+/// # Errors
+/// [`Error::Usage`] for an unreadable input or one over [`MAX_MESSAGE_LEN`].
+pub fn read_message(args: &SignArgs) -> Result<Vec<u8>, Error> {
+    let limit = u64::try_from(MAX_MESSAGE_LEN + 1).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    let source = match (&args.message_file, args.message.as_deref()) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Error::Usage(format!("cannot open {}: {e}", path.display())))?;
+            file.take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+            path.display().to_string()
+        }
+        (None, Some("-")) => {
+            std::io::stdin()
+                .lock()
+                .take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::Usage(format!("cannot read stdin: {e}")))?;
+            "stdin".to_owned()
+        }
+        (None, Some(text)) => {
+            bytes.extend_from_slice(text.as_bytes());
+            "--message".to_owned()
+        }
+        (None, None) => return Err(Error::Usage("give --message or --message-file".into())),
+    };
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(Error::Usage(format!(
+            "{source}: more than {MAX_MESSAGE_LEN} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Runs `ekms owner …`; returns the text to print (a bare signature, or owner JSON).
+///
+/// # Errors
+/// [`Error::Usage`] for bad key files or messages.
+pub fn run(command: &OwnerCommand) -> Result<String, Error> {
+    match command {
+        OwnerCommand::Sign(args) => {
+            let message = read_message(args)?;
+            let key = OwnerKey::load(&args.key.key_file, args.key.kind)?;
+            Ok(key.sign_text(&message))
+        }
+        OwnerCommand::Show(args) => {
+            let key = OwnerKey::load(&args.key_file, args.kind)?;
+            let json = serde_json::to_value(key.owner().to_json())
+                .map_err(|e| Error::BadResponse(format!("cannot print the owner: {e}")))?;
+            serde_json::to_string_pretty(&json)
+                .map_err(|e| Error::BadResponse(format!("cannot print the owner: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    const ETH_SECRET: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+
+    fn key_file(dir: &tempfile::TempDir, name: &str, contents: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn solana_json(seed: [u8; 32]) -> String {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let numbers: Vec<String> = seed
+            .iter()
+            .chain(key.verifying_key().as_bytes())
+            .map(u8::to_string)
+            .collect();
+        format!("[{}]\n", numbers.join(","))
+    }
+
+    #[test]
+    fn eip191_signature_verifies_as_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(&dir, "k.hex", format!("  0x{ETH_SECRET}\n").as_bytes());
+        let key = OwnerKey::load(&path, Some(OwnerType::Eip191)).unwrap();
+        // The address of this well-known test key (web3.js docs).
+        assert_eq!(
+            key.owner().to_json(),
+            OwnerJson::Eip191 {
+                address: "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23".into()
+            }
+        );
+        let message = b"enclave-kms owner authorization\naction: enable";
+        let signature = key.sign(message);
+        assert_eq!(signature.len(), 65);
+        assert!(matches!(signature[64], 27 | 28));
+        assert!(key.owner().verifies(message, &signature));
+        assert!(!key.owner().verifies(b"other", &signature));
+        let text = key.sign_text(message);
+        assert_eq!(text.len(), 132);
+        assert_eq!(hex::decode(&text[2..]).unwrap(), signature);
+    }
+
+    #[test]
+    fn eip191_signature_matches_a_known_personal_sign_vector() {
+        // web3.js `eth.accounts.sign('Some data', key)` with the key above.
+        let key = OwnerKey::parse(ETH_SECRET.as_bytes(), Some(OwnerType::Eip191)).unwrap();
+        assert_eq!(
+            key.sign_text(b"Some data"),
+            "0xb91467e570a6466aa9e9876cbcd013baba02900b8979d43fe208a4a4f339f5fd\
+             6007e74cd82e037b800186422fc2da167c747ef045e5d18a5f5d4300f8e1a029\
+             1c"
+        );
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_from_keypair_and_seed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = key_file(&dir, "id.json", solana_json([9; 32]).as_bytes());
+        let seed = key_file(&dir, "seed.hex", hex::encode([9u8; 32]).as_bytes());
+        let a = OwnerKey::load(&pair, None).unwrap();
+        let b = OwnerKey::load(&seed, Some(OwnerType::Ed25519)).unwrap();
+        assert_eq!(a.kind(), OwnerType::Ed25519);
+        assert_eq!(a.owner(), b.owner());
+        let message = b"exact bytes\n";
+        let text = a.sign_text(message);
+        let signature = bs58::decode(&text).into_vec().unwrap();
+        assert!(a.owner().verifies(message, &signature));
+        assert!(!a.owner().verifies(b"exact bytes", &signature));
+        let OwnerJson::Ed25519 { public_key } = a.owner().to_json() else {
+            panic!("not ed25519");
+        };
+        assert_eq!(
+            bs58::decode(public_key).into_vec().unwrap(),
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+                .verifying_key()
+                .to_bytes()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_key_files_without_quoting_them() {
+        let mut mismatched = solana_json([9; 32]);
+        mismatched = mismatched.replacen("[9,", "[8,", 1);
+        let secret_like = format!("{}zz", &ETH_SECRET[..62]);
+        let cases: Vec<(Vec<u8>, Option<OwnerType>)> = vec![
+            (secret_like.clone().into_bytes(), Some(OwnerType::Eip191)),
+            (
+                ETH_SECRET.as_bytes()[..62].to_vec(),
+                Some(OwnerType::Eip191),
+            ),
+            (ETH_SECRET.as_bytes().to_vec(), None),
+            (vec![b'0'; 64], Some(OwnerType::Eip191)), // the zero scalar
+            (b"f".repeat(64), Some(OwnerType::Eip191)), // above the group order
+            (mismatched.into_bytes(), None),
+            (solana_json([9; 32]).into_bytes(), Some(OwnerType::Eip191)),
+            (b"[1,2,3]".to_vec(), None),
+            (format!("[{}]", ["256"; 64].join(",")).into_bytes(), None),
+            (format!("[{}]", ["1"; 65].join(",")).into_bytes(), None),
+            (format!("[{}]", ["-1"; 64].join(",")).into_bytes(), None),
+            (b"".to_vec(), Some(OwnerType::Ed25519)),
+        ];
+        for (bytes, kind) in cases {
+            let err = OwnerKey::parse(&bytes, kind).unwrap_err();
+            assert!(!err.contains(&ETH_SECRET[..8]), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(&dir, "bad.hex", secret_like.as_bytes());
+        let err = OwnerKey::load(&path, Some(OwnerType::Eip191)).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)));
+        assert!(!err.to_string().contains(&ETH_SECRET[..8]), "{err}");
+        let big = key_file(&dir, "big", &vec![b' '; MAX_KEY_FILE_LEN + 1]);
+        assert!(OwnerKey::load(&big, Some(OwnerType::Eip191)).is_err());
+        assert!(OwnerKey::load(&dir.path().join("none"), None).is_err());
+    }
+
+    #[test]
+    fn debug_shows_the_owner_not_the_secret() {
+        let key = OwnerKey::parse(ETH_SECRET.as_bytes(), Some(OwnerType::Eip191)).unwrap();
+        let shown = format!("{key:?}");
+        assert!(shown.contains("eip191:0x2c7536e3"), "{shown}");
+        assert!(!shown.contains(&ETH_SECRET[..8]), "{shown}");
+    }
+
+    #[test]
+    fn reads_message_files_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(&dir, "m.txt", b"line one\r\nline two\n\n");
+        let args = SignArgs {
+            key: KeyFileArgs {
+                key_file: path.clone(),
+                kind: None,
+            },
+            message: None,
+            message_file: Some(path),
+        };
+        assert_eq!(read_message(&args).unwrap(), b"line one\r\nline two\n\n");
+        let inline = SignArgs {
+            message: Some("a b\n".into()),
+            message_file: None,
+            ..args.clone()
+        };
+        assert_eq!(read_message(&inline).unwrap(), b"a b\n");
+        let big = key_file(&dir, "big", &vec![b'a'; MAX_MESSAGE_LEN + 1]);
+        let too_big = SignArgs {
+            message_file: Some(big),
+            ..args
+        };
+        assert!(matches!(read_message(&too_big), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn owner_sign_command_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(&dir, "id.json", solana_json([4; 32]).as_bytes());
+        let msg = key_file(&dir, "m", b"hello");
+        let cli = crate::args::Cli::try_parse_from([
+            "ekms",
+            "owner",
+            "sign",
+            "--key-file",
+            key.to_str().unwrap(),
+            "--message-file",
+            msg.to_str().unwrap(),
+        ])
+        .unwrap();
+        let crate::args::Command::Owner(command) = cli.command else {
+            panic!("not owner");
+        };
+        let signature = bs58::decode(run(&command).unwrap()).into_vec().unwrap();
+        let owner = OwnerKey::load(&key, None).unwrap().owner();
+        assert!(owner.verifies(b"hello", &signature));
+        // `show` prints the owner JSON that `keys create --owner` takes.
+        let show = OwnerCommand::Show(KeyFileArgs {
+            key_file: key,
+            kind: None,
+        });
+        let json: OwnerJson = serde_json::from_str(&run(&show).unwrap()).unwrap();
+        assert_eq!(Owner::from_json(&json).unwrap(), owner);
+    }
+
+    #[test]
+    fn rejects_owner_sign_without_exactly_one_message_source() {
+        let parse = |args: &[&str]| {
+            crate::args::Cli::try_parse_from(
+                ["ekms", "owner", "sign", "--key-file", "k"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--message", "-", "--message-file", "f"]).is_err());
+        assert!(parse(&["--message", "-"]).is_ok());
+        assert!(parse(&["--message", "-", "--type", "rsa"]).is_err());
+    }
+
+    #[test]
+    fn owner_flags_give_a_checked_owner() {
+        let flags = OwnerFlags {
+            owner_eip191: Some("0x2c7536e3605d9c16a7a3d7b1898e529396a65c23".into()),
+            ..OwnerFlags::default()
+        };
+        let owner = flags.owner().unwrap().unwrap();
+        assert_eq!(
+            owner.to_json(),
+            OwnerJson::Eip191 {
+                address: "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23".into()
+            }
+        );
+        let pk = bs58::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+        .into_string();
+        let flags = OwnerFlags {
+            owner: Some(format!(r#"{{"type":"ed25519","public_key":"{pk}"}}"#)),
+            ..OwnerFlags::default()
+        };
+        assert!(matches!(
+            flags.owner().unwrap(),
+            Some(Owner::Ed25519 { .. })
+        ));
+        assert_eq!(OwnerFlags::default().owner().unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_invalid_owner_flags() {
+        for flags in [
+            OwnerFlags {
+                owner_eip191: Some("0x2C7536e3605d9c16a7a3d7b1898e529396a65c23".into()),
+                ..OwnerFlags::default()
+            },
+            OwnerFlags {
+                owner_ed25519: Some("not-base58-0OIl".into()),
+                ..OwnerFlags::default()
+            },
+            OwnerFlags {
+                owner: Some(r#"{"type":"rsa","n":"1"}"#.into()),
+                ..OwnerFlags::default()
+            },
+            OwnerFlags {
+                owner: Some(r#"{"type":"eip191","address":"0x00","extra":1}"#.into()),
+                ..OwnerFlags::default()
+            },
+        ] {
+            assert!(matches!(flags.owner(), Err(Error::Usage(_))), "{flags:?}");
+        }
+    }
+}
