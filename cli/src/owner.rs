@@ -42,10 +42,17 @@ pub enum OwnerCommand {
     Show(KeyFileArgs),
 }
 
+/// The key file formats, for `--help`.
+pub const KEY_FILE_HELP: &str = "Key files: eip191 — a 32-byte secp256k1 private key as hex \
+    (0x optional); ed25519 — a Solana CLI keypair JSON file (64 numbers) or a 32-byte seed as \
+    hex. Signatures: eip191 is EIP-191 personal_sign, printed as 0x + 130 hex digits (v = 27 \
+    or 28); ed25519 is RFC 8032 over the exact message bytes, printed as base58.";
+
 /// Which owner key file and how to read it.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = KEY_FILE_HELP)]
 pub struct KeyFileArgs {
-    /// The owner's secret key file (see `ekms owner --help` for the formats).
+    /// The owner's secret key file (formats below).
     #[arg(long)]
     pub key_file: PathBuf,
     /// The owner type [default: ed25519 for a Solana keypair JSON file; required for a
@@ -571,6 +578,49 @@ mod tests {
             Some(Owner::Ed25519 { .. })
         ));
         assert_eq!(OwnerFlags::default().owner().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn keys_create_sends_the_checked_owner() {
+        let api = crate::testutil::FakeApi::start(|_| (201, serde_json::json!({"key_id": "k"})));
+        let socket = api.socket().to_str().unwrap().to_owned();
+        let cli = crate::args::Cli::try_parse_from([
+            "ekms",
+            "--socket",
+            &socket,
+            "keys",
+            "create",
+            "--algorithm",
+            "secp256k1",
+            "--owner-eip191",
+            "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23",
+        ])
+        .unwrap();
+        crate::run(cli).await.unwrap();
+        let seen = api.seen();
+        assert_eq!(seen[0].path, "/v1/keys");
+        assert_eq!(
+            seen[0].body,
+            serde_json::json!({
+                "algorithm": "secp256k1",
+                "owner": {"type": "eip191", "address": "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"},
+            })
+        );
+        // A bad owner is refused before any request.
+        let cli = crate::args::Cli::try_parse_from([
+            "ekms",
+            "--socket",
+            &socket,
+            "keys",
+            "create",
+            "--algorithm",
+            "ed25519",
+            "--owner",
+            r#"{"type":"ed25519","public_key":"1111"}"#,
+        ])
+        .unwrap();
+        assert!(matches!(crate::run(cli).await, Err(Error::Usage(_))));
+        assert_eq!(api.seen().len(), 1);
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub struct AuditVerifyArgs {
     /// with `--root aws`.
     #[arg(long)]
     pub pcr0: Option<String>,
-    /// Receipts kept from signing answers, each of which the chain must hold: a JSON
-    /// array, or one JSON object per line (a receipt, or an answer with a "receipt").
+    /// Receipts kept from signing answers, each of which the chain must hold: JSON
+    /// values one after another or in an array, each a receipt or a saved signing
+    /// answer holding one (`ekms sign … >> FILE` builds such a file).
     #[arg(long)]
     pub receipts: Option<PathBuf>,
 }
@@ -225,9 +226,10 @@ fn hex64(text: &str) -> Option<[u8; 64]> {
     Some(out)
 }
 
-/// Reads a receipts file: a JSON array, or one JSON value per line; each value a
-/// receipt `{seq, record_sha256, signature}` or an object with one in `"receipt"`
-/// (a saved signing answer).
+/// Reads a receipts file: JSON values one after another (one per line, or pretty-printed
+/// and concatenated, as `ekms sign … >> FILE` leaves them) or a JSON array of them; each
+/// value a receipt `{seq, record_sha256, signature}` or an object holding one in
+/// `"receipt"` (a saved signing answer).
 ///
 /// # Errors
 /// [`Error::Usage`] for an unreadable file or a value that is not a receipt.
@@ -250,27 +252,17 @@ pub fn load_receipts(path: &Path) -> Result<Vec<ReceiptCheck>, Error> {
 /// # Errors
 /// Which receipt is malformed.
 pub fn parse_receipts(text: &str) -> Result<Vec<ReceiptCheck>, String> {
-    let values: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
-        let all: Vec<Value> =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?;
-        all.into_iter()
-            .enumerate()
-            .map(|(i, v)| (i + 1, v))
-            .collect()
-    } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                serde_json::from_str(line)
-                    .map(|v| (i + 1, v))
-                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let mut values = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        match value.map_err(|e| format!("not JSON: {e}"))? {
+            Value::Array(items) => values.extend(items),
+            other => values.push(other),
+        }
+    }
     values
         .into_iter()
-        .map(|(n, value)| {
+        .enumerate()
+        .map(|(i, value)| {
             let value = match value {
                 Value::Object(mut map) if map.contains_key("receipt") => {
                     map.remove("receipt").unwrap_or(Value::Null)
@@ -278,7 +270,7 @@ pub fn parse_receipts(text: &str) -> Result<Vec<ReceiptCheck>, String> {
                 other => other,
             };
             let receipt: Receipt = serde_json::from_value(value)
-                .map_err(|e| format!("receipt {n}: not a receipt: {e}"))?;
+                .map_err(|e| format!("receipt {}: not a receipt: {e}", i + 1))?;
             ReceiptCheck::from_receipt(&receipt)
         })
         .collect()

@@ -113,6 +113,13 @@ fn parses_receipts_as_array_lines_or_saved_answers() {
         parse_receipts(&format!("{r}\n\n{answer}\n")).unwrap(),
         vec![want; 2]
     );
+    // Pretty-printed answers appended one after another (`ekms sign … >> FILE`).
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&answer).unwrap()).unwrap();
+    assert_eq!(
+        parse_receipts(&format!("{pretty}\n{pretty}\n")).unwrap(),
+        vec![want; 2]
+    );
     assert_eq!(parse_receipts("").unwrap(), vec![]);
 }
 
