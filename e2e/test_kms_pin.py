@@ -103,7 +103,7 @@ def cbor_decode(b: bytes, i: int = 0):
 def configure_frame(request_id: int, kms: dict) -> bytes:
     body = cbor_encode(
         {
-            "version": 1,
+            "version": 2,
             "request_id": request_id,
             "body": {"Configure": {"kms": kms, "dek_cache": {"ttl_secs": 60, "max_uses": 10}}},
         }

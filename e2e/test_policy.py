@@ -112,7 +112,10 @@ def test_rejects_disabled_key(client):
     policy = evm_policy()
     policy["enabled"] = False
     key = client.create_key("secp256k1", policy)
-    assert_denied(client.sign_evm(key["key_id"], evm_eip1559(1, DEST, 0)), "enabled")
+    r = client.sign_evm(key["key_id"], evm_eip1559(1, DEST, 0))
+    # A policy with `enabled: false` is a disabled key (issue 7): 403 key_disabled.
+    assert r.status == 403 and r.code == "key_disabled", r
+    assert "signature" not in r.json and "signed_transaction" not in r.json
 
 
 def test_allows_solana_within_policy(client, sol_key):

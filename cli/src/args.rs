@@ -57,6 +57,15 @@ pub enum Command {
     /// Create, list and revoke API tokens (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Verify the enclave's signed, hash-chained audit log.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
+    /// Key owners: sign authorizations with an owner's local key.
+    #[command(subcommand)]
+    Owner(crate::owner::OwnerCommand),
+    /// Store-wide emergency stop and resume.
+    #[command(subcommand)]
+    Admin(crate::policy::AdminCommand),
 }
 
 /// `ekms tokens …`
@@ -120,6 +129,9 @@ pub enum KeysCommand {
         /// Policy: inline JSON object, a file holding one, or `-` for stdin.
         #[arg(long)]
         policy: Option<String>,
+        /// The key's owner, whose signature policy changes and re-enables need.
+        #[command(flatten)]
+        owner: crate::owner::OwnerFlags,
     },
     /// List keys, newest first (`GET /v1/keys`).
     List {
@@ -137,6 +149,15 @@ pub enum KeysCommand {
     /// key that signed it (chain to the root, PCR0), and that the statement names the
     /// key id, public key and address the parent reports.
     Verify(KeyVerifyArgs),
+    /// Emergency stop of one key: it signs nothing until re-enabled
+    /// (`POST /v1/keys/{id}/disable`).
+    Disable {
+        /// Key id.
+        id: String,
+    },
+    /// Re-enable a disabled key; a key with an owner needs the owner's signature
+    /// (`POST /v1/keys/{id}/enable`).
+    Enable(crate::policy::EnableArgs),
 }
 
 /// Flags of `ekms keys verify`.
@@ -156,13 +177,11 @@ pub struct KeyVerifyArgs {
 /// `ekms policy …`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Ask for the owner authorization a policy change needs
+    /// (`POST /v1/keys/{id}/policy/proposal`); prints the message to sign.
+    Propose(crate::policy::ProposeArgs),
     /// Replace the policy of a key (`PUT /v1/keys/{id}/policy`).
-    Set {
-        /// Key id.
-        id: String,
-        /// Policy: inline JSON object, a file holding one, or `-` for stdin.
-        policy: String,
-    },
+    Set(crate::policy::SetArgs),
 }
 
 /// `ekms sign …`
@@ -360,6 +379,7 @@ mod tests {
                 algorithm,
                 label,
                 policy,
+                ..
             }) => {
                 assert_eq!(algorithm, Algorithm::Ed25519);
                 assert_eq!(algorithm.as_str(), "ed25519");

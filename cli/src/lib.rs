@@ -9,15 +9,22 @@
 //! create`, which shows the new token once.
 //!
 //! Output contract: the server's JSON answer, pretty-printed, on stdout; errors on
-//! stderr as `ekms: <code>: <message>`, with exit status 2 for a usage error and 1 for
-//! everything else (a refused request, an unreachable socket, a failed verification).
+//! stderr as `ekms: <code>: <message>`, with exit status 2 for a usage error, 3 for an
+//! audit chain that `ekms audit verify` rejects, and 1 for everything else (a refused
+//! request, an unreachable socket, a failed attestation verification). `ekms owner sign`
+//! prints the bare signature.
 //! `main` only parses flags and calls [`run`].
 
 pub mod args;
+pub mod audit;
 pub mod client;
 pub mod input;
 pub mod kms;
+pub mod owner;
+pub mod policy;
 pub mod sim;
+#[cfg(test)]
+mod testutil;
 pub mod verify;
 
 use hyper::Method;
@@ -84,6 +91,9 @@ pub enum Error {
     /// An attestation document failed verification.
     #[error("attestation document rejected: {0}")]
     Attestation(String),
+    /// `ekms audit verify` found the chain broken (exit status 3), naming the record.
+    #[error("audit chain rejected: {0}")]
+    Verification(String),
 }
 
 impl Error {
@@ -94,10 +104,12 @@ impl Error {
         }
     }
 
-    /// The process exit status for this error: 2 for usage errors, 1 otherwise.
+    /// The process exit status for this error: 2 for usage errors, 3 for a broken
+    /// audit chain, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Verification(_) => 3,
             _ => 1,
         }
     }
@@ -121,8 +133,13 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             algorithm,
             label,
             policy,
+            owner,
         }) => {
             let mut body = json!({"algorithm": algorithm.as_str()});
+            if let Some(owner) = owner.owner()? {
+                body["owner"] = serde_json::to_value(owner.to_json())
+                    .map_err(|e| Error::Usage(format!("the key's owner: {e}")))?;
+            }
             if let Some(label) = label {
                 body["label"] = Value::String(label);
             }
@@ -149,10 +166,21 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
             out
         }
-        Command::Policy(PolicyCommand::Set { id, policy }) => {
-            let path = format!("/v1/keys/{}/policy", check_key_id(&id)?);
-            let body = json!({"policy": input::load_json_object(&policy)?});
-            send(&client, Method::PUT, &path, &body).await?
+        Command::Keys(KeysCommand::Disable { id }) => policy::disable(&client, &id).await?,
+        Command::Keys(KeysCommand::Enable(args)) => policy::enable(&client, &args).await?,
+        Command::Policy(PolicyCommand::Propose(args)) => policy::propose(&client, &args).await?,
+        Command::Policy(PolicyCommand::Set(args)) => policy::set(&client, &args).await?,
+        Command::Admin(command) => policy::admin(&client, command).await?,
+        Command::Owner(command) => {
+            println!("{}", owner::run(&command)?);
+            return Ok(());
+        }
+        Command::Audit(audit::AuditCommand::Verify(args)) => {
+            let out = audit::run(&client, &args).await?;
+            if out.get("warning").is_some() {
+                eprintln!("{}", verify::SIMULATION_WARNING);
+            }
+            out
         }
         Command::Sign(SignCommand::Evm { id, payload }) => {
             let path = format!("/v1/keys/{}/sign", check_key_id(&id)?);

@@ -58,6 +58,26 @@ pub fn verifier(args: &RootArgs, socket: &Path) -> Result<Verifier, Error> {
     }
 }
 
+/// Refuses the AWS root without an expected PCR0: any AWS customer's enclave image
+/// chains to it, so only this deployment's PCR0 makes a document (and `what` it
+/// vouches for) this deployment's. The simulation root needs none.
+///
+/// # Errors
+/// [`Error::Usage`] for `--root aws` without `--pcr0`.
+pub fn require_pcr0_with_aws(
+    verifier: &Verifier,
+    expected_pcr0: Option<&[u8]>,
+    what: &str,
+) -> Result<(), Error> {
+    if expected_pcr0.is_none() && !verifier.trusts_simulation_root() {
+        return Err(Error::Usage(format!(
+            "--root aws needs --pcr0: without it {what} signed by any Nitro enclave \
+             (anyone's image) would verify"
+        )));
+    }
+    Ok(())
+}
+
 /// Fetches a document for a fresh nonce and verifies it; returns the JSON to print.
 ///
 /// # Errors
@@ -174,13 +194,7 @@ pub fn check_key_answer(
     // key of their choosing and signs any statement with it: under the AWS root, only
     // the PCR0 of *this* deployment's image (which measures its pinned KMS key) makes a
     // statement the enclave's. Without it the check would pass on any address.
-    if expected_pcr0.is_none() && !verifier.trusts_simulation_root() {
-        return Err(Error::Usage(
-            "--root aws needs --pcr0: without it a statement signed by any Nitro enclave \
-             (anyone's image) would verify"
-                .into(),
-        ));
-    }
+    require_pcr0_with_aws(verifier, expected_pcr0.as_deref(), "a statement")?;
     let mut opts = VerifyOptions::at(now);
     if let Some(pcr0) = expected_pcr0 {
         opts.expected_pcrs.insert(0, pcr0);
