@@ -1568,7 +1568,12 @@ impl Parent {
             ResponseBody::Refused { error, .. } => return Err(error),
             other => panic!("{other:?}"),
         };
-        match self.call(Request::Commit { seq: checkpoint.seq }).await? {
+        match self
+            .call(Request::Commit {
+                seq: checkpoint.seq,
+            })
+            .await?
+        {
             ResponseBody::Committed { audit, .. } => Ok((
                 policy,
                 Kept {
@@ -1652,10 +1657,34 @@ async fn restores_state_and_refuses_forged_checkpoints() {
     };
     for approval in [
         None,
-        Some(approve(&other, OwnerAction::SetPolicy, &record.key_id, 2, &loose)),
-        Some(approve(&owner, OwnerAction::SetPolicy, &record.key_id, 3, &loose)),
-        Some(approve(&owner, OwnerAction::Enable, &record.key_id, 2, &loose)),
-        Some(approve(&owner, OwnerAction::SetPolicy, &record.key_id, 2, &evm_policy())),
+        Some(approve(
+            &other,
+            OwnerAction::SetPolicy,
+            &record.key_id,
+            2,
+            &loose,
+        )),
+        Some(approve(
+            &owner,
+            OwnerAction::SetPolicy,
+            &record.key_id,
+            3,
+            &loose,
+        )),
+        Some(approve(
+            &owner,
+            OwnerAction::Enable,
+            &record.key_id,
+            2,
+            &loose,
+        )),
+        Some(approve(
+            &owner,
+            OwnerAction::SetPolicy,
+            &record.key_id,
+            2,
+            &evm_policy(),
+        )),
     ] {
         let r = parent.call(set(approval)).await;
         assert!(
@@ -1755,7 +1784,10 @@ async fn restores_state_and_refuses_forged_checkpoints() {
         .await;
     assert_eq!(rolled_back, Err(WireError::SealedStateInvalid));
     // Re-enable: only with the owner's `enable` authorization.
-    let enabled_json = canonical(&v3.policy_json.replace("\"enabled\":false", "\"enabled\":true"));
+    let enabled_json = canonical(
+        &v3.policy_json
+            .replace("\"enabled\":false", "\"enabled\":true"),
+    );
     let enable = |approval| Request::EnableKey {
         record: record.clone(),
         keyring: ring.clone(),
@@ -1773,7 +1805,13 @@ async fn restores_state_and_refuses_forged_checkpoints() {
         ),
         "{refused:?}"
     );
-    let approval = approve(&owner, OwnerAction::Enable, &record.key_id, 4, &enabled_json);
+    let approval = approve(
+        &owner,
+        OwnerAction::Enable,
+        &record.key_id,
+        4,
+        &enabled_json,
+    );
     let (v4, _) = parent.two_phase(enable(Some(approval))).await.unwrap();
     let v4 = v4.unwrap();
     assert_eq!(v4.policy_json, enabled_json);
