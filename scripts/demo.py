@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """enclave-kms quick start: runs the whole simulation and walks through it.
 
-1. starts `ekms sim` with a fresh state directory (./.demo);
-2. creates an EVM key (policy: chain 1, one destination, at most 1 ETH) and a Solana
-   key (policy: System Program only, at most 1 SOL);
-3. signs an EIP-1559 transaction and a Solana transfer, and checks both signatures
-   with independent libraries (eth-account, solders);
+1. starts `ekms sim` with a fresh state directory (./.demo); the parent writes an admin
+   API token to .demo/admin.token;
+2. creates an EVM key owned by an Ethereum account kept off the host (policy: chain 1,
+   one destination, at most 1 ETH), a Solana key (System Program only, at most 1 SOL),
+   and a bot token that may only sign with the EVM key;
+3. signs an EIP-1559 transaction with the bot token, and a Solana transfer (the bot
+   token is refused there), and checks both signatures with independent libraries
+   (eth-account, solders);
 4. shows a request the policy refuses (a destination not on the allow-list);
-5. verifies the EVM key's address end to end with `ekms keys verify` (the enclave's
+5. loosens the EVM key's policy: refused with the admin token alone, applied with the
+   owner's EIP-191 signature (eth-account) over the enclave's authorization message;
+6. disables the EVM key (emergency stop) and shows the refusal;
+7. verifies the audit chain and the signatures' receipts with `ekms audit verify`;
+8. verifies the EVM key's address end to end with `ekms keys verify` (the enclave's
    signed statement and the attestation document binding its identity key);
-6. verifies a fresh attestation document with `ekms attestation verify --root
+9. verifies a fresh attestation document with `ekms attestation verify --root
    simulation`;
-7. stops the simulation.
+10. stops the simulation.
 
 Exits non-zero on any failure. Needs the binaries (`cargo build --workspace`) and the
 Python packages of requirements-test.txt:
@@ -33,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 
 try:
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
     from solders.keypair import Keypair
     from solders.pubkey import Pubkey
 
@@ -96,7 +105,7 @@ def run(state_dir: Path) -> None:
         print(sim.log_tail(30), file=sys.stderr)
         raise
     finally:
-        step(8, "stop the simulation")
+        step(10, "stop the simulation")
         sim.stop()
         leftover = sim.leftover_pids()
         expect(not leftover, f"processes still running after stop: {leftover}")
@@ -104,45 +113,63 @@ def run(state_dir: Path) -> None:
 
 
 def demo(sim: Sim, client) -> None:
-    step(2, "create keys, each with its policy (evaluated inside the enclave)")
+    step(2, "create keys, each with its policy (evaluated inside the enclave), and a bot token")
     evm_policy = {
         "enabled": True,
         "evm": {"chain_ids": [1], "allowed_destinations": [ALLOWED], "max_value_wei": str(ONE_ETH), "max_fee_wei": str(10**16)},
     }
     sol_policy = {"enabled": True, "solana": {"allowed_programs": [SYSTEM_PROGRAM], "max_lamports_per_transfer": ONE_SOL, "max_lamports_per_transaction": 10 * ONE_SOL, "max_fee_lamports": 100_000}}
-    evm_key = client.create_key("secp256k1", evm_policy, label="demo treasury (EVM)")
+    # The owner's key lives with the owner (a hardware wallet, another machine): only its
+    # address goes to the service. Here eth-account stands in for that wallet.
+    owner = Account.create()
+    r = client.request("POST", "/v1/keys", {
+        "algorithm": "secp256k1", "policy": evm_policy, "label": "demo treasury (EVM)",
+        "owner": {"type": "eip191", "address": owner.address},
+    })
+    expect(r.status == 201, f"key creation failed: {r}")
+    evm_key = r.json
     check_evm_key(evm_key)
     show("EVM key", evm_key["key_id"])
     show("  address", evm_key["address"])
+    show("  owner", f"{owner.address} (only its signature can loosen the policy)")
     show("  policy", json.dumps(evm_policy["evm"]))
     sol_key = client.create_key("ed25519", sol_policy, label="demo hot wallet (Solana)")
     show("Solana key", sol_key["key_id"])
     show("  address", sol_key["address"])
     show("  policy", json.dumps(sol_policy["solana"]))
+    r = client.create_token("demo bot", ["sign"], key_ids=[evm_key["key_id"]])
+    expect(r.status == 201, f"token creation failed: {r}")
+    bot = client.with_token(r.json["token"])
+    show("bot token", f"{r.json['token_id']}: scope sign, EVM key only (the token is shown once)")
 
-    step(3, "sign an EIP-1559 transaction: 0.5 ETH to the allowed address on chain 1")
+    step(3, "sign with the bot token: 0.5 ETH to the allowed address on chain 1")
     unsigned = evm_eip1559(1, ALLOWED, ONE_ETH // 2, nonce=0, max_priority_fee=2 * 10**9, max_fee=40 * 10**9)
     show("unsigned", "0x" + unsigned.hex()[:60] + "…")
-    r = client.sign_evm(evm_key["key_id"], unsigned)
+    r = bot.sign_evm(evm_key["key_id"], unsigned)
     expect(r.status == 200, f"EVM signing failed: {r}")
     recovered = check_evm_signature(r.json, unsigned, evm_key["address"])
+    receipts = [r.json["receipt"]]
     show("signed transaction", r.json["signed_transaction"][:60] + "…")
     show("transaction hash", r.json["transaction_hash"])
     show("eth-account recovers", f"{recovered}  ✓ the key's address")
+    show("audit receipt", f"record {r.json['receipt']['seq']}, sha256 {r.json['receipt']['record_sha256'][:16]}…")
 
-    step(4, "sign a Solana transfer (v0 message): 0.25 SOL through the System Program")
     payer = Pubkey.from_string(sol_key["address"])
     to = Keypair().pubkey()
     unsigned_sol, message = sol_v0(payer, [sol_transfer_ix(payer, to, ONE_SOL // 4)])
+    r = bot.sign_solana(sol_key["key_id"], unsigned_sol)
+    expect(r.status == 403 and r.code == "forbidden", f"the bot token signed with another key: {r}")
+    show("bot on Solana key", f"HTTP {r.status} {r.code}")
     r = client.sign_solana(sol_key["key_id"], unsigned_sol)
     expect(r.status == 200, f"Solana signing failed: {r}")
     tx = check_solana_signature(r.json, message, sol_key["address"])
     expect(tx.verify_with_results() == [True], "solders does not verify the signed transaction")
+    receipts.append(r.json["receipt"])
+    show("Solana (admin token)", "0.25 SOL through the System Program (v0 message)")
     show("signature", r.json["signature"])
-    show("signed transaction", r.json["signed_transaction"][:60] + "…")
     show("solders verifies", "✓ signature by the key over the message, in the fee payer's slot")
 
-    step(5, "a request outside the policy: 0.1 ETH to an address not on the allow-list")
+    step(4, "a request outside the policy: 0.1 ETH to an address not on the allow-list")
     bad = evm_eip1559(1, NOT_ALLOWED, ONE_ETH // 10, nonce=1)
     r = client.sign_evm(evm_key["key_id"], bad)
     expect(r.status == 403 and r.code == "policy_denied", f"expected a policy refusal, got {r}")
@@ -151,15 +178,49 @@ def demo(sim: Sim, client) -> None:
     show("rule", r.error.get("rule"))
     show("message", r.error.get("message"))
 
-    step(6, "verify the EVM key's address: the enclave's signed statement, checked here")
+    step(5, "loosen the EVM policy (add chain 8453): only the owner can")
+    looser = json.loads(json.dumps(evm_policy))
+    looser["evm"]["chain_ids"] = [1, 8453]
+    r = client.set_policy(evm_key["key_id"], looser)
+    expect(r.status == 403 and r.code == "owner_authorization_invalid", f"the host loosened an owned key: {r}")
+    show("admin token alone", f"HTTP {r.status} {r.code}")
+    r = client.request("POST", f"/v1/keys/{evm_key['key_id']}/policy/proposal", {"policy": looser})
+    expect(r.status == 200, f"proposal failed: {r}")
+    proposal = r.json
+    for line in proposal["message"].splitlines():
+        print(f"   | {line}")
+    signature = owner.sign_message(encode_defunct(text=proposal["message"])).signature.hex()
+    r = client.request("PUT", f"/v1/keys/{evm_key['key_id']}/policy", {
+        "policy": looser, "version": proposal["version"], "expires_at": proposal["expires_at"],
+        "owner_signature": "0x" + signature.removeprefix("0x"),
+    })
+    expect(r.status == 200, f"the owner's change was refused: {r}")
+    show("owner-signed change", f"applied: policy version {r.json['policy_version']}")
+
+    step(6, "emergency stop: disable the EVM key (needs no owner; re-enabling does)")
+    r = client.request("POST", f"/v1/keys/{evm_key['key_id']}/disable", {})
+    expect(r.status == 200, f"disable failed: {r}")
+    r = bot.sign_evm(evm_key["key_id"], unsigned)
+    expect(r.status == 403 and r.code == "key_disabled", f"a disabled key signed: {r}")
+    show("bot signs again", f"HTTP {r.status} {r.code}")
+
+    step(7, "verify the audit chain: every decision, signed by the enclave, hash-chained")
     pcr0 = sim.sim_json().get("pcr0")
+    receipts_file = sim.state_dir / "demo-receipts.json"
+    receipts_file.write_text(json.dumps(receipts))
+    out = verify_command(sim, ["audit", "verify", "--receipts", str(receipts_file)], pcr0)
+    summary = json.loads(out.stdout)
+    show("records", summary.get("records"))
+    show("receipts checked", summary.get("receipts_checked", summary.get("receipts")))
+
+    step(8, "verify the EVM key's address: the enclave's signed statement, checked here")
     out = verify_command(sim, ["keys", "verify", evm_key["key_id"]], pcr0)
     stated = json.loads(out.stdout)
     expect(stated.get("address") == evm_key["address"], f"the statement names another address: {stated}")
     show("stated address", f"{stated['address']} = the address the signature above recovers to")
     show("identity key", stated.get("identity_key", "?")[:32] + "…  bound by the enclave's attestation")
 
-    step(7, "verify a fresh attestation document (simulation root)")
+    step(9, "verify a fresh attestation document (simulation root)")
     out = verify_command(sim, ["attestation", "verify"], pcr0)
     try:
         doc = json.loads(out.stdout)
