@@ -6,6 +6,7 @@ client against the simulation root and PCR0, trusting nothing the parent says.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -201,7 +202,10 @@ def test_enclave_never_attests_an_identity_key_the_parent_chose(sim):
     pass `ekms keys verify`, PCR0 included. The enclave refuses that prefix."""
     attacker = bytes(Keypair().pubkey())
     answer = _enclave_attestation(sim, b"ekms/v1/identity-key:" + attacker)
-    assert b"BadRequest" in answer and b"identity-key prefix" in answer, answer[:200]
+    assert b"BadRequest" in answer and b"identity-key or audit-key prefix" in answer, answer[:200]
+    # Nor an audit key of theirs (issue 7): it would sign audit records in the enclave's name.
+    answer = _enclave_attestation(sim, b"ekms/v1/audit-key:" + hashlib.sha256(attacker).digest())
+    assert b"BadRequest" in answer and b"audit-key prefix" in answer, answer[:200]
     # Other user_data is attested as before.
     answer = _enclave_attestation(sim, b"app data")
     assert b"Attestation" in answer and b"BadRequest" not in answer, answer[:200]

@@ -77,7 +77,8 @@ def test_untampered_key_signs(sim, client):
     signs(client, key)
     after = db_dump(sim.db_path)
     # The one change: the signature's audit record.
-    new = [r for r in after.pop("audit_records") if r not in before.pop("audit_records")]
+    old_records = before.pop("audit_records")
+    new = [r for r in after.pop("audit_records") if r not in old_records]
     assert after == before
     assert len(new) == 1 and json.loads(new[0][1])["action"] == "sign", new
 
