@@ -714,7 +714,7 @@ async fn attestation(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::error::SEALED_STATE_INVALID_MESSAGE;
     use crate::testing::{relay_config, Harness, G_ADDRESS, G_COMPRESSED};
@@ -723,7 +723,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     /// The router, with the harness's admin token on every request that has none.
-    fn app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
+    pub(crate) fn app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
         crate::testing::authorized(
             bare_app(h, max_body_bytes, in_flight),
             h.admin_token.clone(),
@@ -742,7 +742,7 @@ mod tests {
         })
     }
 
-    async fn send(
+    pub(crate) async fn send(
         app: &Router,
         method: &str,
         uri: &str,
@@ -766,7 +766,7 @@ mod tests {
         v["error"]["code"].as_str().unwrap_or("<no error code>")
     }
 
-    async fn create(app: &Router, body: &str) -> Value {
+    pub(crate) async fn create(app: &Router, body: &str) -> Value {
         let (s, v) = send(app, "POST", "/v1/keys", Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v

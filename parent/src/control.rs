@@ -405,3 +405,165 @@ pub(crate) async fn audit(
         .collect();
     Ok(Json(json!({ "records": records, "documents": documents })).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::tests::{app, create, send};
+    use crate::testing::Harness;
+    use axum::http::StatusCode;
+
+    const POLICY: &str = r#"{"enabled":true,"evm":{"chain_ids":[1],"max_fee_wei":"1"}}"#;
+    const OWNER: &str =
+        r#"{"type":"eip191","address":"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"}"#;
+
+    #[tokio::test]
+    async fn proposes_the_exact_message_for_a_change() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 64 * 1024, 8);
+        let key = create(
+            &app,
+            &format!(r#"{{"algorithm":"secp256k1","policy":{POLICY},"owner":{OWNER}}}"#),
+        )
+        .await;
+        assert_eq!(key["owner"]["type"], "eip191");
+        let id = key["key_id"].as_str().unwrap();
+        let body = format!(r#"{{"policy":{POLICY},"expires_at":"2030-01-01T00:00:00Z"}}"#);
+        let (s, v) = send(
+            &app,
+            "POST",
+            &format!("/v1/keys/{id}/policy/proposal"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["version"], 2);
+        let canonical = v["canonical_policy"].as_str().unwrap();
+        assert_eq!(
+            v["message"].as_str().unwrap(),
+            Authorization {
+                action: OwnerAction::SetPolicy,
+                key_id: id.into(),
+                version: 2,
+                policy_sha256: policy_sha256(canonical),
+                expires_at: parse_rfc3339("2030-01-01T00:00:00Z").unwrap(),
+            }
+            .message()
+        );
+        let (s, v) = send(&app, "GET", &format!("/v1/keys/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            v["owner"]["address"],
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_malformed_owner_fields() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 64 * 1024, 8);
+        let key = create(
+            &app,
+            &format!(r#"{{"algorithm":"secp256k1","policy":{POLICY}}}"#),
+        )
+        .await;
+        let id = key["key_id"].as_str().unwrap();
+        let path = format!("/v1/keys/{id}/policy");
+        for (body, code) in [
+            (
+                format!(r#"{{"policy":{POLICY},"version":2}}"#),
+                "invalid_owner_authorization",
+            ),
+            (
+                format!(
+                    r#"{{"policy":{POLICY},"version":2,"expires_at":"2030-01-01 00:00:00","owner_signature":"0x00"}}"#
+                ),
+                "invalid_expires_at",
+            ),
+            (
+                format!(
+                    r#"{{"policy":{POLICY},"version":2,"expires_at":"2030-01-01T00:00:00Z","owner_signature":"0x1234"}}"#
+                ),
+                "invalid_owner_signature",
+            ),
+        ] {
+            let (s, v) = send(&app, "PUT", &path, Some(&body)).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(v["error"]["code"], code, "{v}");
+        }
+        let (s, v) = send(
+            &app,
+            "POST",
+            "/v1/keys",
+            Some(r#"{"algorithm":"secp256k1","owner":{"type":"eip191","address":"alice"}}"#),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_owner"))
+        );
+        let (s, v) = send(
+            &app,
+            "POST",
+            &format!("/v1/keys/{id}/enable/proposal"),
+            Some("{}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["code"], "key_not_disabled");
+    }
+
+    #[tokio::test]
+    async fn disables_stops_and_serves_the_audit_chain() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 64 * 1024, 8);
+        let key = create(
+            &app,
+            &format!(r#"{{"algorithm":"secp256k1","policy":{POLICY}}}"#),
+        )
+        .await;
+        let id = key["key_id"].as_str().unwrap();
+        let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/disable"), Some("{}")).await;
+        assert_eq!(
+            (s, v["policy_version"].as_u64()),
+            (StatusCode::OK, Some(2)),
+            "{v}"
+        );
+        let (s, v) = send(&app, "POST", "/v1/admin/stop", Some("{}")).await;
+        assert_eq!(
+            (s, v["stopped"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "{v}"
+        );
+        let sign = r#"{"kind":"evm_transaction","payload":"0x02"}"#;
+        let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(sign)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["error"]["code"], "store_stopped");
+        let (s, _) = send(&app, "POST", "/v1/admin/resume", Some("{}")).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, v) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(sign)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let seq = v["receipt"]["seq"].as_u64().unwrap();
+        // The chain: boot, create, disable, stop, the refusal, resume, the signature.
+        let (s, v) = send(&app, "GET", "/v1/audit?after=0&limit=1000", None).await;
+        assert_eq!(s, StatusCode::OK);
+        let records = v["records"].as_array().unwrap();
+        assert_eq!(records.len() as u64, seq);
+        assert_eq!(records.last().unwrap()["seq"].as_u64(), Some(seq));
+        assert_eq!(v["documents"].as_object().unwrap().len(), 1);
+        let (s, v) = send(&app, "GET", &format!("/v1/audit?after={seq}"), None).await;
+        assert_eq!(
+            (s, v["records"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(0))
+        );
+        for bad in [
+            "/v1/audit?after=x",
+            "/v1/audit?limit=0",
+            "/v1/audit?limit=1001",
+            "/v1/audit?from=1",
+        ] {
+            let (s, _) = send(&app, "GET", bad, None).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}
