@@ -28,7 +28,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ekms_shared::owner::{parse_rfc3339, policy_sha256, rfc3339, Authorization, OwnerAction};
-use ekms_shared::{OwnerApproval, Request as EnclaveRequest, MAX_OWNER_SIGNATURE_LEN};
+use ekms_shared::{
+    KeyringRef, OwnerApproval, Request as EnclaveRequest, SealedKeyRecord, SealedPolicy,
+    MAX_OWNER_SIGNATURE_LEN,
+};
 use ekms_signer::Policy;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -172,15 +175,10 @@ pub(crate) async fn propose_policy(
     let canonical = Policy::parse_new(&policy_json(&body.policy)?)
         .map_err(invalid_policy)?
         .canonical_json();
-    let row = state
-        .store
-        .key(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let version = row.policy.version.saturating_add(1);
-    let expires_at = expiry(body.expires_at.as_deref())?;
-    let out = proposal_json(OwnerAction::SetPolicy, id, version, canonical, expires_at);
-    Ok(Json(out).into_response())
+    propose(&state, id, OwnerAction::SetPolicy, body.expires_at, |_| {
+        Ok(canonical)
+    })
+    .await
 }
 
 /// `POST /v1/keys/{id}/enable/proposal`.
@@ -192,24 +190,44 @@ pub(crate) async fn propose_enable(
 ) -> Result<Response, ApiError> {
     caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
+    propose(
+        &state,
+        id,
+        OwnerAction::Enable,
+        body.expires_at,
+        |current| {
+            let policy = Policy::parse(current)
+                .map_err(|_| Error::StoreCorrupt("stored policy does not parse".into()))?;
+            if policy.enabled() {
+                return Err(ApiError::bad_request(
+                    "key_not_disabled",
+                    "the key is not disabled",
+                ));
+            }
+            Ok(policy.with_enabled(true).canonical_json())
+        },
+    )
+    .await
+}
+
+/// The proposal of `action` on key `id`: the policy after the change is
+/// `after(current policy JSON)`, its version the current one plus one.
+async fn propose(
+    state: &AppState,
+    id: String,
+    action: OwnerAction,
+    expires_at: Option<String>,
+    after: impl FnOnce(&str) -> Result<String, ApiError>,
+) -> Result<Response, ApiError> {
     let row = state
         .store
         .key(id.clone())
         .await?
         .ok_or_else(ApiError::key_not_found)?;
-    let policy = Policy::parse(&row.policy.policy_json)
-        .map_err(|_| Error::StoreCorrupt("stored policy does not parse".into()))?;
-    if policy.enabled() {
-        return Err(ApiError::bad_request(
-            "key_not_disabled",
-            "the key is not disabled",
-        ));
-    }
-    let canonical = policy.with_enabled(true).canonical_json();
+    let canonical = after(&row.policy.policy_json)?;
     let version = row.policy.version.saturating_add(1);
-    let expires_at = expiry(body.expires_at.as_deref())?;
-    let out = proposal_json(OwnerAction::Enable, id, version, canonical, expires_at);
-    Ok(Json(out).into_response())
+    let expires_at = expiry(expires_at.as_deref())?;
+    Ok(Json(proposal_json(action, id, version, canonical, expires_at)).into_response())
 }
 
 /// `PUT /v1/keys/{id}/policy`.
@@ -227,20 +245,16 @@ pub(crate) async fn set_policy(
         body.expires_at.as_deref(),
         body.owner_signature.as_deref(),
     )?;
-    let (row, keyring) = state
-        .store
-        .key_with_keyring(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let expected = row.policy.version;
-    let request = EnclaveRequest::SetPolicy {
-        record: row.record,
-        keyring,
-        current: row.policy,
-        policy_json: policy,
-        approval,
-    };
-    let version = change(&state, &id, request, expected).await?;
+    let version = change(&state, &id, |record, keyring, current| {
+        EnclaveRequest::SetPolicy {
+            record,
+            keyring,
+            current,
+            policy_json: policy,
+            approval,
+        }
+    })
+    .await?;
     tracing::info!(key_id = %id, version, "policy updated");
     Ok(Json(json!({ "policy_version": version })).into_response())
 }
@@ -254,18 +268,14 @@ pub(crate) async fn disable(
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Admin, None)?;
     let id = key_id(path)?;
-    let (row, keyring) = state
-        .store
-        .key_with_keyring(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let expected = row.policy.version;
-    let request = EnclaveRequest::DisableKey {
-        record: row.record,
-        keyring,
-        current: row.policy,
-    };
-    let version = change(&state, &id, request, expected).await?;
+    let version = change(&state, &id, |record, keyring, current| {
+        EnclaveRequest::DisableKey {
+            record,
+            keyring,
+            current,
+        }
+    })
+    .await?;
     tracing::warn!(key_id = %id, version, "key disabled");
     Ok(Json(json!({ "policy_version": version, "enabled": false })).into_response())
 }
@@ -284,31 +294,37 @@ pub(crate) async fn enable(
         body.expires_at.as_deref(),
         body.owner_signature.as_deref(),
     )?;
-    let (row, keyring) = state
-        .store
-        .key_with_keyring(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let expected = row.policy.version;
-    let request = EnclaveRequest::EnableKey {
-        record: row.record,
-        keyring,
-        current: row.policy,
-        approval,
-    };
-    let version = change(&state, &id, request, expected).await?;
+    let version = change(&state, &id, |record, keyring, current| {
+        EnclaveRequest::EnableKey {
+            record,
+            keyring,
+            current,
+            approval,
+        }
+    })
+    .await?;
     tracing::info!(key_id = %id, version, "key enabled");
     Ok(Json(json!({ "policy_version": version, "enabled": true })).into_response())
 }
 
-/// Sends a key's policy change and settles it; the new version.
+/// Loads key `id`, sends the policy change `build` makes of its record, keyring and
+/// current policy, and settles it (compare-and-set against the version it started
+/// from); the new version.
 async fn change(
     state: &AppState,
     id: &str,
-    request: EnclaveRequest,
-    expected: u64,
+    build: impl FnOnce(SealedKeyRecord, KeyringRef, SealedPolicy) -> EnclaveRequest,
 ) -> Result<u64, ApiError> {
-    let answer = state.relay.call(request).await?;
+    let (row, keyring) = state
+        .store
+        .key_with_keyring(id.to_owned())
+        .await?
+        .ok_or_else(ApiError::key_not_found)?;
+    let expected = row.policy.version;
+    let answer = state
+        .relay
+        .call(build(row.record, keyring, row.policy))
+        .await?;
     let journal = Journal::new(state.store.clone());
     let policy = journal
         .settle(&state.relay, answer, Some(expected))
