@@ -827,12 +827,7 @@ async fn sign(
 ) -> Result<ResponseBody, WireError> {
     services.restored()?;
     check_record_keyring(&record, &keyring)?;
-    let algorithm_matches = matches!(
-        (payload.kind, record.algorithm),
-        (PayloadKind::EvmTransaction, Algorithm::Secp256k1)
-            | (PayloadKind::SolanaTransaction, Algorithm::Ed25519)
-    );
-    if !algorithm_matches {
+    if payload.kind.algorithm() != record.algorithm {
         return Err(bad_request(format!(
             "payload kind {:?} cannot be signed by a {:?} key",
             payload.kind, record.algorithm
@@ -861,10 +856,7 @@ fn sign_on_worker(
     drop(dek);
     let entry = Entry {
         key_id: Some(record.key_id.clone()),
-        payload_kind: Some(match payload.kind {
-            PayloadKind::EvmTransaction => "evm_transaction",
-            PayloadKind::SolanaTransaction => "solana_transaction",
-        }),
+        payload_kind: Some(payload.kind.as_str()),
         payload_sha256: Some(Sha256::digest(&payload.bytes).into()),
         policy_version: Some(policy.version),
         rule: None,
@@ -903,6 +895,14 @@ fn decide_and_sign(
     let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
     if !policy.enabled() {
         return Err(WireError::KeyDisabled);
+    }
+    if !matches!(
+        payload.kind,
+        PayloadKind::EvmTransaction | PayloadKind::SolanaTransaction
+    ) {
+        return Err(WireError::UnsupportedPayload {
+            message: format!("payload kind {} is not supported", payload.kind.as_str()),
+        });
     }
     let output = match record.algorithm {
         Algorithm::Secp256k1 => {

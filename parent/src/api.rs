@@ -263,7 +263,9 @@ struct CreateKeyBody {
 #[serde(deny_unknown_fields)]
 struct SignBody {
     kind: String,
-    payload: String,
+    /// A string (hex, base64 or, for `evm_typed_data`, the JSON text) or, for
+    /// `evm_typed_data` only, the JSON object itself.
+    payload: Value,
 }
 
 /// The policy document as the string the enclave receives; it must be a JSON object.
@@ -576,26 +578,22 @@ async fn sign(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     caller.require(Scope::Sign, Some(&id))?;
-    let kind = match body.kind.as_str() {
-        "evm_transaction" => PayloadKind::EvmTransaction,
-        "solana_transaction" => PayloadKind::SolanaTransaction,
-        other => {
-            return Err(ApiError::bad_request(
-                "unknown_kind",
-                format!("kind {other:?}: expected evm_transaction or solana_transaction"),
-            ))
-        }
-    };
+    let kind = PayloadKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_kind",
+            format!(
+                "kind {:?}: expected one of {}",
+                body.kind,
+                PayloadKind::ALL.map(PayloadKind::as_str).join(", ")
+            ),
+        )
+    })?;
     let (row, keyring) = state
         .store
         .key_with_keyring(id)
         .await?
         .ok_or_else(ApiError::key_not_found)?;
-    let expected = match row.record.algorithm {
-        Algorithm::Secp256k1 => PayloadKind::EvmTransaction,
-        Algorithm::Ed25519 => PayloadKind::SolanaTransaction,
-    };
-    if kind != expected {
+    if kind.algorithm() != row.record.algorithm {
         return Err(ApiError::bad_request(
             "kind_mismatch",
             format!(
@@ -605,20 +603,8 @@ async fn sign(
             ),
         ));
     }
-    let bytes = match kind {
-        PayloadKind::EvmTransaction => format::from_0x_hex(&body.payload),
-        PayloadKind::SolanaTransaction => format::from_base64(&body.payload),
-    }
-    .filter(|b| !b.is_empty())
-    .ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_payload",
-            match kind {
-                PayloadKind::EvmTransaction => "the payload must be non-empty 0x-prefixed hex",
-                PayloadKind::SolanaTransaction => "the payload must be non-empty base64",
-            },
-        )
-    })?;
+    let bytes = format::payload_bytes(kind, &body.payload)
+        .ok_or_else(|| ApiError::bad_request("invalid_payload", format::payload_shape(kind)))?;
     let answer = state
         .relay
         .call(EnclaveRequest::Sign {
@@ -674,6 +660,33 @@ async fn sign(
             "signature": format::to_base58(&signature),
             "signed_transaction": format::to_base64(&signed_transaction),
         }),
+        (
+            PayloadKind::EvmMessage | PayloadKind::EvmTypedData | PayloadKind::EvmDigest,
+            SignOutput::EvmDigest {
+                digest,
+                r,
+                s,
+                y_parity,
+            },
+        ) => {
+            // `eth_sign`'s 65 bytes: r || s || v with v = 27 + parity.
+            let v = 27 + y_parity;
+            let mut rsv = Vec::with_capacity(65);
+            rsv.extend_from_slice(&r);
+            rsv.extend_from_slice(&s);
+            rsv.push(v);
+            json!({
+                "signature": format::to_0x_hex(&rsv),
+                "r": format::to_0x_hex(&r),
+                "s": format::to_0x_hex(&s),
+                "v": v,
+                "y_parity": y_parity,
+                "digest": format::to_0x_hex(&digest),
+            })
+        }
+        (PayloadKind::SolanaOffchainMessage, SignOutput::SolanaMessage { signature }) => {
+            json!({ "signature": format::to_base58(&signature) })
+        }
         _ => return Err(Error::UnexpectedResponse("Sign").into()),
     };
     out["receipt"] = serde_json::to_value(receipt).map_err(|_| ApiError::internal())?;

@@ -7,7 +7,7 @@
 //! enclave evaluates policies on the decoded payload).
 
 use base64::Engine as _;
-use ekms_shared::Algorithm;
+use ekms_shared::{Algorithm, PayloadKind};
 use k256::elliptic_curve::sec1::ToSec1Point as _;
 use sha3::{Digest as _, Keccak256};
 
@@ -56,6 +56,41 @@ pub fn from_0x_hex(text: &str) -> Option<Vec<u8>> {
 /// in JSON-RPC.
 pub fn to_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bytes of a signing request's `payload` for `kind`: `0x` hex for
+/// `evm_transaction` and `evm_message`, `0x` + 64 hex digits for `evm_digest`, base64
+/// for the Solana kinds, and for `evm_typed_data` the EIP-712 JSON, as an object or as
+/// its text (sent on as UTF-8). `None` for anything else or an empty payload.
+pub fn payload_bytes(kind: PayloadKind, payload: &serde_json::Value) -> Option<Vec<u8>> {
+    use serde_json::Value;
+    let bytes = match (kind, payload) {
+        (PayloadKind::EvmTypedData, Value::Object(_)) => serde_json::to_vec(payload).ok(),
+        (PayloadKind::EvmTypedData, Value::String(text)) => Some(text.as_bytes().to_vec()),
+        (PayloadKind::EvmTransaction | PayloadKind::EvmMessage, Value::String(t)) => from_0x_hex(t),
+        (PayloadKind::EvmDigest, Value::String(t)) => from_0x_hex(t).filter(|b| b.len() == 32),
+        (PayloadKind::SolanaTransaction | PayloadKind::SolanaOffchainMessage, Value::String(t)) => {
+            from_base64(t)
+        }
+        _ => None,
+    };
+    bytes.filter(|b| !b.is_empty())
+}
+
+/// What [`payload_bytes`] takes for `kind`, for the error message.
+pub fn payload_shape(kind: PayloadKind) -> &'static str {
+    match kind {
+        PayloadKind::EvmTransaction | PayloadKind::EvmMessage => {
+            "the payload must be non-empty 0x-prefixed hex"
+        }
+        PayloadKind::EvmDigest => "the payload must be 0x and 64 hex digits (32 bytes)",
+        PayloadKind::EvmTypedData => {
+            "the payload must be the EIP-712 JSON ({types, primaryType, domain, message}), as an object or a string"
+        }
+        PayloadKind::SolanaTransaction | PayloadKind::SolanaOffchainMessage => {
+            "the payload must be non-empty base64"
+        }
+    }
 }
 
 /// Decodes standard padded base64 (RFC 4648 §4); `None` on any other alphabet or

@@ -556,6 +556,57 @@ pub enum PayloadKind {
     EvmTransaction,
     /// An unsigned Solana transaction message.
     SolanaTransaction,
+    /// An EIP-191 `personal_sign` message: the message bytes (the enclave adds the
+    /// `"\x19Ethereum Signed Message:\n" || len` prefix).
+    EvmMessage,
+    /// EIP-712 typed data: the UTF-8 JSON `{types, primaryType, domain, message}`.
+    EvmTypedData,
+    /// A raw 32-byte digest (refused unless the policy sets `allow_raw_digest`).
+    EvmDigest,
+    /// A Solana off-chain message, serialized with its `"\xffsolana offchain"` header.
+    SolanaOffchainMessage,
+}
+
+impl PayloadKind {
+    /// Every kind, for tests that pin the names.
+    pub const ALL: [PayloadKind; 6] = [
+        PayloadKind::EvmTransaction,
+        PayloadKind::SolanaTransaction,
+        PayloadKind::EvmMessage,
+        PayloadKind::EvmTypedData,
+        PayloadKind::EvmDigest,
+        PayloadKind::SolanaOffchainMessage,
+    ];
+
+    /// The API's snake_case name (`"evm_transaction"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadKind::EvmTransaction => "evm_transaction",
+            PayloadKind::SolanaTransaction => "solana_transaction",
+            PayloadKind::EvmMessage => "evm_message",
+            PayloadKind::EvmTypedData => "evm_typed_data",
+            PayloadKind::EvmDigest => "evm_digest",
+            PayloadKind::SolanaOffchainMessage => "solana_offchain_message",
+        }
+    }
+
+    /// The kind named `name` ([`PayloadKind::as_str`]).
+    pub fn parse(name: &str) -> Option<PayloadKind> {
+        PayloadKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The key algorithm that signs this kind.
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            PayloadKind::EvmTransaction
+            | PayloadKind::EvmMessage
+            | PayloadKind::EvmTypedData
+            | PayloadKind::EvmDigest => Algorithm::Secp256k1,
+            PayloadKind::SolanaTransaction | PayloadKind::SolanaOffchainMessage => {
+                Algorithm::Ed25519
+            }
+        }
+    }
 }
 
 /// A signature and the signed transaction.
@@ -580,6 +631,27 @@ pub enum SignOutput {
         /// Keccak-256 of `signed_transaction`.
         #[serde(with = "serde_bytes")]
         transaction_hash: [u8; 32],
+    },
+    /// secp256k1 ECDSA over a 32-byte digest (EIP-191 message, EIP-712 typed data, raw
+    /// digest): 65 bytes `r || s || v` as `eth_sign` returns them.
+    EvmDigest {
+        /// The digest signed (EIP-191 or EIP-712 hash, or the raw digest).
+        #[serde(with = "serde_bytes")]
+        digest: [u8; 32],
+        /// Signature `r`, big-endian.
+        #[serde(with = "serde_bytes")]
+        r: [u8; 32],
+        /// Signature `s`, big-endian, low-s.
+        #[serde(with = "serde_bytes")]
+        s: [u8; 32],
+        /// Recovery parity, 0 or 1 (`v` = 27 + parity).
+        y_parity: u8,
+    },
+    /// Ed25519 over a Solana off-chain message (the whole serialized message).
+    SolanaMessage {
+        /// The signature.
+        #[serde(with = "serde_bytes")]
+        signature: [u8; 64],
     },
     /// Ed25519 over a Solana message.
     Solana {
@@ -719,6 +791,26 @@ impl SealedPolicy {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn payload_kind_names_are_pinned() {
+        let names: Vec<_> = PayloadKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "evm_transaction",
+                "solana_transaction",
+                "evm_message",
+                "evm_typed_data",
+                "evm_digest",
+                "solana_offchain_message"
+            ]
+        );
+        for k in PayloadKind::ALL {
+            assert_eq!(PayloadKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(PayloadKind::parse("EvmTransaction"), None);
+    }
 
     pub(crate) fn record() -> SealedKeyRecord {
         SealedKeyRecord {
