@@ -206,6 +206,28 @@ mod tests {
         assert_ne!(RecordId::of(&a), RecordId::of(&c));
     }
 
+    /// A host attacker fills the table with records it signs once (version 1 each:
+    /// one `GenerateKey` and one `Sign` per record, straight to the enclave socket)
+    /// until the victim's floor (a committed disable at version 5) is the oldest entry
+    /// and is dropped; the victim's pre-disable row then signs again, with no restart
+    /// and no replayed checkpoint.
+    #[test]
+    fn never_forgets_a_raised_floor_when_the_table_fills() {
+        let f = PolicyFloors::default();
+        let victim = id(0xee);
+        f.raise(victim, 5);
+        for i in 0..MAX_TRACKED_KEYS as u32 {
+            let mut other = [0u8; 32];
+            other[..4].copy_from_slice(&i.to_be_bytes());
+            let _ = f.check_and_raise(RecordId(other), 1);
+        }
+        assert_eq!(
+            f.check_and_raise(victim, 4),
+            Err(RolledBack),
+            "the victim's floor was evicted"
+        );
+    }
+
     #[test]
     fn rejects_nothing_of_a_victim_when_another_record_reuses_its_key_id() {
         let f = PolicyFloors::default();
