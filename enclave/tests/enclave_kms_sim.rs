@@ -1846,8 +1846,10 @@ async fn ready_with_ring(world: &World, name: &str) -> (Parent, KeyringRef) {
 /// at version N+1, valid MAC) and never commits it; once the enclave drops the pending
 /// change, it has the key disabled from version N (the operator's emergency stop,
 /// committed and recorded: version N+1, disabled). The stashed owner policy is also
-/// version N+1, so it passes the floor and signs: a committed disable is undone without
-/// a restart or a replayed checkpoint, and the chain shows the disable in force.
+/// version N+1, so it passed the floor and signed: a committed disable undone without
+/// a restart or a replayed checkpoint, while the chain shows the disable in force. Now
+/// the first phase uses the version up (raises the floor): the disable from version N
+/// is refused, and one from the stashed version makes N+2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_disable_holds_against_an_uncommitted_policy_of_the_same_version() {
     use ekms_shared::owner::OwnerAction;
@@ -1895,16 +1897,31 @@ async fn a_committed_disable_holds_against_an_uncommitted_policy_of_the_same_ver
     ))
     .await;
     // The emergency stop, from the row the host still shows as current (version 1).
-    let (disabled, _) = parent
+    // Refused once version 2 is used up; then it can only be made from version 2.
+    let from_v1 = parent
         .two_phase(Request::DisableKey {
             record: record.clone(),
             keyring: ring.clone(),
             current: v1.clone(),
         })
-        .await
-        .unwrap();
-    let disabled = disabled.unwrap();
-    assert_eq!(disabled.version, 2);
+        .await;
+    let disabled = match from_v1 {
+        Ok((disabled, _)) => disabled.unwrap(),
+        Err(WireError::SealedStateInvalid) => {
+            let (disabled, _) = parent
+                .two_phase(Request::DisableKey {
+                    record: record.clone(),
+                    keyring: ring.clone(),
+                    current: stashed.clone(),
+                })
+                .await
+                .unwrap();
+            let disabled = disabled.unwrap();
+            assert_eq!(disabled.version, 3);
+            disabled
+        }
+        Err(other) => panic!("{other:?}"),
+    };
     let tx = eip1559(1, DEST, 1);
     let r = parent
         .sign(
