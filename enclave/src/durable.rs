@@ -14,7 +14,10 @@
 //! 1. the request (`SetPolicy`, `DisableKey`, `EnableKey`, `StopAll`, `ResumeAll`,
 //!    `Restore`) is checked and answered with `CheckpointPending`: the checkpoint of the
 //!    state *after* the change (and the key's new sealed policy); nothing changes in
-//!    the enclave yet;
+//!    the enclave yet but the key's policy floor, which is raised to the new version at
+//!    once (the sealed policy exists from now on, so its version is used up whether or
+//!    not it is committed: two policies of one version would let a stashed,
+//!    uncommitted one outlive a later disable);
 //! 2. once the parent has stored them durably it sends `Commit { seq }`: the enclave
 //!    applies the change in memory, appends its audit record and answers. The parent
 //!    releases the API answer only then. An uncommitted change is dropped after

@@ -16,11 +16,19 @@
 //!
 //! Floors live in memory and survive a restart through the enclave's checkpoints
 //! ([`crate::durable`]): every policy version the enclave issues is checkpointed before
-//! it takes effect, and `Restore` raises the floors from the newest checkpoint. At most
-//! [`MAX_TRACKED_KEYS`] keys are tracked in memory (the oldest entries are dropped first,
-//! with a warning).
+//! it takes effect, and `Restore` raises the floors from the newest checkpoint.
+//!
+//! A floor of version 1 refuses nothing (every key starts there), so none is kept. A
+//! floor above 1 is never dropped: were the table to forget one when full, a host that
+//! fills it (one `GenerateKey` and one `Sign` per record, straight to the enclave's
+//! socket) would make a victim's pre-disable row sign again. At most
+//! [`MAX_TRACKED_KEYS`] floors are kept; beyond that a version above 1 of a record not
+//! yet tracked is refused (fail closed). Floors above 1 come only from versions the
+//! enclave issued, and a checkpoint carries at most
+//! [`crate::durable::MAX_CHECKPOINT_FLOORS`] of them, so an honest store never gets
+//! near the bound.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ekms_shared::SealedKeyRecord;
@@ -69,8 +77,6 @@ pub struct PolicyFloors {
 #[derive(Debug, Default)]
 struct Floors {
     by_key: HashMap<RecordId, u64>,
-    /// Insertion order, for dropping the oldest entry when full.
-    order: VecDeque<RecordId>,
 }
 
 /// A policy version below the key's floor.
@@ -86,26 +92,36 @@ impl PolicyFloors {
     /// [`RolledBack`] when `version` is below the floor (nothing changes).
     pub fn check_and_raise(&self, record: RecordId, version: u64) -> Result<(), RolledBack> {
         let mut floors = self.lock();
+        let full = floors.by_key.len() >= MAX_TRACKED_KEYS;
         match floors.by_key.get_mut(&record) {
             Some(floor) if version < *floor => Err(RolledBack),
             Some(floor) => {
                 *floor = version;
                 Ok(())
             }
+            None if version <= 1 => Ok(()),
+            None if full => {
+                tracing::error!("policy floor table full: refusing a key not yet tracked");
+                Err(RolledBack)
+            }
             None => {
-                floors.insert(record, version);
+                floors.by_key.insert(record, version);
                 Ok(())
             }
         }
     }
 
     /// Raises `record`'s floor to `version` (a policy version this enclave just issued);
-    /// never lowers it.
+    /// never lowers it. Kept even beyond [`MAX_TRACKED_KEYS`]: issued versions are
+    /// bounded by the checkpoints' own limit.
     pub fn raise(&self, record: RecordId, version: u64) {
         let mut floors = self.lock();
         match floors.by_key.get_mut(&record) {
             Some(floor) => *floor = (*floor).max(version),
-            None => floors.insert(record, version),
+            None if version <= 1 => {}
+            None => {
+                floors.by_key.insert(record, version);
+            }
         }
     }
 
@@ -124,19 +140,6 @@ impl PolicyFloors {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl Floors {
-    fn insert(&mut self, record: RecordId, version: u64) {
-        if self.by_key.len() >= MAX_TRACKED_KEYS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.by_key.remove(&oldest);
-                tracing::warn!("policy floor table full: forgot the oldest key's floor");
-            }
-        }
-        self.by_key.insert(record, version);
-        self.order.push_back(record);
     }
 }
 
@@ -204,6 +207,38 @@ mod tests {
         let mut c = a.clone();
         c.ciphertext[47] ^= 1;
         assert_ne!(RecordId::of(&a), RecordId::of(&c));
+    }
+
+    /// A host attacker fills the table with records it signs once (version 1 each:
+    /// one `GenerateKey` and one `Sign` per record, straight to the enclave socket)
+    /// until the victim's floor (a committed disable at version 5) is the oldest entry
+    /// and is dropped; the victim's pre-disable row then signs again, with no restart
+    /// and no replayed checkpoint.
+    #[test]
+    fn never_forgets_a_raised_floor_when_the_table_fills() {
+        let f = PolicyFloors::default();
+        let victim = id(0xee);
+        f.raise(victim, 5);
+        for i in 0..MAX_TRACKED_KEYS as u32 {
+            let mut other = [0u8; 32];
+            other[..4].copy_from_slice(&i.to_be_bytes());
+            let _ = f.check_and_raise(RecordId(other), 1);
+        }
+        assert_eq!(
+            f.check_and_raise(victim, 4),
+            Err(RolledBack),
+            "the victim's floor was evicted"
+        );
+        // Filled with floors above 1 instead: still kept; a new record is refused.
+        for i in 1..MAX_TRACKED_KEYS as u32 {
+            let mut other = [0u8; 32];
+            other[..4].copy_from_slice(&i.to_be_bytes());
+            f.check_and_raise(RecordId(other), 2).unwrap();
+        }
+        assert_eq!(f.check_and_raise(id(0xfe), 2), Err(RolledBack));
+        f.check_and_raise(id(0xfe), 1).unwrap();
+        assert_eq!(f.check_and_raise(victim, 4), Err(RolledBack));
+        f.check_and_raise(victim, 5).unwrap();
     }
 
     #[test]

@@ -455,6 +455,12 @@ async fn change_policy(
             let policy = sealing::mac_policy(&dek, &record, version, policy_json);
             drop(dek);
             let id = RecordId::of(&record);
+            // The version is issued now (the sealed policy leaves the enclave in this
+            // answer, committed or not): raise the floor at once, so that no later
+            // change can issue a second policy of the same version. Otherwise a host
+            // that keeps this answer and never commits it could have the key disabled
+            // from `current` (the same version, disabled) and still sign with it.
+            svc.policy_floors.raise(id, version);
             let mut floors = svc.policy_floors.above(1);
             floors.retain(|(r, _)| *r != id);
             floors.push((id, version));

@@ -1822,3 +1822,165 @@ async fn restores_state_and_refuses_forged_checkpoints() {
     drop(parent);
     world.stop().await;
 }
+
+// ---- attack run on issue 7 (wt-attack) ---------------------------------------------
+
+/// Configures a fresh enclave, creates keyring `name` and restores from nothing.
+async fn ready_with_ring(world: &World, name: &str) -> (Parent, KeyringRef) {
+    let mut parent = world.connect().await;
+    let configured = parent
+        .call(Request::Configure {
+            kms: world.kms_config(),
+            dek_cache: DekCachePolicy {
+                ttl_secs: 300,
+                max_uses: 1000,
+            },
+        })
+        .await;
+    assert_eq!(configured, Ok(ResponseBody::Configured));
+    let ring = parent.create_keyring(name, 1).await;
+    (parent, ring)
+}
+
+/// A host attacker keeps the first phase of an owner-authorized change (a sealed policy
+/// at version N+1, valid MAC) and never commits it; once the enclave drops the pending
+/// change, it has the key disabled from version N (the operator's emergency stop,
+/// committed and recorded: version N+1, disabled). The stashed owner policy is also
+/// version N+1, so it passed the floor and signed: a committed disable undone without
+/// a restart or a replayed checkpoint, while the chain shows the disable in force. Now
+/// the first phase uses the version up (raises the floor): the disable from version N
+/// is refused, and one from the stashed version makes N+2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_disable_holds_against_an_uncommitted_policy_of_the_same_version() {
+    use ekms_shared::owner::OwnerAction;
+    let world = World::start().await;
+    let (mut parent, ring) = ready_with_ring(&world, "stash").await;
+    let (owner, owner_text) = eip191_owner(0x41);
+    let generated = parent
+        .call(Request::GenerateKey {
+            algorithm: Algorithm::Secp256k1,
+            owner: Some(owner_text),
+            label: None,
+            policy_json: evm_policy(),
+            keyring: ring.clone(),
+        })
+        .await;
+    let Ok(ResponseBody::KeyGenerated {
+        record, policy: v1, ..
+    }) = generated
+    else {
+        panic!("{generated:?}");
+    };
+    // The owner authorizes a change (here to a looser policy; any enabled one works).
+    let loose = canonical(&evm_policy().replace("[1]", "[1,8453]"));
+    let approval = approve(&owner, OwnerAction::SetPolicy, &record.key_id, 2, &loose);
+    let pending = parent
+        .call(Request::SetPolicy {
+            record: record.clone(),
+            keyring: ring.clone(),
+            current: v1.clone(),
+            policy_json: loose.clone(),
+            approval: Some(approval),
+        })
+        .await;
+    let Ok(ResponseBody::CheckpointPending {
+        policy: Some(stashed),
+        ..
+    }) = pending
+    else {
+        panic!("{pending:?}");
+    };
+    assert_eq!(stashed.version, 2);
+    // No Commit: the enclave drops the change after PENDING_CHECKPOINT_SECS.
+    tokio::time::sleep(std::time::Duration::from_secs(
+        ekms_shared::PENDING_CHECKPOINT_SECS + 2,
+    ))
+    .await;
+    // The emergency stop, from the row the host still shows as current (version 1).
+    // Refused once version 2 is used up; then it can only be made from version 2.
+    let from_v1 = parent
+        .two_phase(Request::DisableKey {
+            record: record.clone(),
+            keyring: ring.clone(),
+            current: v1.clone(),
+        })
+        .await;
+    let disabled = match from_v1 {
+        Ok((disabled, _)) => disabled.unwrap(),
+        Err(WireError::SealedStateInvalid) => {
+            let (disabled, _) = parent
+                .two_phase(Request::DisableKey {
+                    record: record.clone(),
+                    keyring: ring.clone(),
+                    current: stashed.clone(),
+                })
+                .await
+                .unwrap();
+            let disabled = disabled.unwrap();
+            assert_eq!(disabled.version, 3);
+            disabled
+        }
+        Err(other) => panic!("{other:?}"),
+    };
+    let tx = eip1559(1, DEST, 1);
+    let r = parent
+        .sign(
+            &record,
+            &disabled,
+            &ring,
+            PayloadKind::EvmTransaction,
+            tx.clone(),
+        )
+        .await;
+    assert_eq!(r, Err(WireError::KeyDisabled));
+    // The disabled key must not sign under the stashed, never-committed version 2.
+    let r = parent
+        .sign(&record, &stashed, &ring, PayloadKind::EvmTransaction, tx)
+        .await;
+    assert!(
+        matches!(r, Err(WireError::SealedStateInvalid)),
+        "a committed disable was bypassed by a stashed policy of the same version: {r:?}"
+    );
+    drop(parent);
+    world.stop().await;
+}
+
+/// The initial policy of an owned key is chosen by whoever sends `GenerateKey` (the
+/// parent), is never signed by the owner, and nothing the enclave signs at creation
+/// names it: the statement (`ekms keys verify`) and the `create_key` audit record name
+/// only its version. A host that swaps the requested policy for a looser one at
+/// creation cannot be caught by the client. The statement must commit to the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_statement_names_the_initial_policy() {
+    let world = World::start().await;
+    let (mut parent, ring) = ready_with_ring(&world, "initial").await;
+    let (_, owner_text) = eip191_owner(0x42);
+    let generated = parent
+        .call(Request::GenerateKey {
+            algorithm: Algorithm::Secp256k1,
+            owner: Some(owner_text),
+            label: None,
+            policy_json: evm_policy(),
+            keyring: ring.clone(),
+        })
+        .await;
+    let Ok(ResponseBody::KeyGenerated {
+        statement,
+        policy,
+        audit,
+        ..
+    }) = generated
+    else {
+        panic!("{generated:?}");
+    };
+    let hash = hex::encode(ekms_shared::owner::policy_sha256(&policy.policy_json));
+    let record = audit.verify().unwrap();
+    assert!(
+        statement.statement.contains(&hash)
+            || serde_json::to_string(&record).unwrap().contains(&hash),
+        "nothing the enclave signed at creation names the initial policy: {} / {record:?}",
+        statement.statement
+    );
+    drop(parent);
+    world.stop().await;
+}
