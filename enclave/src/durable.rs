@@ -67,6 +67,9 @@ pub struct CheckpointBody {
     /// Floors, [`FLOOR_ENTRY_LEN`] bytes each, sorted by record id, versions ≥ 2.
     #[serde(with = "serde_bytes")]
     pub floors: Vec<u8>,
+    /// The rolling limits as of `written_at` ([`crate::limits::Limits::snapshot`]).
+    #[serde(with = "serde_bytes")]
+    pub limits: Vec<u8>,
 }
 
 impl CheckpointBody {
@@ -150,6 +153,8 @@ pub enum Change {
     Restore {
         /// Floors from the checkpoint.
         floors: Vec<(RecordId, u64)>,
+        /// The rolling limits as restored (blind interval charged).
+        limits: Box<crate::limits::Limits>,
         /// The store-wide stop from the checkpoint.
         stopped: bool,
         /// Where the audit chain continues.
@@ -338,6 +343,7 @@ mod tests {
             audit_seq: 5,
             audit_hash: [2; 32],
             floors,
+            limits: Vec::new(),
         }
     }
 

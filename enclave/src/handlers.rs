@@ -39,6 +39,7 @@ use crate::audit::{AuditHead, AuditLog, Entry};
 use crate::durable::{self, pack_floors, Change, CheckpointBody};
 use crate::floor::RecordId;
 use crate::keyring::check_keyring_name;
+use crate::limits::Limits;
 use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
 use crate::workers;
@@ -341,8 +342,13 @@ async fn state_key(
     Ok((Box::new(identity.sign_statement(&statement)), document))
 }
 
+/// The enclave clock, in seconds since the Unix epoch. Expiry of owner authorizations
+/// and rolling windows are judged by it, never by a time the parent sends.
+pub(crate) fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
 /// The enclave clock, in milliseconds since the Unix epoch (0 if it reads before 1970).
-/// Expiry of owner authorizations is judged by it, never by a time the parent sends.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -471,6 +477,7 @@ async fn change_policy(
                 audit_seq: head.seq,
                 audit_hash: head.hash,
                 floors: pack_floors(floors)?,
+                limits: svc.limits.snapshot(now_secs()),
             };
             let checkpoint = seal_checkpoint(&checkpoint_dek, seq, &checkpoint_keyring, &body);
             Ok::<_, WireError>(Staged::Change {
@@ -656,6 +663,7 @@ async fn set_stop(
         audit_seq: head.seq,
         audit_hash: head.hash,
         floors: pack_floors(services.policy_floors.above(1))?,
+        limits: services.limits.snapshot(now_secs()),
     };
     let checkpoint = workers::signing()?
         .run(move || seal_checkpoint(&dek, seq, &keyring, &body))
@@ -691,11 +699,20 @@ async fn restore(
     let audit_key = enclave.audit().public_key();
     let (checkpoint, change) = workers::signing()?
         .run(move || {
+            let now = now_secs();
+            let limits = Box::new(Limits::default());
             let (base, floors, stopped, head) = match checkpoint {
                 // Audit records but no checkpoint: the first boot writes a checkpoint
                 // before any record, so the parent withholds it or lost it.
                 None if last_audit.is_some() => return Err(WireError::SealedStateInvalid),
-                None => (0, Vec::new(), false, AuditHead::GENESIS),
+                None => {
+                    // A first boot, or a checkpoint withheld: every key made before
+                    // now owes a blind interval from the epoch (crate::limits).
+                    limits
+                        .restore(&[], 0, now)
+                        .map_err(|_| WireError::Internal)?;
+                    (0, Vec::new(), false, AuditHead::GENESIS)
+                }
                 Some(cp) => {
                     if cp.keyring != keyring.keyring || cp.epoch != keyring.epoch {
                         return Err(WireError::SealedStateInvalid);
@@ -704,6 +721,9 @@ async fn restore(
                         .map_err(|_| WireError::SealedStateInvalid)?;
                     let body = CheckpointBody::decode(&cp.body)?;
                     let head = restored_head(&body, last_audit.as_ref())?;
+                    limits
+                        .restore(&body.limits, body.written_at / 1000, now)
+                        .map_err(|_| WireError::SealedStateInvalid)?;
                     (cp.seq, body.floor_entries()?, body.stopped, head)
                 }
             };
@@ -715,12 +735,14 @@ async fn restore(
                 audit_seq: head.seq,
                 audit_hash: head.hash,
                 floors: pack_floors(floors.clone())?,
+                limits: limits.snapshot(now),
             };
             let sealed = seal_checkpoint(&dek, seq, &keyring, &body);
             Ok((
                 sealed,
                 Change::Restore {
                     floors,
+                    limits,
                     stopped,
                     head,
                     keyring,
@@ -785,7 +807,8 @@ async fn commit(
     let (change, guard) = services.durable.take(seq, &services.policy_floors)?;
     let audit = enclave.audit();
     let (record, document) = match change {
-        Change::Restore { head, .. } => {
+        Change::Restore { head, limits, .. } => {
+            services.limits.replace_with(*limits);
             audit.start(head);
             let record = audit.append(AuditAction::Boot, AuditDecision::Allowed, Entry::default());
             services.durable.mark_restored();

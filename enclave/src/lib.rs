@@ -39,6 +39,7 @@ pub mod identity;
 pub mod io;
 pub mod keyring;
 pub mod kms;
+pub mod limits;
 pub mod recipient;
 pub mod sealing;
 pub mod server;

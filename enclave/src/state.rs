@@ -36,6 +36,7 @@ use crate::durable::Durable;
 use crate::floor::PolicyFloors;
 use crate::identity::Identity;
 use crate::keyring::Keyrings;
+use crate::limits::Limits;
 use crate::kms::{CredentialsUpdate, Kms, KmsPin, KmsTrust};
 use crate::EnclaveError;
 
@@ -146,6 +147,8 @@ pub struct Services {
     pub policy_floors: PolicyFloors,
     /// Checkpoints, the store-wide stop, two-phase state changes.
     pub durable: Durable,
+    /// Rolling limits: reservations and windows per key (checkpointed).
+    pub limits: Limits,
 }
 
 impl Services {
@@ -402,6 +405,7 @@ impl Enclave {
             keyrings,
             policy_floors: PolicyFloors::default(),
             durable: Durable::default(),
+            limits: Limits::default(),
         })));
         Ok(())
     }
@@ -612,6 +616,7 @@ mod tests {
             kms,
             policy_floors: PolicyFloors::default(),
             durable: Durable::default(),
+            limits: Limits::default(),
         });
         e.set_phase(Phase::Ready(Arc::clone(&services)));
         (e, services)
