@@ -53,6 +53,8 @@ pub struct Entry {
     pub payload_sha256: Option<[u8; 32]>,
     /// The policy version decided under (a change: the new one).
     pub policy_version: Option<u64>,
+    /// SHA-256 of that policy's canonical JSON.
+    pub policy_sha256: Option<[u8; 32]>,
     /// For a refusal: the rule or error code.
     pub rule: Option<String>,
 }
@@ -128,6 +130,7 @@ impl AuditLog {
             payload_kind: entry.payload_kind.map(str::to_owned),
             payload_sha256: entry.payload_sha256.map(hex::encode),
             policy_version: entry.policy_version,
+            policy_sha256: entry.policy_sha256.map(hex::encode),
             decision,
             rule: entry.rule,
             prev_hash: hex::encode(current.hash),

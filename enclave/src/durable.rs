@@ -170,6 +170,8 @@ pub enum Change {
         key_id: String,
         /// The new version.
         version: u64,
+        /// SHA-256 of the new policy's canonical JSON (for the audit record).
+        policy_sha256: [u8; 32],
         /// Which request.
         action: ekms_shared::audit::AuditAction,
     },
@@ -434,6 +436,7 @@ mod tests {
                 record,
                 key_id: "k".into(),
                 version: 7,
+                policy_sha256: [0; 32],
                 action: ekms_shared::audit::AuditAction::Disable,
             },
         );

@@ -261,6 +261,9 @@ async fn generate_key(
         Entry {
             key_id: Some(record.key_id.clone()),
             policy_version: Some(INITIAL_POLICY_VERSION),
+            // The initial policy is the host's choice (no owner signs it): the chain
+            // names it, so an owner can check what the key started with.
+            policy_sha256: Some(policy_sha256(&policy.policy_json)),
             ..Entry::default()
         },
     )?;
@@ -458,6 +461,7 @@ async fn change_policy(
                     })
                 }
             };
+            let digest = policy_sha256(&policy_json);
             let policy = sealing::mac_policy(&dek, &record, version, policy_json);
             drop(dek);
             let id = RecordId::of(&record);
@@ -486,6 +490,7 @@ async fn change_policy(
                 change: Change::KeyPolicy {
                     record: id,
                     key_id: record.key_id.clone(),
+                    policy_sha256: digest,
                     version,
                     action,
                 },
@@ -818,11 +823,13 @@ async fn commit(
             key_id,
             version,
             action,
+            policy_sha256,
             ..
         } => {
             let entry = Entry {
                 key_id: Some(key_id),
                 policy_version: Some(version),
+                policy_sha256: Some(policy_sha256),
                 ..Entry::default()
             };
             (audit.append(action, AuditDecision::Allowed, entry), None)
@@ -888,6 +895,7 @@ fn sign_on_worker(
         payload_kind: Some(payload.kind.as_str()),
         payload_sha256: Some(Sha256::digest(&payload.bytes).into()),
         policy_version: Some(policy.version),
+        policy_sha256: Some(policy_sha256(&policy.policy_json)),
         rule: None,
     };
     match decide_and_sign(services, secret, record, policy, payload) {

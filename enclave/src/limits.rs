@@ -263,8 +263,10 @@ impl Limits {
             st.signed.retain(|_, until| *until > now);
         }
         if st.signed.len() < MAX_REMEMBERED {
-            st.signed
-                .insert((*record.as_bytes(), payload), now.saturating_add(longest_window));
+            st.signed.insert(
+                (*record.as_bytes(), payload),
+                now.saturating_add(longest_window),
+            );
         }
     }
 
@@ -305,8 +307,14 @@ impl Limits {
         windows.sort_by(|a, b| a.0.cmp(&b.0));
         let blind_from = st.blind.map(|(from, _)| from);
         let mut out = Vec::new();
-        ciborium::ser::into_writer(&Snapshot { windows, blind_from }, &mut out)
-            .unwrap_or_else(|_| unreachable!("a snapshot of integers and strings always encodes"));
+        ciborium::ser::into_writer(
+            &Snapshot {
+                windows,
+                blind_from,
+            },
+            &mut out,
+        )
+        .unwrap_or_else(|_| unreachable!("a snapshot of integers and strings always encodes"));
         out
     }
 
@@ -411,17 +419,27 @@ mod tests {
     #[test]
     fn reserves_up_to_the_cap_and_no_more() {
         let l = Limits::default();
-        let a = l.reserve(id(1), &[charge("usdc", 60, 100, 3600)], None, 1000).unwrap();
+        let a = l
+            .reserve(id(1), &[charge("usdc", 60, 100, 3600)], None, 1000)
+            .unwrap();
         let refused = l.reserve(id(1), &[charge("usdc", 41, 100, 3600)], None, 1000);
         assert_eq!(refused.unwrap_err().used, U256::from(60));
-        let b = l.reserve(id(1), &[charge("usdc", 40, 100, 3600)], None, 1000).unwrap();
+        let b = l
+            .reserve(id(1), &[charge("usdc", 40, 100, 3600)], None, 1000)
+            .unwrap();
         l.commit(a, 1000);
         l.release(b);
         // Another key, another limit: independent.
-        let c = l.reserve(id(2), &[charge("usdc", 100, 100, 3600)], None, 1000).unwrap();
+        let c = l
+            .reserve(id(2), &[charge("usdc", 100, 100, 3600)], None, 1000)
+            .unwrap();
         l.commit(c, 1000);
-        assert!(l.reserve(id(1), &[charge("usdc", 41, 100, 3600)], None, 1001).is_err());
-        let d = l.reserve(id(1), &[charge("usdc", 40, 100, 3600)], None, 1001).unwrap();
+        assert!(l
+            .reserve(id(1), &[charge("usdc", 41, 100, 3600)], None, 1001)
+            .is_err());
+        let d = l
+            .reserve(id(1), &[charge("usdc", 40, 100, 3600)], None, 1001)
+            .unwrap();
         l.commit(d, 1001);
     }
 
@@ -434,19 +452,29 @@ mod tests {
             "eth"
         );
         // Nothing of the first charge was held.
-        let r = l.reserve(id(1), &[charge("rate", 10, 10, 60)], None, 10).unwrap();
+        let r = l
+            .reserve(id(1), &[charge("rate", 10, 10, 60)], None, 10)
+            .unwrap();
         l.release(r);
     }
 
     #[test]
     fn amounts_leave_the_window_after_it_and_never_early() {
         let l = Limits::default();
-        let r = l.reserve(id(1), &[charge("x", 100, 100, 640)], None, 1000).unwrap();
+        let r = l
+            .reserve(id(1), &[charge("x", 100, 100, 640)], None, 1000)
+            .unwrap();
         l.commit(r, 1000);
         // Bucket width 10 s: still counted at 1000 + 640 + 9, gone at + 10.
-        assert!(l.reserve(id(1), &[charge("x", 1, 100, 640)], None, 1639).is_err());
-        assert!(l.reserve(id(1), &[charge("x", 1, 100, 640)], None, 1649).is_err());
-        let ok = l.reserve(id(1), &[charge("x", 100, 100, 640)], None, 1650).unwrap();
+        assert!(l
+            .reserve(id(1), &[charge("x", 1, 100, 640)], None, 1639)
+            .is_err());
+        assert!(l
+            .reserve(id(1), &[charge("x", 1, 100, 640)], None, 1649)
+            .is_err());
+        let ok = l
+            .reserve(id(1), &[charge("x", 100, 100, 640)], None, 1650)
+            .unwrap();
         l.release(ok);
     }
 
@@ -495,34 +523,52 @@ mod tests {
         // Without a rate limit the blind interval counts as the whole cap; a window not
         // listed (another key) owes it when first used.
         let l = Limits::default();
-        let r = l.reserve(id(1), &[charge("x", 30, 100, 3600)], None, 1000).unwrap();
+        let r = l
+            .reserve(id(1), &[charge("x", 30, 100, 3600)], None, 1000)
+            .unwrap();
         l.commit(r, 1000);
         let back = Limits::default();
         back.restore(&l.snapshot(1000), 1000, 1010).unwrap();
-        assert!(back.reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010).is_err());
-        assert!(back.reserve(id(3), &[charge("y", 1, 100, 3600)], None, 1010).is_err());
+        assert!(back
+            .reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010)
+            .is_err());
+        assert!(back
+            .reserve(id(3), &[charge("y", 1, 100, 3600)], None, 1010)
+            .is_err());
         // A pending blind interval survives a checkpoint taken before the window is used.
         let again = Limits::default();
         again.restore(&back.snapshot(1020), 1020, 1030).unwrap();
-        assert!(again.reserve(id(4), &[charge("z", 1, 100, 3600)], None, 1030).is_err());
+        assert!(again
+            .reserve(id(4), &[charge("z", 1, 100, 3600)], None, 1030)
+            .is_err());
         // A replayed older snapshot (a longer blind interval) only costs more.
         let replay = Limits::default();
-        replay.restore(&Limits::default().snapshot(0), 0, 1010).unwrap();
-        assert!(replay.reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010).is_err());
+        replay
+            .restore(&Limits::default().snapshot(0), 0, 1010)
+            .unwrap();
+        assert!(replay
+            .reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010)
+            .is_err());
         assert!(Limits::default().restore(&[0xff], 0, 1).is_err());
         // A key generated after the restore has no blind interval.
         let fresh = Limits::default();
         fresh.restore(&[], 0, 1010).unwrap();
         fresh.fresh_key(id(9));
-        let r = fresh.reserve(id(9), &[charge("x", 100, 100, 3600)], None, 1010).unwrap();
+        let r = fresh
+            .reserve(id(9), &[charge("x", 100, 100, 3600)], None, 1010)
+            .unwrap();
         fresh.release(r);
-        assert!(fresh.reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010).is_err());
+        assert!(fresh
+            .reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010)
+            .is_err());
     }
 
     #[test]
     fn remembers_signed_payloads_for_their_window() {
         let l = Limits::default();
-        let r = l.reserve(id(1), &[charge("x", 1, 1, 60)], None, 100).unwrap();
+        let r = l
+            .reserve(id(1), &[charge("x", 1, 1, 60)], None, 100)
+            .unwrap();
         l.commit_signed(r, id(1), [7; 32], 60, 100);
         assert!(l.already_signed(id(1), [7; 32], 159));
         assert!(!l.already_signed(id(1), [7; 32], 160));

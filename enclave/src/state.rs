@@ -36,8 +36,8 @@ use crate::durable::Durable;
 use crate::floor::PolicyFloors;
 use crate::identity::Identity;
 use crate::keyring::Keyrings;
-use crate::limits::Limits;
 use crate::kms::{CredentialsUpdate, Kms, KmsPin, KmsTrust};
+use crate::limits::Limits;
 use crate::EnclaveError;
 
 /// PCRs reported by `Status`: 0 (image), 1 (kernel and boot ramfs), 2 (application).

@@ -337,8 +337,10 @@ async fn create_key(
             keyring: keyring.clone(),
         })
         .await?;
-    // The creation's audit record is stored before anything else.
-    let (answer, _) = Journal::new(state.store.clone()).record(answer).await?;
+    // The creation's audit record is stored before anything else; its receipt goes
+    // back with the key (the record names the initial policy's SHA-256).
+    let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
+    let receipt = audit.as_ref().map(receipt_of).transpose()?;
     let ResponseBody::KeyGenerated {
         record,
         policy,
@@ -399,7 +401,21 @@ async fn create_key(
     let mut out = key_json(&summary);
     out.insert("owner".into(), owner_json(owner.as_deref()));
     out.insert("statement".into(), statement_json);
+    if let Some(receipt) = receipt {
+        out.insert(
+            "receipt".into(),
+            serde_json::to_value(receipt).map_err(|_| ApiError::internal())?,
+        );
+    }
     Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// The receipt of a stored audit record.
+fn receipt_of(record: &ekms_shared::audit::SignedAuditRecord) -> Result<Receipt, Error> {
+    let seq = serde_json::from_str::<ekms_shared::audit::AuditRecord>(&record.record)
+        .map_err(|_| Error::UnexpectedResponse("audit record"))?
+        .seq;
+    Ok(Receipt::of(record, seq))
 }
 
 /// The owner as the API shows it: `null`, the JSON form
@@ -617,12 +633,8 @@ async fn sign(
     // The decision's audit record is stored first: no signature leaves without it.
     let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
     let receipt = audit
-        .map(|a| {
-            let seq = serde_json::from_str::<ekms_shared::audit::AuditRecord>(&a.record)
-                .map_err(|_| Error::UnexpectedResponse("Sign"))?
-                .seq;
-            Ok::<_, Error>(Receipt::of(&a, seq))
-        })
+        .as_ref()
+        .map(receipt_of)
         .transpose()?
         .ok_or(Error::UnexpectedResponse("Sign"))?;
     let output = match answer {

@@ -402,6 +402,7 @@ mod tests {
                 payload_kind: None,
                 payload_sha256: None,
                 policy_version: None,
+                policy_sha256: None,
                 decision: AuditDecision::Allowed,
                 rule: None,
                 prev_hash: hex::encode(GENESIS_HASH),

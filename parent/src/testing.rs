@@ -83,6 +83,7 @@ impl FakeState {
             payload_kind: None,
             payload_sha256: None,
             policy_version: None,
+            policy_sha256: None,
             decision,
             rule,
             prev_hash: hex::encode(head.1),

@@ -110,6 +110,9 @@ pub struct AuditRecord {
     pub payload_sha256: Option<String>,
     /// The policy version the decision was made under (for a change: the new one).
     pub policy_version: Option<u64>,
+    /// Lowercase hex SHA-256 of that policy's canonical JSON (the hash an owner signs):
+    /// what a key's creation, each change and each signature ran under.
+    pub policy_sha256: Option<String>,
     /// Allowed or refused.
     pub decision: AuditDecision,
     /// For a refusal: the rule or error code that refused it.
@@ -251,6 +254,7 @@ mod tests {
             payload_kind: Some("evm_transaction".into()),
             payload_sha256: Some("00".repeat(32)),
             policy_version: Some(1),
+            policy_sha256: None,
             decision: AuditDecision::Refused,
             rule: Some("chain_id".into()),
             prev_hash: hex::encode(GENESIS_HASH),

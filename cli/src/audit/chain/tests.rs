@@ -28,6 +28,7 @@ fn record(seq: u64, action: AuditAction, prev: [u8; 32]) -> AuditRecord {
         payload_kind: (action == AuditAction::Sign).then(|| "evm_transaction".into()),
         payload_sha256: (action == AuditAction::Sign).then(|| hex::encode([seq as u8; 32])),
         policy_version: (action != AuditAction::Boot).then_some(1),
+        policy_sha256: None,
         decision: AuditDecision::Allowed,
         rule: None,
         prev_hash: hex::encode(prev),
