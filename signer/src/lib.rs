@@ -30,7 +30,9 @@ pub use evm::{
     MAX_EVM_PAYLOAD,
 };
 pub use payload::{decode, Decoded, PayloadKind, SignerIdentity};
-pub use policy::{Denial, EvmRules, Policy, SolanaRules, MAX_POLICY_BYTES};
+pub use policy::{
+    Approval, Charge, Denial, EvmRules, LimitId, Policy, Rule, SolanaRules, MAX_POLICY_BYTES,
+};
 pub use secret::{Ed25519Secret, Secp256k1Secret};
 pub use solana::{
     decode as decode_solana, sign_solana, sign_solana_offchain, SolanaInstruction, SolanaPayload,
