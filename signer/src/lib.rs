@@ -19,6 +19,8 @@
 
 pub mod address;
 pub mod evm;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod payload;
 pub mod policy;
 pub mod secret;
