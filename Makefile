@@ -76,7 +76,7 @@ bench:
 # the nightly toolchain and `cargo install cargo-fuzz --locked`; see fuzz/README.md.
 FUZZ_SECS ?= 60
 fuzz:
-	for t in frame attestation cms evm solana policy; do \
+	for t in frame attestation cms evm solana policy erc20_calldata eip712 spl_token compute_budget policy_v2 offchain_message; do \
 	  mkdir -p fuzz/corpus/$$t && \
 	  cargo +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
 	done

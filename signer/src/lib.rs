@@ -17,17 +17,28 @@
 //! refuses trailing bytes; nothing here panics on hostile input; secrets live only in
 //! the types of [`secret`]; error messages never carry key material.
 
+pub mod address;
 pub mod evm;
+#[doc(hidden)]
+pub mod fuzz_harness;
+pub mod payload;
 pub mod policy;
 pub mod secret;
 pub mod solana;
 
-pub use evm::{decode_unsigned, sign_evm, EvmSignature, EvmTx, EvmTxType, MAX_EVM_PAYLOAD};
-pub use policy::{Denial, EvmRules, Policy, SolanaRules, MAX_POLICY_BYTES};
-pub use secret::{eip55, evm_address, solana_address, Ed25519Secret, Secp256k1Secret};
+pub use address::{eip55, evm_address, parse_evm_address, parse_solana_address, solana_address};
+pub use evm::{
+    decode_unsigned, sign_evm, sign_evm_hash, EvmHashSignature, EvmSignature, EvmTx, EvmTxType,
+    MAX_EVM_PAYLOAD,
+};
+pub use payload::{decode, Decoded, PayloadKind, SignerIdentity};
+pub use policy::{
+    Approval, Charge, Denial, EvmRules, LimitId, Policy, Rule, SolanaRules, MAX_POLICY_BYTES,
+};
+pub use secret::{Ed25519Secret, Secp256k1Secret};
 pub use solana::{
-    decode as decode_solana, sign_solana, SolanaInstruction, SolanaPayload, SolanaSignature,
-    SystemTransfer, SystemTransferKind, MAX_SOLANA_PAYLOAD, SYSTEM_PROGRAM_ID,
+    decode as decode_solana, sign_solana, sign_solana_offchain, SolanaInstruction, SolanaPayload,
+    SolanaSignature, SystemTransfer, SystemTransferKind, MAX_SOLANA_PAYLOAD, SYSTEM_PROGRAM_ID,
 };
 
 /// Every error this crate returns. Its `Display` is safe to log and to send back to

@@ -8,9 +8,8 @@
 //! [`Ed25519Secret::public_key`]); the signing paths take the public key stored in the
 //! sealed key record instead (DESIGN §9: deriving it costs more than the signature).
 
-use alloy_primitives::Address;
 use k256::elliptic_curve::sec1::ToSec1Point;
-use k256::{NonZeroScalar, PublicKey, Secp256k1};
+use k256::{NonZeroScalar, PublicKey};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::SignerError;
@@ -170,41 +169,7 @@ impl core::fmt::Debug for Ed25519Secret {
     }
 }
 
-/// The Ethereum address of a secp256k1 public key: the last 20 bytes of
-/// `keccak256(x || y)` of the uncompressed point (Ethereum Yellow Paper, eq. 284).
-///
-/// # Errors
-/// [`SignerError::InvalidKey`] if `pubkey33` is not a 33-byte compressed SEC1 point on
-/// the curve.
-pub fn evm_address(pubkey33: &[u8]) -> Result<[u8; 20], SignerError> {
-    if pubkey33.len() != 33 {
-        return Err(SignerError::InvalidKey {
-            message: "secp256k1 public key must be 33 bytes (compressed SEC1)",
-        });
-    }
-    let key = PublicKey::from_sec1_bytes(pubkey33).map_err(|_| SignerError::InvalidKey {
-        message: "secp256k1 public key is not a valid curve point",
-    })?;
-    let uncompressed = ToSec1Point::<Secp256k1>::to_sec1_point(&key, false);
-    // 0x04 || x || y: the address hashes x || y.
-    let xy = uncompressed
-        .as_bytes()
-        .get(1..)
-        .ok_or(SignerError::InvalidKey {
-            message: "secp256k1 public key has no coordinates",
-        })?;
-    Ok(Address::from_raw_public_key(xy).into_array())
-}
-
-/// The EIP-55 mixed-case checksum form of an address, `0x`-prefixed (42 characters).
-pub fn eip55(addr: &[u8; 20]) -> String {
-    Address::from(*addr).to_checksum(None)
-}
-
-/// The Solana address of an ed25519 public key: its base58 form (Bitcoin alphabet).
-pub fn solana_address(pubkey32: &[u8; 32]) -> String {
-    bs58::encode(pubkey32).into_string()
-}
+pub use crate::address::{eip55, evm_address, solana_address};
 
 #[cfg(test)]
 mod tests {

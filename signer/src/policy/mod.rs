@@ -111,14 +111,29 @@ use std::collections::BTreeSet;
 use alloy_primitives::{Address, U256};
 use serde::{Deserialize, Serialize};
 
+use crate::payload::{Decoded, SignerIdentity};
 use crate::solana::SystemInstructionName;
 use crate::SignerError;
 
+mod common;
 mod evm;
+mod fields;
+mod limits;
+mod messages;
 mod rule;
 mod solana;
+mod spl;
+mod tokens;
 
+pub use common::CommonRules;
+pub use evm::EvmV2Rules;
+pub use fields::{Window, MAX_WINDOW_SECS};
+pub use limits::{Approval, BadLimitId, Charge, LimitId};
+pub use messages::{DomainRule, MessageRules, TypedDataRules};
 pub use rule::Rule;
+pub use solana::SolanaV2Rules;
+pub use spl::SplRules;
+pub use tokens::TokenRules;
 
 /// Largest policy document accepted, in bytes (16 KiB). Checked before parsing.
 pub const MAX_POLICY_BYTES: usize = 16 * 1024;
@@ -126,13 +141,17 @@ pub const MAX_POLICY_BYTES: usize = 16 * 1024;
 /// Largest number of entries in any list of a policy.
 pub const MAX_LIST_ENTRIES: usize = 256;
 
-/// The policy format version this code understands.
-pub const POLICY_VERSION: u32 = 1;
+/// The newest policy format version this code understands (it reads 1 and 2).
+pub const POLICY_VERSION: u32 = 2;
 
 /// A parsed, validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// 1 or 2.
+    version: u32,
     enabled: bool,
+    /// Empty for version 1.
+    common: CommonRules,
     evm: Option<EvmRules>,
     solana: Option<SolanaRules>,
 }
@@ -153,6 +172,8 @@ pub struct EvmRules {
     /// should set it: without it, fees can drain the account whatever
     /// `max_value_wei` says.
     pub max_fee_wei: Option<U256>,
+    /// The rules of version 2 (`None` in a version 1 policy).
+    pub v2: Option<EvmV2Rules>,
 }
 
 /// The `solana` section of a policy.
@@ -173,6 +194,8 @@ pub struct SolanaRules {
     /// ([`SolanaPayload::max_fee_lamports`]). `None` (stored policies from before the
     /// field) means no fee cap.
     pub max_fee_lamports: Option<u64>,
+    /// The rules of version 2 (`None` in a version 1 policy).
+    pub v2: Option<SolanaV2Rules>,
 }
 
 /// Why a policy refused a payload: a stable rule name for programs and a message for
@@ -186,6 +209,13 @@ pub struct Denial {
     pub message: String,
 }
 
+impl Denial {
+    /// The rule, as the enum.
+    pub fn rule_id(&self) -> Option<Rule> {
+        Rule::from_name(self.rule)
+    }
+}
+
 fn deny(rule: Rule, message: impl Into<String>) -> Denial {
     Denial {
         rule: rule.as_str(),
@@ -193,7 +223,61 @@ fn deny(rule: Rule, message: impl Into<String>) -> Denial {
     }
 }
 
+/// The refusal of the version-1 entry points for a version 2 policy.
+fn needs_evaluate() -> Denial {
+    deny(
+        Rule::AllowedKinds,
+        "a version 2 policy is evaluated with Policy::evaluate (clock and rolling limits)",
+    )
+}
+
 // ---- the document as written (serde) ----
+
+/// Reads only `version` (refusing it twice), to pick the document type.
+#[derive(Deserialize)]
+struct VersionProbe {
+    #[serde(default = "default_version")]
+    version: u32,
+}
+
+/// A version 2 document; field order is the canonical order.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyV2Doc {
+    version: u32,
+    enabled: bool,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    not_before: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    not_after: Option<u64>,
+    allowed_kinds: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rate_limit: Option<common::RateLimitDoc>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    evm: Option<evm::EvmV2Doc>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    solana: Option<solana::SolanaV2Doc>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,7 +292,7 @@ struct PolicyDoc {
 }
 
 fn default_version() -> u32 {
-    POLICY_VERSION
+    1
 }
 
 #[derive(Deserialize)]
@@ -243,15 +327,15 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 struct SolanaDoc {
     #[serde(default)]
-    allowed_programs: Vec<String>,
+    pub(crate) allowed_programs: Vec<String>,
     #[serde(default)]
-    max_lamports_per_transfer: u64,
+    pub(crate) max_lamports_per_transfer: u64,
     #[serde(default, deserialize_with = "present")]
-    system_instructions: Option<Vec<String>>,
+    pub(crate) system_instructions: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
-    max_lamports_per_transaction: Option<u64>,
+    pub(crate) max_lamports_per_transaction: Option<u64>,
     #[serde(default, deserialize_with = "present")]
-    max_fee_lamports: Option<u64>,
+    pub(crate) max_fee_lamports: Option<u64>,
 }
 
 // ---- the canonical form (field order here is the canonical order) ----
@@ -313,18 +397,57 @@ impl Policy {
                 limit: MAX_POLICY_BYTES,
             });
         }
-        let doc: PolicyDoc = serde_json::from_str(json)
-            .map_err(|e| SignerError::policy(format!("not a valid policy document: {e}")))?;
-        if doc.version != POLICY_VERSION {
-            return Err(SignerError::policy(format!(
-                "policy version {} is not supported (this enclave understands {POLICY_VERSION})",
-                doc.version
-            )));
+        let bad =
+            |e: serde_json::Error| SignerError::policy(format!("not a valid policy document: {e}"));
+        let probe: VersionProbe = serde_json::from_str(json).map_err(bad)?;
+        match probe.version {
+            1 => {
+                let doc: PolicyDoc = serde_json::from_str(json).map_err(bad)?;
+                debug_assert_eq!(doc.version, 1, "the probe read the same field");
+                let evm = doc.evm.map(parse_evm).transpose()?;
+                let solana = doc.solana.map(parse_solana).transpose()?;
+                Ok(Policy {
+                    version: 1,
+                    enabled: doc.enabled,
+                    common: CommonRules::default(),
+                    evm,
+                    solana,
+                })
+            }
+            2 => Self::parse_v2(serde_json::from_str(json).map_err(bad)?),
+            v => Err(SignerError::policy(format!(
+                "policy version {v} is not supported (this enclave understands 1 and \
+                 {POLICY_VERSION})"
+            ))),
         }
-        let evm = doc.evm.map(parse_evm).transpose()?;
-        let solana = doc.solana.map(parse_solana).transpose()?;
+    }
+
+    fn parse_v2(doc: PolicyV2Doc) -> Result<Policy, SignerError> {
+        let common = CommonRules::parse(
+            doc.not_before,
+            doc.not_after,
+            &doc.allowed_kinds,
+            doc.rate_limit.as_ref(),
+        )?;
+        let evm = doc.evm.map(evm::parse_evm_v2).transpose()?;
+        let solana = doc.solana.map(solana::parse_solana_v2).transpose()?;
+        for kind in &common.allowed_kinds {
+            let (has, section) = if kind.is_evm() {
+                (evm.is_some(), "evm")
+            } else {
+                (solana.is_some(), "solana")
+            };
+            if !has {
+                return Err(SignerError::policy(format!(
+                    "allowed_kinds names {} but the policy has no {section} section",
+                    kind.as_str()
+                )));
+            }
+        }
         Ok(Policy {
+            version: 2,
             enabled: doc.enabled,
+            common,
             evm,
             solana,
         })
@@ -378,8 +501,27 @@ impl Policy {
     /// the policy MAC covers. Parsing the output gives back an equal policy, and
     /// canonicalizing that gives the same bytes.
     pub fn canonical_json(&self) -> String {
+        if self.version == 2 {
+            let doc = PolicyV2Doc {
+                version: 2,
+                enabled: self.enabled,
+                not_before: self.common.not_before,
+                not_after: self.common.not_after,
+                allowed_kinds: self.common.kinds_doc(),
+                rate_limit: self.common.rate_limit_doc(),
+                evm: self
+                    .evm
+                    .as_ref()
+                    .map(|e| evm::evm_v2_doc(e, e.v2.as_ref().unwrap_or(&EvmV2Rules::default()))),
+                solana: self.solana.as_ref().map(|s| {
+                    solana::solana_v2_doc(s, s.v2.as_ref().unwrap_or(&SolanaV2Rules::default()))
+                }),
+            };
+            return serde_json::to_string(&doc)
+                .expect("invariant: structs of strings, integers and bools always serialize");
+        }
         let canonical = CanonicalPolicy {
-            version: POLICY_VERSION,
+            version: 1,
             enabled: self.enabled,
             evm: self.evm.as_ref().map(|e| CanonicalEvm {
                 chain_ids: e.chain_ids.iter().copied().collect(),
@@ -413,6 +555,98 @@ impl Policy {
     /// Whether the key may sign at all.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// The document version (1 or 2).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The common rules (empty for version 1).
+    pub fn common(&self) -> &CommonRules {
+        &self.common
+    }
+
+    /// Evaluates the policy on a decoded payload that the key `signer` is to sign at
+    /// Unix time `now_secs`, and lists what the request spends against the rolling
+    /// limits ([`Approval`]); the caller enforces those windows (reserve before
+    /// signing, then commit or release).
+    ///
+    /// Order: `enabled`; the kind (`allowed_kinds`; a version 1 policy allows
+    /// `evm_transaction` and `solana_transaction` only, judged as
+    /// [`Policy::evaluate_evm`] and [`Policy::evaluate_solana`] do, with no charges);
+    /// `not_before` / `not_after`; the kind's rules (module docs); then the
+    /// `rate_limit` charge. A payload whose kind needs the other key type than
+    /// `signer` is refused (`solana.signer` / `evm`).
+    ///
+    /// # Errors
+    /// The first [`Denial`] met.
+    pub fn evaluate(
+        &self,
+        decoded: &Decoded,
+        signer: &SignerIdentity,
+        now_secs: u64,
+    ) -> Result<Approval, Denial> {
+        if !self.enabled {
+            return Err(deny(Rule::Enabled, "the key is disabled"));
+        }
+        let kind = decoded.kind();
+        if self.version == 1 {
+            return match decoded {
+                Decoded::EvmTransaction(tx) => self.evaluate_evm(tx).map(|()| Approval::default()),
+                Decoded::SolanaTransaction(p) => {
+                    let key = signer
+                        .solana_public_key()
+                        .ok_or_else(|| deny(Rule::SolanaSigner, "the key is not an ed25519 key"))?;
+                    self.evaluate_solana(p, &key).map(|()| Approval::default())
+                }
+                _ => Err(deny(
+                    Rule::AllowedKinds,
+                    format!("payload kind {} needs a version 2 policy", kind.as_str()),
+                )),
+            };
+        }
+        self.common.check(kind, now_secs)?;
+        let mut charges = limits::Charges::default();
+        if kind.is_evm() {
+            let rules = self
+                .evm
+                .as_ref()
+                .ok_or_else(|| deny(Rule::Evm, "the policy has no evm section"))?;
+            let default = EvmV2Rules::default();
+            let v2 = rules.v2.as_ref().unwrap_or(&default);
+            if signer.evm_address().is_none() {
+                return Err(deny(Rule::Evm, "the key is not a secp256k1 key"));
+            }
+            match decoded {
+                Decoded::EvmTransaction(tx) => evm::evaluate_v2(rules, v2, tx, &mut charges)?,
+                Decoded::EvmMessage(m) => messages::evaluate_message(v2, m)?,
+                Decoded::EvmTypedData(t) => {
+                    messages::evaluate_typed_data(rules, v2, t, &mut charges)?
+                }
+                Decoded::EvmDigest(_) => messages::evaluate_digest(v2)?,
+                Decoded::SolanaTransaction(_) | Decoded::SolanaOffchainMessage(_) => {}
+            }
+        } else {
+            let rules = self
+                .solana
+                .as_ref()
+                .ok_or_else(|| deny(Rule::Solana, "the policy has no solana section"))?;
+            let default = SolanaV2Rules::default();
+            let v2 = rules.v2.as_ref().unwrap_or(&default);
+            let key = signer
+                .solana_public_key()
+                .ok_or_else(|| deny(Rule::SolanaSigner, "the key is not an ed25519 key"))?;
+            match decoded {
+                Decoded::SolanaTransaction(p) => {
+                    solana::evaluate_v2(rules, v2, p, &key, &mut charges)?
+                }
+                Decoded::SolanaOffchainMessage(m) => solana::evaluate_offchain(v2, m, &key)?,
+                _ => {}
+            }
+        }
+        self.common.charge(&mut charges)?;
+        Ok(charges.into_approval())
     }
 
     /// This policy with `enabled` set to `enabled` and every rule kept: what an
@@ -471,6 +705,7 @@ fn parse_evm(doc: EvmDoc) -> Result<EvmRules, SignerError> {
         allowed_destinations,
         max_value_wei,
         max_fee_wei,
+        v2: None,
     })
 }
 
@@ -504,6 +739,7 @@ fn parse_solana(doc: SolanaDoc) -> Result<SolanaRules, SignerError> {
         system_instructions,
         max_lamports_per_transaction: doc.max_lamports_per_transaction,
         max_fee_lamports: doc.max_fee_lamports,
+        v2: None,
     })
 }
 

@@ -27,11 +27,15 @@ use crate::secret::Ed25519Secret;
 use crate::SignerError;
 
 pub mod compute_budget;
+pub mod offchain;
+pub mod spl_token;
 pub mod system;
 
 pub use compute_budget::{
     ComputeBudgetInstruction, ComputeBudgetRequest, COMPUTE_BUDGET_PROGRAM_ID,
 };
+pub use offchain::{OffchainFormat, OffchainMessage, MAX_OFFCHAIN_MESSAGE};
+pub use spl_token::{SplTokenInstruction, TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID};
 pub use system::{SystemInstruction, SystemInstructionName};
 
 /// Largest Solana payload accepted, in bytes: 1232, the maximum transaction size
@@ -430,6 +434,29 @@ pub fn sign_solana(
         signature,
         signed_transaction,
     })
+}
+
+/// Signs a Solana off-chain message: ed25519 over its whole serialization
+/// ([`OffchainMessage::bytes`]). `public_key` is the stored public key, as for
+/// [`sign_solana`], and must be one of the message's signers.
+///
+/// # Errors
+/// [`SignerError::NotASigner`] if it is not; [`SignerError::InvalidKey`] if it is not
+/// a valid ed25519 point.
+pub fn sign_solana_offchain(
+    message: &OffchainMessage,
+    key: &Ed25519Secret,
+    public_key: &[u8; 32],
+) -> Result<[u8; 64], SignerError> {
+    if !message.signers().contains(public_key) {
+        return Err(SignerError::NotASigner);
+    }
+    let verifying_key =
+        VerifyingKey::from_bytes(public_key).map_err(|_| SignerError::InvalidKey {
+            message: "ed25519 public key is not a valid point",
+        })?;
+    let expanded = ExpandedSecretKey::from(key.seed());
+    Ok(raw_sign::<sha2::Sha512>(&expanded, message.bytes(), &verifying_key).to_bytes())
 }
 
 #[cfg(test)]
@@ -831,6 +858,24 @@ mod tests {
                 Err(SignerError::UnsupportedPayload { .. })
             ));
         }
+    }
+
+    #[test]
+    fn offchain_signature_verifies_and_names_the_signer() {
+        let (key, public) = secret(3);
+        let bytes = OffchainMessage::encode(&[0; 32], &[public], b"log in").unwrap();
+        let m = OffchainMessage::decode(&bytes).unwrap();
+        let sig = sign_solana_offchain(&m, &key, &public).unwrap();
+        verify(&public, &bytes, &sig);
+        let (other_key, other) = secret(4);
+        assert_eq!(
+            sign_solana_offchain(&m, &other_key, &other).unwrap_err(),
+            SignerError::NotASigner
+        );
+        // a transaction message is never an off-chain message
+        let tx = legacy_message(public, &[transfer_ix(public, [5; 32], 1)]);
+        assert!(OffchainMessage::decode(&tx).is_err());
+        assert!(decode(&bytes).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! EVM payloads: decoding unsigned EIP-2718 transactions and signing them.
+//! Unsigned EVM transactions: decoding EIP-2718 bytes into [`EvmTx`].
 //!
 //! Accepted (the bytes a wallet would hash to get the signing hash):
 //! - legacy, EIP-155 form only: `rlp([nonce, gasPrice, gas, to, value, data, chainId, 0, 0])`;
@@ -16,13 +16,11 @@
 //! EIP-155 trailer `chainId, 0, 0` is read here, because alloy's own `Decodable` for
 //! `TxLegacy` is deliberately permissive about it.
 
-use alloy_consensus::transaction::{RlpEcdsaDecodableTx, RlpEcdsaEncodableTx};
+use alloy_consensus::transaction::RlpEcdsaDecodableTx;
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEip2930, TxLegacy};
-use alloy_primitives::{keccak256, Signature, TxKind, U256};
+use alloy_primitives::{keccak256, TxKind, U256};
 use alloy_rlp::{Decodable, Header};
-use k256::Secp256k1;
 
-use crate::secret::Secp256k1Secret;
 use crate::SignerError;
 
 /// Largest unsigned EVM payload accepted, in bytes (128 KiB: geth's transaction pool
@@ -57,7 +55,7 @@ impl EvmTxType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Inner {
+pub(crate) enum Inner {
     Legacy(TxLegacy),
     Eip2930(TxEip2930),
     Eip1559(TxEip1559),
@@ -66,9 +64,9 @@ enum Inner {
 /// A decoded, unsigned EVM transaction of an accepted type, with its signing hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvmTx {
-    inner: Inner,
-    chain_id: u64,
-    sighash: [u8; 32],
+    pub(crate) inner: Inner,
+    pub(crate) chain_id: u64,
+    pub(crate) sighash: [u8; 32],
 }
 
 impl EvmTx {
@@ -129,6 +127,18 @@ impl EvmTx {
             Inner::Legacy(tx) => tx.gas_price,
             Inner::Eip2930(tx) => tx.gas_price,
             Inner::Eip1559(tx) => tx.max_fee_per_gas,
+        }
+    }
+
+    /// The most the sender offers a block builder per unit of gas, in wei:
+    /// `maxPriorityFeePerGas` for EIP-1559; for legacy and EIP-2930 transactions the
+    /// whole `gasPrice` (the builder may receive all of it above the base fee, and the
+    /// engine does not know the base fee).
+    pub fn max_priority_fee_per_gas(&self) -> u128 {
+        match &self.inner {
+            Inner::Legacy(tx) => tx.gas_price,
+            Inner::Eip2930(tx) => tx.gas_price,
+            Inner::Eip1559(tx) => tx.max_priority_fee_per_gas,
         }
     }
 
@@ -304,84 +314,14 @@ fn rlp_error(e: alloy_rlp::Error) -> SignerError {
     SignerError::malformed(format!("RLP: {e}"))
 }
 
-/// An ECDSA signature over an EVM transaction, and the signed transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvmSignature {
-    /// `r`, 32 bytes big-endian.
-    pub r: [u8; 32],
-    /// `s`, 32 bytes big-endian, always in the lower half of the order (EIP-2).
-    pub s: [u8; 32],
-    /// Parity of the y coordinate of `R` (0 or 1), after low-s normalization.
-    pub y_parity: u8,
-    /// The `v` as the transaction carries it: `chainId * 2 + 35 + yParity` for legacy
-    /// (EIP-155), `yParity` for typed transactions.
-    pub v: u64,
-    /// The signed transaction, EIP-2718 encoded (what `eth_sendRawTransaction` takes).
-    pub signed_transaction: Vec<u8>,
-    /// The transaction hash: `keccak256(signed_transaction)`.
-    pub transaction_hash: [u8; 32],
-}
-
-/// Signs an EVM transaction: RFC 6979 deterministic ECDSA over [`EvmTx::sighash`],
-/// low-s normalized with the recovery parity adjusted (k256's `hazmat` signer). The
-/// public key is not recomputed (DESIGN §9).
-///
-/// # Errors
-/// [`SignerError::InvalidKey`] in the (probability ~2^-128) case where `R.x ≥ n`,
-/// which Ethereum's `v` cannot express.
-pub fn sign_evm(tx: &EvmTx, key: &Secp256k1Secret) -> Result<EvmSignature, SignerError> {
-    // The scalar exists only inside this closure; the enclave runs it on a signing
-    // thread whose stack is scrubbed afterwards (the hazmat signer copies it by value).
-    let (sig, recovery_id) = key
-        .with_scalar(|scalar| {
-            ecdsa::hazmat::sign_prehashed_rfc6979::<Secp256k1, sha2::Sha256>(
-                scalar,
-                &tx.sighash,
-                &[],
-            )
-        })
-        .ok_or(SignerError::InvalidKey {
-            message: "secp256k1 secret is not a scalar in [1, n)",
-        })?;
-    if recovery_id.is_x_reduced() {
-        return Err(SignerError::InvalidKey {
-            message: "signature has R.x >= n, not expressible in an EVM transaction",
-        });
-    }
-    let (r_bytes, s_bytes) = sig.split_bytes();
-    let r: [u8; 32] = r_bytes.into();
-    let s: [u8; 32] = s_bytes.into();
-    let y_odd = recovery_id.is_y_odd();
-    let signature = Signature::new(U256::from_be_bytes(r), U256::from_be_bytes(s), y_odd);
-
-    let mut signed_transaction = Vec::new();
-    match &tx.inner {
-        Inner::Legacy(t) => t.eip2718_encode(&signature, &mut signed_transaction),
-        Inner::Eip2930(t) => t.eip2718_encode(&signature, &mut signed_transaction),
-        Inner::Eip1559(t) => t.eip2718_encode(&signature, &mut signed_transaction),
-    }
-    let transaction_hash = keccak256(&signed_transaction).0;
-    let y_parity = u8::from(y_odd);
-    let v = match tx.inner {
-        // chain_id ≤ MAX_CHAIN_ID (checked at decode), so this cannot overflow.
-        Inner::Legacy(_) => tx.chain_id * 2 + 35 + u64::from(y_parity),
-        Inner::Eip2930(_) | Inner::Eip1559(_) => u64::from(y_parity),
-    };
-    Ok(EvmSignature {
-        r,
-        s,
-        y_parity,
-        v,
-        signed_transaction,
-        transaction_hash,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evm::sign::{sign_evm, EvmSignature};
     use crate::secret::evm_address;
+    use crate::secret::Secp256k1Secret;
     use alloy_consensus::Signed;
+    use alloy_primitives::Signature;
     use alloy_primitives::{address, Address, Bytes};
     use k256::ecdsa::{RecoveryId, Signature as KSig, VerifyingKey};
 
