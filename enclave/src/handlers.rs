@@ -29,8 +29,9 @@ use ekms_shared::{
     StatusInfo, WireError,
 };
 use ekms_signer::{
-    decode_solana, decode_unsigned, eip55, evm_address, sign_evm, sign_solana, solana_address,
-    Denial, Ed25519Secret, Policy, Secp256k1Secret, SignerError,
+    eip55, evm_address, sign_evm, sign_evm_hash, sign_solana, sign_solana_offchain, solana_address,
+    Approval, Decoded, Denial, Ed25519Secret, LimitId, Policy, Secp256k1Secret, SignerError,
+    SignerIdentity,
 };
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
@@ -39,7 +40,7 @@ use crate::audit::{AuditHead, AuditLog, Entry};
 use crate::durable::{self, pack_floors, Change, CheckpointBody};
 use crate::floor::RecordId;
 use crate::keyring::check_keyring_name;
-use crate::limits::Limits;
+use crate::limits::{self, Limits};
 use crate::sealing::{self, DataKey, SECRET_LEN};
 use crate::state::{Enclave, RequestKind, Services};
 use crate::workers;
@@ -253,6 +254,7 @@ async fn generate_key(
             Ok::<_, WireError>((record, policy))
         })
         .await??;
+    services.limits.fresh_key(RecordId::of(&record));
     let now = now_ms();
     let (statement, identity_document) = state_key(enclave, &record, Some(now), now).await?;
     let audit = enclave.audit().append(
@@ -918,7 +920,8 @@ fn sign_on_worker(
     }
 }
 
-/// Store-wide stop, disabled key, decode, evaluate, sign.
+/// Store-wide stop, disabled key, decode, evaluate, reserve the rolling limits, sign,
+/// commit (or release) the reservation.
 fn decide_and_sign(
     services: &Services,
     secret: Zeroizing<Vec<u8>>,
@@ -933,52 +936,165 @@ fn decide_and_sign(
     if !policy.enabled() {
         return Err(WireError::KeyDisabled);
     }
-    if !matches!(
-        payload.kind,
-        PayloadKind::EvmTransaction | PayloadKind::SolanaTransaction
-    ) {
-        return Err(WireError::UnsupportedPayload {
-            message: format!("payload kind {} is not supported", payload.kind.as_str()),
-        });
+    let decoded =
+        ekms_signer::decode(signer_kind(payload.kind), &payload.bytes).map_err(signer_error)?;
+    let identity = match record.algorithm {
+        Algorithm::Secp256k1 => SignerIdentity::from_secp256k1_public_key(&record.public_key)
+            .map_err(|_| WireError::SealedStateInvalid)?,
+        Algorithm::Ed25519 => SignerIdentity::Solana(ed25519_public_key(record)?),
+    };
+    let now = now_secs();
+    let approval = policy.evaluate(&decoded, &identity, now).map_err(denied)?;
+    // Rolling limits: held before signing, so that concurrent requests cannot together
+    // pass a cap; the same payload signed again within its windows counts once.
+    let id = RecordId::of(record);
+    let payload_sha256: [u8; 32] = Sha256::digest(&payload.bytes).into();
+    let (charges, rate) = window_charges(&approval);
+    let longest = charges.iter().map(|c| c.window_secs).max().unwrap_or(0);
+    let reservation =
+        if charges.is_empty() || services.limits.already_signed(id, payload_sha256, now) {
+            None
+        } else {
+            Some(
+                services
+                    .limits
+                    .reserve(id, &charges, rate, now)
+                    .map_err(window_full)?,
+            )
+        };
+    match sign_decoded(&decoded, secret, record) {
+        Ok(output) => {
+            if let Some(r) = reservation {
+                services
+                    .limits
+                    .commit_signed(r, id, payload_sha256, longest, now_secs());
+            }
+            Ok(output)
+        }
+        Err(e) => {
+            if let Some(r) = reservation {
+                services.limits.release(r);
+            }
+            Err(e)
+        }
     }
-    let output = match record.algorithm {
+}
+
+/// Signs what `decoded` is with the unwrapped secret (dropped as soon as the key type
+/// holds it).
+fn sign_decoded(
+    decoded: &Decoded,
+    secret: Zeroizing<Vec<u8>>,
+    record: &SealedKeyRecord,
+) -> Result<SignOutput, WireError> {
+    match record.algorithm {
         Algorithm::Secp256k1 => {
-            let tx = decode_unsigned(&payload.bytes).map_err(signer_error)?;
-            policy.evaluate_evm(&tx).map_err(denied)?;
             let key = Secp256k1Secret::from_bytes(secret.as_slice())
                 .map_err(|_| WireError::SealedStateInvalid)?;
             drop(secret);
-            let sig = sign_evm(&tx, &key).map_err(signer_error)?;
-            SignOutput::Evm {
+            if let Decoded::EvmTransaction(tx) = decoded {
+                let sig = sign_evm(tx, &key).map_err(signer_error)?;
+                return Ok(SignOutput::Evm {
+                    r: sig.r,
+                    s: sig.s,
+                    y_parity: sig.y_parity,
+                    v: sig.v,
+                    signed_transaction: sig.signed_transaction,
+                    transaction_hash: sig.transaction_hash,
+                });
+            }
+            let hash = decoded.evm_signing_hash().ok_or(WireError::Internal)?;
+            let sig = sign_evm_hash(&hash, &key).map_err(signer_error)?;
+            Ok(SignOutput::EvmDigest {
+                digest: sig.hash,
                 r: sig.r,
                 s: sig.s,
-                y_parity: sig.y_parity,
-                v: sig.v,
-                signed_transaction: sig.signed_transaction,
-                transaction_hash: sig.transaction_hash,
-            }
+                y_parity: sig.v.saturating_sub(27),
+            })
         }
         Algorithm::Ed25519 => {
-            let public_key: [u8; 32] = record
-                .public_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| WireError::SealedStateInvalid)?;
-            let message = decode_solana(&payload.bytes).map_err(signer_error)?;
-            policy
-                .evaluate_solana(&message, &public_key)
-                .map_err(denied)?;
+            let public_key = ed25519_public_key(record)?;
             let key = Ed25519Secret::from_bytes(secret.as_slice())
                 .map_err(|_| WireError::SealedStateInvalid)?;
             drop(secret);
-            let sig = sign_solana(&message, &key, &public_key).map_err(signer_error)?;
-            SignOutput::Solana {
-                signature: sig.signature,
-                signed_transaction: sig.signed_transaction,
+            match decoded {
+                Decoded::SolanaTransaction(message) => {
+                    let sig = sign_solana(message, &key, &public_key).map_err(signer_error)?;
+                    Ok(SignOutput::Solana {
+                        signature: sig.signature,
+                        signed_transaction: sig.signed_transaction,
+                    })
+                }
+                Decoded::SolanaOffchainMessage(message) => {
+                    let signature =
+                        sign_solana_offchain(message, &key, &public_key).map_err(signer_error)?;
+                    Ok(SignOutput::SolanaMessage { signature })
+                }
+                _ => Err(WireError::Internal),
             }
         }
-    };
-    Ok(output)
+    }
+}
+
+fn ed25519_public_key(record: &SealedKeyRecord) -> Result<[u8; 32], WireError> {
+    record
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| WireError::SealedStateInvalid)
+}
+
+/// The wire's payload kind as the signer names it.
+fn signer_kind(kind: PayloadKind) -> ekms_signer::PayloadKind {
+    use ekms_signer::PayloadKind as S;
+    match kind {
+        PayloadKind::EvmTransaction => S::EvmTransaction,
+        PayloadKind::SolanaTransaction => S::SolanaTransaction,
+        PayloadKind::EvmMessage => S::EvmMessage,
+        PayloadKind::EvmTypedData => S::EvmTypedData,
+        PayloadKind::EvmDigest => S::EvmDigest,
+        PayloadKind::SolanaOffchainMessage => S::SolanaOffchainMessage,
+    }
+}
+
+/// The approval's windowed charges as the enclave's limits hold them, and the policy's
+/// rate limit (its signature-count charge), for the blind-interval bound.
+fn window_charges(approval: &Approval) -> (Vec<limits::Charge>, Option<limits::Rate>) {
+    let rate = approval
+        .charges
+        .iter()
+        .find(|c| c.limit == LimitId::Signatures)
+        .map(|c| limits::Rate {
+            max_signatures: u64::try_from(c.cap).unwrap_or(u64::MAX),
+            window_secs: c.window_secs,
+        });
+    let charges = approval
+        .charges
+        .iter()
+        .map(|c| limits::Charge {
+            limit: c.limit.to_string(),
+            amount: c.amount,
+            cap: c.cap,
+            window_secs: c.window_secs,
+            per_request: None,
+        })
+        .collect();
+    (charges, rate)
+}
+
+/// A full window, as the policy rule that owns it (`rate_limit`, `…per_window`).
+fn window_full(e: limits::Exceeded) -> WireError {
+    let rule = e
+        .limit
+        .parse::<LimitId>()
+        .map_or("rate_limit", |l| l.rule().as_str());
+    WireError::PolicyDenied {
+        rule: rule.to_owned(),
+        message: format!(
+            "the rolling window {} is full: {} spent or held, this request {}, cap {}",
+            e.limit, e.used, e.amount, e.cap
+        ),
+    }
 }
 
 /// Opens `record`, verifies `policy`'s MAC and that its version is not below the key's
