@@ -4,14 +4,20 @@
 //!
 //! The flow for one request, as the enclave runs it (DESIGN §2, step 3–4):
 //!
-//! 1. decode the payload the application sent: [`evm::decode_unsigned`] (unsigned
-//!    EIP-2718 transaction bytes) or [`solana::decode`] (a transaction or a bare
-//!    message, legacy or v0);
+//! 1. decode the payload the application sent, by its [`PayloadKind`], with
+//!    [`decode`] (bounded before decoding) into a [`Decoded`]: an EVM transaction,
+//!    an EIP-191 message, EIP-712 typed data, a raw digest, a Solana transaction or
+//!    a Solana off-chain message;
 //! 2. evaluate the key's [`policy::Policy`] on what the decoded payload *does*
-//!    ([`policy::Policy::evaluate_evm`], [`policy::Policy::evaluate_solana`]),
-//!    never on what the caller claims it does; default deny;
-//! 3. sign with the unwrapped key ([`evm::sign_evm`], [`solana::sign_solana`]), using
-//!    the public key from the sealed record rather than recomputing it (DESIGN §9).
+//!    ([`Policy::evaluate`] with the key's [`SignerIdentity`] and the time), never on
+//!    what the caller claims it does; default deny. The [`Approval`] lists the
+//!    [`Charge`]s against the rolling limits, which the enclave reserves before
+//!    signing and commits or releases after. ([`Policy::evaluate_evm`] and
+//!    [`Policy::evaluate_solana`] remain for version 1 policies.)
+//! 3. sign with the unwrapped key: [`sign_evm`] (transactions), [`sign_evm_hash`] of
+//!    [`Decoded::evm_signing_hash`] (the three EVM message kinds), [`sign_solana`],
+//!    [`sign_solana_offchain`]; from the stored scalar and the public key of the
+//!    sealed record, never recomputing it (DESIGN §9).
 //!
 //! Rules for maintainers: every decoder bounds its input size *before* decoding and
 //! refuses trailing bytes; nothing here panics on hostile input; secrets live only in

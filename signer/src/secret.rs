@@ -24,7 +24,7 @@ const MAX_DRAWS: usize = 4;
 ///
 /// k256's `NonZeroScalar` is `Copy`, so a key stored in one is copied by value into
 /// every frame that touches it. This type keeps only bytes and builds the scalar for
-/// the duration of one operation ([`Secp256k1Secret::with_scalar`]), then zeroizes it;
+/// the duration of one operation (`Secp256k1Secret::with_scalar`), then zeroizes it;
 /// the enclave runs that operation on a thread whose stack it scrubs afterwards.
 pub struct Secp256k1Secret {
     bytes: Zeroizing<[u8; 32]>,

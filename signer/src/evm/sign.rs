@@ -135,3 +135,50 @@ pub fn sign_evm(tx: &EvmTx, key: &Secp256k1Secret) -> Result<EvmSignature, Signe
         transaction_hash,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::evm_address;
+    use crate::evm::PersonalMessage;
+    use k256::ecdsa::{RecoveryId, Signature as KSig, VerifyingKey};
+
+    /// What eth-account's `Account._recover_hash` does: `v` 27/28, `r ‖ s`.
+    fn recover(sig: &EvmHashSignature) -> [u8; 20] {
+        let bytes = sig.to_bytes();
+        let ksig = KSig::from_slice(&bytes[..64]).unwrap();
+        let recid = RecoveryId::new(bytes[64] == 28, false);
+        let vk = VerifyingKey::recover_from_prehash(&sig.hash, &ksig, recid).unwrap();
+        evm_address(vk.to_sec1_point(true).as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn eip191_signature_recovers_to_the_key_with_low_s() {
+        let key = Secp256k1Secret::from_bytes(&[0x46; 32]).unwrap();
+        let address = evm_address(&key.public_key()).unwrap();
+        let half_n =
+            hex::decode("7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0")
+                .unwrap();
+        for text in [
+            "Hello World",
+            "0x1234",
+            "a much longer message, with commas",
+        ] {
+            let m = PersonalMessage::decode(text.as_bytes()).unwrap();
+            let sig = sign_evm_hash(&m.signing_hash(), &key).unwrap();
+            assert!(sig.v == 27 || sig.v == 28);
+            assert!(sig.s.as_slice() <= half_n.as_slice());
+            assert_eq!(recover(&sig), address, "{text}");
+            // deterministic (RFC 6979)
+            assert_eq!(sign_evm_hash(&m.signing_hash(), &key).unwrap(), sig);
+        }
+    }
+
+    #[test]
+    fn rejects_recovery_to_another_key() {
+        let key = Secp256k1Secret::from_bytes(&[0x46; 32]).unwrap();
+        let other = Secp256k1Secret::from_bytes(&[0x47; 32]).unwrap();
+        let sig = sign_evm_hash(&[9; 32], &other).unwrap();
+        assert_ne!(recover(&sig), evm_address(&key.public_key()).unwrap());
+    }
+}

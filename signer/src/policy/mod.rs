@@ -1,5 +1,26 @@
 //! Key policies (DESIGN §4): parsing, canonical form, and evaluation on *decoded*
-//! payloads. Default deny everywhere.
+//! payloads. Default deny everywhere. The user's reference, with every rule and worked
+//! policies, is `docs/POLICY.md`; the JSON Schema is `docs/policy.schema.json`.
+//!
+//! # Shape
+//!
+//! One module per rule family, each owning its part of the document, its rules and
+//! their evaluation: `common` (`not_before`, `not_after`, `allowed_kinds`,
+//! `rate_limit`), `evm` (transactions), `tokens` (ERC-20 calls and permits), `messages`
+//! (EIP-191, EIP-712, raw digests, Solana off-chain messages), `solana`
+//! (transactions), `spl` (SPL Token mints); `rule` names every refusal, `limits`
+//! the rolling-window charges, `fields` the shared field readers. Nothing here does
+//! I/O or reads a clock: [`Policy::evaluate`] takes the time, and returns the charges
+//! for the enclave to enforce against its window state.
+//!
+//! # Version 2
+//!
+//! `"version": 2` documents add the common rules, the four message kinds, EVM call
+//! data (selectors, ERC-20), fee caps per gas, permits, Solana destinations, fee
+//! payers, compute caps, SPL tokens and rolling windows (`docs/POLICY.md`). They are
+//! evaluated only by [`Policy::evaluate`]; the version-1 entry points refuse them.
+//! Their canonical JSON writes every non-optional field (lists and maps even when
+//! empty, in document order) and optional ones only when set.
 //!
 //! # Document (version 1)
 //!
@@ -23,7 +44,8 @@
 //! }
 //! ```
 //!
-//! - `version` defaults to 1; any other value is refused (a newer format).
+//! - `version` defaults to 1; 2 is the format of `docs/POLICY.md`; any other value is
+//!   refused (a newer format).
 //! - `enabled` is required. `false` refuses everything.
 //! - A missing `evm` / `solana` section refuses that chain family.
 //! - Inside a section every field is optional and its absence is the strictest
@@ -167,7 +189,7 @@ pub struct EvmRules {
     pub max_value_wei: U256,
     /// The largest total fee a transaction may be able to pay, in wei, compared with
     /// `gas_limit × max_fee_per_gas` (EIP-1559) or `gas_limit × gas_price` (legacy,
-    /// EIP-2930): see [`EvmTx::max_fee_wei`]. `None` (field absent) means no fee cap,
+    /// EIP-2930): see [`crate::EvmTx::max_fee_wei`]. `None` (field absent) means no fee cap,
     /// which keeps policies written before the field existed unchanged. Operators
     /// should set it: without it, fees can drain the account whatever
     /// `max_value_wei` says.
@@ -191,7 +213,7 @@ pub struct SolanaRules {
     /// lamports. `None` (stored policies from before the field) means no total cap.
     pub max_lamports_per_transaction: Option<u64>,
     /// The most a message may be able to pay in fees, in lamports
-    /// ([`SolanaPayload::max_fee_lamports`]). `None` (stored policies from before the
+    /// ([`crate::SolanaPayload::max_fee_lamports`]). `None` (stored policies from before the
     /// field) means no fee cap.
     pub max_fee_lamports: Option<u64>,
     /// The rules of version 2 (`None` in a version 1 policy).
