@@ -19,7 +19,8 @@
 //! worst(B) = cap                                                                  without one
 //! ```
 //!
-//! (`per_request` is the policy's per-request cap of the same asset, or the cap.) So
+//! (`per_request` is the policy's per-request cap of the same asset, or the cap when the
+//! charge does not carry one — today always, so `worst(B) = cap`.) So
 //! in any interval of `window_secs` the spend stays ≤ cap across restarts and replays;
 //! a replayed older checkpoint only makes `B` longer, which costs availability, never
 //! value. docs/POLICY.md states the same bound.
