@@ -61,7 +61,10 @@ fn evaluate_evm(policy: &Policy, kind: PayloadKind, payload: &[u8]) -> Result<()
 #[test]
 fn a_batch_permit_of_one_token_is_held_to_max_per_tx_in_total() {
     // One entry at the cap is fine.
-    for per_window in ["", r#","per_window":{"max":"5000000000","window_secs":86400}"#] {
+    for per_window in [
+        "",
+        r#","per_window":{"max":"5000000000","window_secs":86400}"#,
+    ] {
         let policy = permit_policy(per_window);
         assert_eq!(
             evaluate_evm(
@@ -134,7 +137,10 @@ fn lamports_reach_only_listed_destinations_even_through_create_account() {
         let policy = sol_policy(destinations);
         // A Transfer to the same host-held address is refused...
         assert_eq!(
-            evaluate_sol(&policy, &legacy_msg(KEY, &[sol_transfer(KEY, HOST_HELD, 1_000_000_000)])),
+            evaluate_sol(
+                &policy,
+                &legacy_msg(KEY, &[sol_transfer(KEY, HOST_HELD, 1_000_000_000)])
+            ),
             Err("solana.allowed_destinations".to_owned())
         );
         // ...but a CreateAccount (in the default system_instructions) of the same
@@ -143,7 +149,10 @@ fn lamports_reach_only_listed_destinations_even_through_create_account() {
         // and can transfer from at once (shown on LiteSVM by
         // e2e/test_attack8_solana.py).
         assert_eq!(
-            evaluate_sol(&policy, &legacy_msg(KEY, &[create_account(KEY, HOST_HELD, 1_000_000_000)])),
+            evaluate_sol(
+                &policy,
+                &legacy_msg(KEY, &[create_account(KEY, HOST_HELD, 1_000_000_000)])
+            ),
             Err("solana.allowed_destinations".to_owned()),
             "allowed_destinations [{destinations}]"
         );
