@@ -948,7 +948,7 @@ fn decide_and_sign(
     // Rolling limits: held before signing, so that concurrent requests cannot together
     // pass a cap; the same payload signed again within its windows counts once.
     let id = RecordId::of(record);
-    let payload_sha256: [u8; 32] = Sha256::digest(&payload.bytes).into();
+    let payload_sha256 = repeat_key(payload);
     let (charges, rate) = window_charges(&approval);
     let longest = charges.iter().map(|c| c.window_secs).max().unwrap_or(0);
     let reservation =
@@ -978,6 +978,20 @@ fn decide_and_sign(
             Err(e)
         }
     }
+}
+
+/// What "the same payload signed again counts once" remembers: SHA-256 over the kind
+/// and the bytes. The kind is part of it because one byte string can be two different
+/// payloads (EVM transaction bytes are also a valid `evm_message`, whose signature is a
+/// different one): keyed on the bytes alone, a transaction signed first as a message
+/// (charged one signature) was then taken for a repeat and charged nothing.
+fn repeat_key(payload: &SignPayload) -> [u8; 32] {
+    let kind = payload.kind.as_str().as_bytes();
+    let mut h = Sha256::new();
+    h.update((kind.len() as u64).to_be_bytes());
+    h.update(kind);
+    h.update(&payload.bytes);
+    h.finalize().into()
 }
 
 /// Signs what `decoded` is with the unwrapped secret (dropped as soon as the key type
@@ -1222,6 +1236,23 @@ mod tests {
                 bytes: vec![0x02],
             },
         }
+    }
+
+    #[test]
+    fn a_repeat_is_the_same_kind_and_bytes() {
+        let payload = |kind, bytes: &[u8]| SignPayload {
+            kind,
+            bytes: bytes.to_vec(),
+        };
+        let tx = [0x02, 0xc0];
+        assert_eq!(
+            repeat_key(&payload(PayloadKind::EvmTransaction, &tx)),
+            repeat_key(&payload(PayloadKind::EvmTransaction, &tx))
+        );
+        assert_ne!(
+            repeat_key(&payload(PayloadKind::EvmTransaction, &tx)),
+            repeat_key(&payload(PayloadKind::EvmMessage, &tx))
+        );
     }
 
     #[tokio::test]

@@ -146,7 +146,8 @@ struct State {
     charged_blind: std::collections::HashSet<WindowKey>,
     /// Keys generated since the restore: nothing of theirs can be in a blind interval.
     fresh: std::collections::HashSet<[u8; 32]>,
-    /// Payloads signed (key, SHA-256 of the payload) → until when they count as one.
+    /// Payloads signed (key, SHA-256 of the payload's kind and bytes) → until when they
+    /// count as one.
     signed: HashMap<([u8; 32], [u8; 32]), u64>,
 }
 

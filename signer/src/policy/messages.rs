@@ -2,7 +2,7 @@
 //! and `solana_offchain_message`. Owns `evm.messages`, `evm.typed_data`,
 //! `evm.allow_raw_digest` and `solana.offchain_messages`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
@@ -298,16 +298,26 @@ pub(super) fn evaluate_typed_data(
                 format!("a {} permit needs a domain chainId", permit.kind),
             )
         })?;
+        // One check per token, on the sum of its grants: Permit2's batch transfer
+        // moves every `permitted[i]` (a token may repeat), so entries of one token
+        // each under `max_per_tx` must not together pass it. Any unlimited entry
+        // makes the token's grant unlimited.
+        let mut per_token: BTreeMap<[u8; 20], (U256, bool)> = BTreeMap::new();
         for g in &permit.grants {
+            let (sum, unlimited) = per_token.entry(g.token).or_insert((U256::ZERO, false));
+            *sum = sum.saturating_add(g.amount);
+            *unlimited |= g.unlimited;
+        }
+        for (token, (amount, unlimited)) in per_token {
             check_grant(
                 v2,
                 chain_id,
-                g.token,
+                token,
                 Grant::Approval {
                     spender: permit.spender,
                 },
-                g.amount,
-                g.unlimited,
+                amount,
+                unlimited,
                 charges,
             )?;
         }

@@ -90,10 +90,12 @@
 //!     freezes it, `Assign` gives it to another program. A `CreateAccount` is signed
 //!     only when its new account is a required signer of the message other than the
 //!     key (so it is a fresh account, and the key's address cannot be created under
-//!     another program's ownership). Allowed lamport-moving instructions
-//!     (`transfer`, `create_account`, `*_with_seed`, `withdraw_nonce_account`) each
-//!     count against `max_lamports_per_transfer`, and together against
-//!     `max_lamports_per_transaction`, whoever pays them.
+//!     another program's ownership). In version 2 that new account must also be in
+//!     `allowed_destinations`, like every other lamport destination: its key is held
+//!     by whoever built the transaction, so funding it pays them. Allowed
+//!     lamport-moving instructions (`transfer`, `create_account`, `*_with_seed`,
+//!     `withdraw_nonce_account`) each count against `max_lamports_per_transfer`, and
+//!     together against `max_lamports_per_transaction`, whoever pays them.
 //!   - *Compute Budget*: `RequestHeapFrame`, `SetComputeUnitLimit`,
 //!     `SetComputeUnitPrice`, `SetLoadedAccountsDataSizeLimit`, each at most once;
 //!     anything else is refused (rule `solana.compute_budget`).

@@ -15,16 +15,15 @@ use super::messages::{show, MessageRules, MessagesDoc};
 use super::spl::{check_spl, parse_spl_tokens, spl_tokens_doc, SplDoc, SplRules};
 use super::{deny, Denial, Policy, Rule, SolanaRules};
 use crate::address::solana_address;
-use crate::solana::{
-    OffchainMessage, SolanaPayload, SystemInstruction, SystemInstructionName, SystemTransferKind,
-};
+use crate::solana::{OffchainMessage, SolanaPayload, SystemInstruction, SystemInstructionName};
 use crate::SignerError;
 
 /// The rules version 2 adds to the `solana` section (module docs of [`super`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SolanaV2Rules {
-    /// Who may receive lamports (System transfers other than `CreateAccount`) and SPL
-    /// tokens (the destination token account).
+    /// Who may receive lamports (every System instruction that moves them, a
+    /// `CreateAccount`'s new account included) and SPL tokens (the destination token
+    /// account).
     pub allowed_destinations: BTreeSet<[u8; 32]>,
     /// Fee payers other than the key itself.
     pub allowed_fee_payers: BTreeSet<[u8; 32]>,
@@ -350,11 +349,11 @@ pub(super) fn evaluate_v2(
         .map_err(|e| deny(Rule::SolanaSystemInstructions, e.to_string()))?;
     let mut total: u64 = 0;
     for t in &transfers {
-        // A CreateAccount funds a fresh account that signs the message
-        // (`check_system_instructions`): not a payment to a third party.
-        if t.kind != SystemTransferKind::CreateAccount {
-            check_destination(v2, t.to, "lamports")?;
-        }
+        // Every lamport movement, a CreateAccount too: its new account signs the
+        // message, so its key is held by whoever built the transaction (the untrusted
+        // application), who can move the lamports on at once (a System-owned account
+        // of 0 bytes). Funding it is a payment to that party.
+        check_destination(v2, t.to, "lamports")?;
         total = total.saturating_add(t.lamports);
     }
     check_spl(v2, p, charges)?;
