@@ -40,9 +40,10 @@ use crate::audit::AuditHead;
 use crate::floor::{PolicyFloors, RecordId};
 
 /// Most keys whose floor (a policy version above 1) a checkpoint carries: 40 bytes
-/// each, so a checkpoint stays well inside one frame. A change that would exceed it is
-/// refused.
-pub const MAX_CHECKPOINT_FLOORS: usize = 6000;
+/// each (160,000 bytes), so that with the rolling limits' snapshot
+/// ([`crate::limits::MAX_SNAPSHOT_BYTES`]) a checkpoint stays inside one frame. A change
+/// that would exceed it is refused.
+pub const MAX_CHECKPOINT_FLOORS: usize = 4000;
 /// Bytes of one floor entry: the 32-byte [`RecordId`] and the version, `u64` big-endian.
 const FLOOR_ENTRY_LEN: usize = 40;
 /// How long a state change waits for the one before it to commit.

@@ -307,16 +307,40 @@ impl Limits {
             }
         }
         windows.sort_by(|a, b| a.0.cmp(&b.0));
-        let blind_from = st.blind.map(|(from, _)| from);
-        let mut out = Vec::new();
-        ciborium::ser::into_writer(
-            &Snapshot {
-                windows,
-                blind_from,
-            },
-            &mut out,
-        )
-        .unwrap_or_else(|_| unreachable!("a snapshot of integers and strings always encodes"));
+        let mut snap = Snapshot {
+            windows,
+            blind_from: st.blind.map(|(from, _)| from),
+        };
+        drop(st);
+        let out = encode_snapshot(&snap);
+        if out.len() <= MAX_SNAPSHOT_BYTES {
+            return out;
+        }
+        // Over budget (a checkpoint must fit one frame, or no state change — an
+        // emergency disable included — could be made): first merge each window's
+        // buckets into its newest one (the amounts then leave the window later, never
+        // earlier), then leave windows out. A window left out counts as full after a
+        // restore (`blind_from` = the epoch), so both cost availability, never a cap.
+        for (_, w) in &mut snap.windows {
+            if let Some(newest) = w.buckets.keys().next_back().copied() {
+                let total = w.spent();
+                w.buckets.clear();
+                w.buckets.insert(newest, total);
+            }
+        }
+        let mut out = encode_snapshot(&snap);
+        while out.len() > MAX_SNAPSHOT_BYTES && !snap.windows.is_empty() {
+            let per_window = out.len() / snap.windows.len() + 1;
+            let excess = (out.len() - MAX_SNAPSHOT_BYTES) / per_window + 1;
+            let keep = snap.windows.len().saturating_sub(excess);
+            snap.windows.truncate(keep);
+            snap.blind_from = Some(0);
+            out = encode_snapshot(&snap);
+        }
+        tracing::warn!(
+            windows = snap.windows.len(),
+            "rolling-limit snapshot over its budget: buckets merged, windows left out count as full after a restore"
+        );
         out
     }
 
@@ -385,6 +409,17 @@ impl Limits {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Largest limits snapshot a checkpoint carries, in bytes (with at most
+/// [`crate::durable::MAX_CHECKPOINT_FLOORS`] floors the checkpoint stays within a frame).
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024;
+
+fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(snap, &mut out)
+        .unwrap_or_else(|_| unreachable!("a snapshot of integers and strings always encodes"));
+    out
 }
 
 /// The most `charge`'s limit could have been spent during a blind interval of
@@ -563,6 +598,36 @@ mod tests {
         assert!(fresh
             .reserve(id(1), &[charge("x", 1, 100, 3600)], None, 1010)
             .is_err());
+    }
+
+    #[test]
+    fn keeps_the_snapshot_within_its_budget_and_never_loses_a_cap() {
+        let l = Limits::default();
+        // 5,000 windows of 2 buckets each: far over the budget.
+        for i in 0..5000u32 {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            let r = l
+                .reserve(RecordId::from(b), &[charge("x", 1, 2, 6400)], None, 1000)
+                .unwrap();
+            l.commit(r, 1000);
+            let r = l
+                .reserve(RecordId::from(b), &[charge("x", 1, 2, 6400)], None, 1200)
+                .unwrap();
+            l.commit(r, 1200);
+        }
+        let snap = l.snapshot(1200);
+        assert!(snap.len() <= MAX_SNAPSHOT_BYTES, "{}", snap.len());
+        let back = Limits::default();
+        back.restore(&snap, 1200, 1200).unwrap();
+        // Every window, kept or left out, is still full after the restore.
+        for i in [0u32, 2500, 4999] {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(back
+                .reserve(RecordId::from(b), &[charge("x", 1, 2, 6400)], None, 1200)
+                .is_err());
+        }
     }
 
     #[test]
