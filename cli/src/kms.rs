@@ -3,8 +3,9 @@
 //! Enclaves, and re-pinned to a new PCR0 when the enclave binary was rebuilt.
 //!
 //! Policy shape: "How AWS Nitro Enclaves uses AWS KMS" / "Condition keys for AWS Nitro
-//! Enclaves" (AWS KMS Developer Guide): an `Allow` of `kms:Decrypt`,
-//! `kms:GenerateDataKey` and `kms:GenerateRandom` conditioned on
+//! Enclaves" (AWS KMS Developer Guide): an `Allow` of `kms:Decrypt` and
+//! `kms:GenerateDataKey` (the enclave's readiness check is a `GenerateDataKey` on this
+//! key, issue 9; it no longer calls `GenerateRandom`) conditioned on
 //! `StringEqualsIgnoreCase` `kms:RecipientAttestation:ImageSha384` = PCR0 (hex), beside
 //! an unconditioned `Allow` of the administrative actions.
 
@@ -80,7 +81,7 @@ pub fn key_policy(pcr0_hex: &str, account_id: &str) -> String {
                 "Sid": ENCLAVE_SID,
                 "Effect": "Allow",
                 "Principal": {"AWS": format!("arn:aws:iam::{account_id}:role/ekms-parent-instance-role")},
-                "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"],
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                 "Resource": "*",
                 "Condition": {
                     "StringEqualsIgnoreCase": {IMAGE_SHA384_KEY: pcr0_hex}
@@ -285,7 +286,7 @@ mod tests {
         let enclave = statements.iter().find(|s| s["Sid"] == ENCLAVE_SID).unwrap();
         assert_eq!(
             enclave["Action"],
-            json!(["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"])
+            json!(["kms:Decrypt", "kms:GenerateDataKey"])
         );
         assert_eq!(
             enclave["Condition"]["StringEqualsIgnoreCase"][IMAGE_SHA384_KEY],
