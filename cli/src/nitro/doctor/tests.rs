@@ -204,7 +204,7 @@ fn key_policy_pcr0_pass_and_fail() {
     // The policy of the previous image only: the new EIF would never get ready.
     let c = checks::key_policy_pcr0(&rendered(&[PREVIOUS]), &pcr0());
     assert_eq!(c.status, Status::Fail, "{c:?}");
-    // An allow without the explicit deny (the policy docs/nitro.md used to show, minus
+    // An allow without the explicit deny (the policy the old docs/nitro.md showed, minus
     // its deny) is not enough.
     let mut allow_only: serde_json::Value =
         serde_json::from_str(&rendered(&[MEASUREMENTS])).unwrap();
