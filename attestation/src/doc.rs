@@ -1,7 +1,8 @@
 //! The attestation document payload: [`AttestationDoc`], its CBOR encoding exactly as the
 //! NSM emits it, and the strict decoder that applies every field rule of AWS's
-//! specification (`aws-nitro-enclaves-nsm-api` `docs/attestation_process.md` §2.2 and
-//! §3.2.2.1 "Syntactical validation").
+//! specification (`aws-nitro-enclaves-nsm-api` `docs/attestation_process.md` §2.2 for
+//! the fields, and §3.2.2.1 "Syntactical validation" for their rules and the 512-byte
+//! limits).
 //!
 //! The payload is a CBOR map with text keys, in this order:
 //!

@@ -2,7 +2,8 @@
 //! Modules, its request type, its error type, and the request-size rules both enforce.
 //!
 //! The limits are the ones AWS documents for the attestation document
-//! (`aws-nitro-enclaves-nsm-api` `docs/attestation_process.md` §2.2): `user_data` and
+//! (`aws-nitro-enclaves-nsm-api` `docs/attestation_process.md` §3.2, "Syntactical
+//! validation"; §2.2 describes the fields, not these bounds): `user_data` and
 //! `nonce` at most 512 bytes, `public_key` at most 1024 bytes. Checking them here gives the
 //! same error from both providers instead of an opaque `InvalidArgument` from the device.
 

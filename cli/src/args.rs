@@ -66,6 +66,9 @@ pub enum Command {
     /// Store-wide emergency stop and resume.
     #[command(subcommand)]
     Admin(crate::policy::AdminCommand),
+    /// AWS Nitro Enclaves deployment: generated KMS/IAM policies, setup doctor.
+    #[command(subcommand)]
+    Nitro(crate::nitro::NitroCommand),
 }
 
 /// `ekms tokens …`
@@ -225,6 +228,10 @@ pub struct VerifyArgs {
     /// Required PCR0, hex (48 bytes).
     #[arg(long)]
     pub pcr0: Option<String>,
+    /// The image's measurements as nitro-cli prints them (`make eif` saves
+    /// ekms-enclave.measurements.json): PCR0, 1, 2 (and 8 when present) must all match.
+    #[arg(long, value_name = "FILE", conflicts_with = "pcr0")]
+    pub measurements: Option<PathBuf>,
 }
 
 /// The trust-root flags of `ekms attestation verify` and `ekms keys verify`.

@@ -2,11 +2,14 @@
 //! `aws-sdk-kms` client against kms-sim, with the key policy AWS documents for Nitro
 //! Enclaves, and re-pinned to a new PCR0 when the enclave binary was rebuilt.
 //!
-//! Policy shape: "How AWS Nitro Enclaves uses AWS KMS" / "Condition keys for AWS Nitro
-//! Enclaves" (AWS KMS Developer Guide): an `Allow` of `kms:Decrypt`,
-//! `kms:GenerateDataKey` and `kms:GenerateRandom` conditioned on
-//! `StringEqualsIgnoreCase` `kms:RecipientAttestation:ImageSha384` = PCR0 (hex), beside
-//! an unconditioned `Allow` of the administrative actions.
+//! Policy shape: the production key policy of `ekms nitro policy`
+//! ([`crate::nitro::key_policy`], after "How AWS Nitro Enclaves uses AWS KMS" /
+//! "Condition keys for AWS Nitro Enclaves", AWS KMS Developer Guide): an `Allow` of
+//! `kms:Decrypt` and `kms:GenerateDataKey` (the enclave's readiness check is a
+//! `GenerateDataKey` on this key, issue 9; it no longer calls `GenerateRandom`)
+//! conditioned on `StringEqualsIgnoreCase` `kms:RecipientAttestation:ImageSha384` =
+//! PCR0 (hex), an explicit deny of data keys without that attestation, and an
+//! unconditioned `Allow` of the administrative actions (never key use).
 
 use std::path::Path;
 
@@ -25,7 +28,7 @@ pub const SIM_ACCESS_KEY_ID: &str = "AKIDEKMSSIMULATION";
 /// Secret access key handed to the simulation's processes (not a secret: simulation).
 pub const SIM_SECRET_ACCESS_KEY: &str = "ekms-simulation-not-a-secret";
 /// `Sid` of the statement that gates data keys on the enclave's PCR0.
-pub const ENCLAVE_SID: &str = "AllowEnclaveDataKeysOnlyForMeasuredImage";
+pub const ENCLAVE_SID: &str = crate::nitro::key_policy::SID_ENCLAVE;
 /// Condition key KMS fills from a verified attestation document's PCR0.
 pub const IMAGE_SHA384_KEY: &str = "kms:RecipientAttestation:ImageSha384";
 
@@ -62,33 +65,27 @@ impl KeySetup {
     }
 }
 
-/// The key policy text for an enclave whose PCR0 is `pcr0_hex` (96 lowercase hex
-/// digits), with principals in account `account_id`.
+/// The key policy text for an enclave whose PCR0 is `pcr0_hex` (96 hex digits), with
+/// principals in account `account_id`: the production policy that `ekms nitro policy`
+/// renders ([`crate::nitro::key_policy`]: attested data keys to the instance role, an
+/// explicit deny of everything else, an admin role), so the simulation runs the same
+/// statements as a Nitro deployment. (kms-sim does not evaluate principals.) A PCR0
+/// that is not 96 hex digits, or all zeros, gives a policy that names no image.
 pub fn key_policy(pcr0_hex: &str, account_id: &str) -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Id": "ekms-simulation-key-policy",
-        "Statement": [
-            {
-                "Sid": "AllowKeyAdministration",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{account_id}:root")},
-                "Action": ["kms:CreateKey", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"],
-                "Resource": "*"
-            },
-            {
-                "Sid": ENCLAVE_SID,
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{account_id}:role/ekms-parent-instance-role")},
-                "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"],
-                "Resource": "*",
-                "Condition": {
-                    "StringEqualsIgnoreCase": {IMAGE_SHA384_KEY: pcr0_hex}
-                }
-            }
-        ]
-    })
-    .to_string()
+    let inputs = crate::nitro::measurements::Measurements::from_pcr0(pcr0_hex).and_then(|m| {
+        crate::nitro::key_policy::PolicyInputs::new(
+            vec![m],
+            account_id,
+            &format!("arn:aws:iam::{account_id}:role/ekms-parent-instance-role"),
+            &format!("arn:aws:iam::{account_id}:role/ekms-sim-kms-admin"),
+            false,
+            None,
+        )
+    });
+    match inputs {
+        Ok(inputs) => crate::nitro::key_policy::render_key_policy(&inputs).to_string(),
+        Err(_) => admin_only_key_policy(account_id),
+    }
 }
 
 /// The PCR0 that the statement [`ENCLAVE_SID`] of `policy_text` requires, lowercased;
@@ -104,8 +101,11 @@ pub fn policy_pcr0(policy_text: &str) -> Option<String> {
         .find(|s| s.get("Sid").and_then(Value::as_str) == Some(ENCLAVE_SID))?
         .get("Condition")?
         .get("StringEqualsIgnoreCase")?
-        .get(IMAGE_SHA384_KEY)?
-        .as_str()
+        .get(IMAGE_SHA384_KEY)
+        .and_then(|v| match v {
+            Value::Array(items) if items.len() == 1 => items[0].as_str(),
+            other => other.as_str(),
+        })
         .map(str::to_ascii_lowercase)
 }
 
@@ -164,14 +164,18 @@ where
 /// administrative statement only, so no one gets data keys until [`ensure_key`] adds
 /// the PCR0 condition.
 pub fn admin_only_key_policy(account_id: &str) -> String {
-    let mut policy: Value = match serde_json::from_str(&key_policy("", account_id)) {
-        Ok(v) => v,
-        Err(_) => return String::new(),
-    };
-    if let Some(Value::Array(statements)) = policy.get_mut("Statement") {
-        statements.retain(|s| s.get("Sid").and_then(Value::as_str) != Some(ENCLAVE_SID));
-    }
-    policy.to_string()
+    json!({
+        "Version": "2012-10-17",
+        "Id": "ekms-nitro-key-policy",
+        "Statement": [{
+            "Sid": crate::nitro::key_policy::SID_ADMIN,
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:aws:iam::{account_id}:role/ekms-sim-kms-admin")},
+            "Action": crate::nitro::key_policy::ADMIN_ACTIONS,
+            "Resource": "*"
+        }]
+    })
+    .to_string()
 }
 
 /// The ARN remembered in `arn_file`, or a new key's (with [`admin_only_key_policy`],
@@ -274,7 +278,7 @@ mod tests {
     use super::*;
 
     const PCR0: &str =
-        "9f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a1aa";
+        "9f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a19f6b6c7e5d4c3b2a1aa9f6b6c7e5";
 
     #[test]
     fn policy_has_the_documented_nitro_shape() {
@@ -285,11 +289,11 @@ mod tests {
         let enclave = statements.iter().find(|s| s["Sid"] == ENCLAVE_SID).unwrap();
         assert_eq!(
             enclave["Action"],
-            json!(["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"])
+            json!(["kms:Decrypt", "kms:GenerateDataKey"])
         );
         assert_eq!(
             enclave["Condition"]["StringEqualsIgnoreCase"][IMAGE_SHA384_KEY],
-            PCR0
+            json!([PCR0])
         );
         let admin = statements.iter().find(|s| s["Sid"] != ENCLAVE_SID).unwrap();
         assert!(admin.get("Condition").is_none());

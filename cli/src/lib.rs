@@ -20,6 +20,7 @@ pub mod audit;
 pub mod client;
 pub mod input;
 pub mod kms;
+pub mod nitro;
 pub mod owner;
 pub mod policy;
 pub mod sim;
@@ -94,6 +95,9 @@ pub enum Error {
     /// `ekms audit verify` found the chain broken (exit status 3), naming the record.
     #[error("audit chain rejected: {0}")]
     Verification(String),
+    /// `ekms nitro doctor` found a check failing (its report is on stdout).
+    #[error("doctor: {0}")]
+    Doctor(String),
 }
 
 impl Error {
@@ -123,11 +127,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     if let Command::Sim(args) = cli.command {
         return sim::run(args).await;
     }
+    if let Command::Nitro(command) = cli.command {
+        return print_json(&nitro::run(command, &cli.socket).await?);
+    }
     let env_token = std::env::var(TOKEN_ENV).ok();
     let token = api_token(&cli.socket, cli.token_file.as_deref(), env_token.as_deref())?;
     let client = ApiClient::new(&cli.socket).with_token(token);
     let output = match cli.command {
-        Command::Sim(_) => unreachable!("handled above"),
+        Command::Sim(_) | Command::Nitro(_) => unreachable!("handled above"),
         Command::Health => get(&client, "/v1/health").await?,
         Command::Keys(KeysCommand::Create {
             algorithm,

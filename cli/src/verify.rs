@@ -93,7 +93,16 @@ pub async fn run(client: &ApiClient, args: &VerifyArgs) -> Result<Value, Error> 
             n
         }
     };
-    let expected_pcr0 = args.pcr0.as_deref().map(parse_pcr).transpose()?;
+    let mut expected = std::collections::BTreeMap::new();
+    if let Some(pcr0) = args.pcr0.as_deref() {
+        expected.insert(0u16, parse_pcr(pcr0)?);
+    }
+    if let Some(path) = &args.measurements {
+        let m = crate::nitro::measurements::Measurements::load(path)?;
+        for (index, value) in m.pcrs() {
+            expected.insert(*index, parse_pcr(value)?);
+        }
+    }
     let verifier = verifier(&args.trust, client.socket())?;
     let answer = client
         .request(
@@ -113,9 +122,7 @@ pub async fn run(client: &ApiClient, args: &VerifyArgs) -> Result<Value, Error> 
     let mut opts = VerifyOptions::at(SystemTime::now());
     opts.max_age = Some(Duration::from_secs(args.max_age));
     opts.expected_nonce = Some(nonce);
-    if let Some(pcr0) = expected_pcr0 {
-        opts.expected_pcrs.insert(0, pcr0);
-    }
+    opts.expected_pcrs.extend(expected);
     let doc = verifier
         .verify(&document, &opts)
         .map_err(|e| Error::Attestation(e.to_string()))?;

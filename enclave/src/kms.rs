@@ -46,8 +46,12 @@ pub const KMS_MAX_ATTEMPTS: u32 = 3;
 /// Deadline of one KMS call, all attempts included.
 pub const KMS_OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Bytes asked of `GenerateRandom` by the readiness round trip.
-const READINESS_RANDOM_BYTES: i32 = 32;
+/// `EncryptionContext` of the readiness data key ([`Kms::check_attested_round_trip`]):
+/// `{"ekms:purpose": "readiness"}`. No keyring context, so its `CiphertextBlob` (which
+/// is discarded anyway) can never be taken for a keyring's.
+pub const CONTEXT_PURPOSE: &str = "ekms:purpose";
+/// Value of [`CONTEXT_PURPOSE`] in the readiness round trip.
+pub const READINESS_PURPOSE: &str = "readiness";
 
 /// Length of an AES-256 data key, in bytes.
 const DATA_KEY_LEN: usize = 32;
@@ -215,7 +219,7 @@ impl Kms {
     /// Builds the client from `Configure`'s settings. Makes no network call.
     ///
     /// In [`Mode::Nitro`] the endpoint must be the regional KMS endpoint over HTTPS
-    /// (`None`, or `https://kms[-fips].<region>.amazonaws.com[:port]`): an endpoint the
+    /// (`None`, or `https://kms.<region>.amazonaws.com[:port]`; FIPS is refused): an endpoint the
     /// parent picks could otherwise answer `GenerateDataKey` with a data key of its own
     /// choosing (DESIGN §2). In simulation any `https` URL is accepted (plain HTTP is
     /// refused). TLS is checked against `trust`'s roots only.
@@ -344,12 +348,18 @@ impl Kms {
         Ok(session)
     }
 
-    /// The readiness round trip: `GenerateRandom` with a `Recipient`, opened with
-    /// [`open_kms_answer`]. Proves the credentials, the endpoint, the key policy's
-    /// attestation conditions (where KMS checks them) and the recipient flow.
+    /// The readiness round trip: a `GenerateDataKey` (AES_256) on the pinned key with
+    /// a `Recipient`, opened with [`open_kms_answer`] and discarded (zeroized on drop).
+    /// It proves what signing will need: the credentials, the endpoint and its TLS
+    /// roots, the recipient flow, and above all that the key policy releases data keys
+    /// to this image (its PCR0, and PCR8 where the policy asks for it). A wrong PCR0 or
+    /// key policy shows here, at start, as KMS's `AccessDeniedException`, not at the
+    /// first key creation. (`GenerateRandom`, the check before issue 9, touches no key:
+    /// no key policy governs it, it needs an IAM permission of its own, and it proved
+    /// nothing about the key.)
     ///
     /// # Errors
-    /// Any [`KmsError`]; [`KmsError::Answer`] if the random bytes have the wrong length.
+    /// Any [`KmsError`]; [`KmsError::Answer`] for a data key that is not 32 bytes.
     pub async fn check_attested_round_trip(&self) -> Result<(), KmsError> {
         self.round_trip(&self.client()).await
     }
@@ -358,22 +368,21 @@ impl Kms {
     async fn round_trip(&self, client: &aws_sdk_kms::Client) -> Result<(), KmsError> {
         let session = self.recipient_session().await?;
         let out = client
-            .generate_random()
-            .number_of_bytes(READINESS_RANDOM_BYTES)
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .encryption_context(CONTEXT_PURPOSE, READINESS_PURPOSE)
             .recipient(session.recipient_info())
             .send()
             .await
             .map_err(sdk_error)?;
-        let bytes = open_kms_answer(
+        let plaintext = open_kms_answer(
             &session.key,
             out.ciphertext_for_recipient().map(Blob::as_ref),
             out.plaintext().map(Blob::as_ref),
         )?;
-        if bytes.len() != READINESS_RANDOM_BYTES as usize {
-            return Err(KmsError::Answer(
-                "GenerateRandom returned the wrong number of bytes",
-            ));
-        }
+        // Checked like a keyring's data key, then dropped (DataKey zeroizes).
+        let _discarded = data_key(&plaintext)?;
         Ok(())
     }
 
@@ -484,6 +493,10 @@ fn sdk_client(
     let mut builder = aws_sdk_kms::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
+        // Explicitly the plain regional endpoint: the image maps and proxies only
+        // kms.<region>.amazonaws.com (FIPS is refused, see `check_endpoint`).
+        .use_fips(false)
+        .use_dual_stack(false)
         .credentials_provider(credentials)
         .retry_config(RetryConfig::standard().with_max_attempts(KMS_MAX_ATTEMPTS))
         .timeout_config(
@@ -585,7 +598,7 @@ fn check_config(config: &KmsConfig, mode: Mode) -> Result<(), KmsError> {
 }
 
 /// Checks an endpoint URL for `region`: on [`Mode::Nitro`] the regional KMS endpoint
-/// (`https://kms[-fips].<region>.amazonaws.com[:port][/]`), in simulation any `https://`
+/// (`https://kms.<region>.amazonaws.com[:port][/]`; FIPS endpoints are refused), in simulation any `https://`
 /// URL (kms-sim serves TLS with a certificate of the simulation CA; plain HTTP would let
 /// anything on the host answer).
 ///
@@ -608,11 +621,16 @@ fn check_endpoint(url: &str, region: &str, mode: Mode) -> Result<(), KmsError> {
         Some(_) => return Err(KmsError::Config("endpoint_url has a bad port".into())),
         None => host_port,
     };
-    let allowed = [
-        format!("kms.{region}.amazonaws.com"),
-        format!("kms-fips.{region}.amazonaws.com"),
-    ];
-    if allowed.iter().any(|a| a == host) {
+    if host == format!("kms-fips.{region}.amazonaws.com") {
+        // No half-working option (issue 9): the image maps only kms.<region> to its
+        // forwarder (deploy/enclave-init.sh) and the parent's vsock-proxy allows only
+        // that host, so a FIPS endpoint would pass here and fail at the first call.
+        return Err(KmsError::Config(format!(
+            "FIPS endpoints are not supported: the enclave image maps and proxies only \
+             kms.{region}.amazonaws.com (docs/DEPLOY.md, \"FIPS\")"
+        )));
+    }
+    if host == format!("kms.{region}.amazonaws.com") {
         Ok(())
     } else {
         Err(KmsError::Config(
@@ -793,11 +811,34 @@ mod tests {
         )
         .unwrap();
         check_config(
-            &config(Some("https://kms-fips.us-east-1.amazonaws.com:8443/")),
+            &config(Some("https://kms.us-east-1.amazonaws.com:8443/")),
             Mode::Nitro,
         )
         .unwrap();
         check_config(&config(Some("https://127.0.0.1:4566")), Mode::Simulation).unwrap();
+    }
+
+    /// FIPS is refused with a clear error, in the pin (at start) and in `Configure`:
+    /// the image neither maps nor proxies `kms-fips.<region>`.
+    #[test]
+    fn rejects_fips_endpoints_with_a_clear_error() {
+        let r = check_config(
+            &config(Some("https://kms-fips.us-east-1.amazonaws.com")),
+            Mode::Nitro,
+        );
+        assert!(
+            matches!(&r, Err(KmsError::Config(m)) if m.contains("FIPS endpoints are not supported")),
+            "{r:?}"
+        );
+        let r = KmsPin::from_flags(
+            Some(ARN),
+            Some("https://kms-fips.eu-west-1.amazonaws.com"),
+            Mode::Nitro,
+        );
+        assert!(
+            matches!(&r, Err(KmsError::Config(m)) if m.contains("FIPS")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The enclave's boot state machine (STYLE rule 5, DESIGN §2):
 //!
 //! ```text
-//! Booting ──Configure: KMS client built──▶ Configured ──attested GenerateRandom ok──▶ Ready
+//! Booting ──Configure: KMS client built──▶ Configured ──attested GenerateDataKey ok──▶ Ready
 //!                                            │   ▲                                   │  ▲
 //!                                            └───┘ Configure again (after a KMS error)└──┘
 //!                                                     Configure, same KMS target: new credentials

@@ -2,7 +2,8 @@
 //! socket, a real simulated NSM, and the KMS emulator (`kms-sim`) running in-process
 //! on 127.0.0.1:0 with a key policy gated on the simulated enclave's PCR0.
 //!
-//! Covers: Sign before Configure (NotReady), Configure (attested round trip → Ready),
+//! Covers: Sign before Configure (NotReady), Configure (attested GenerateDataKey on the
+//! pinned key → Ready; never Ready while the key policy pins another PCR0),
 //! a second identical Configure (a no-op), credentials refreshed by a Ready-state
 //! Configure (signing goes on with a cold data-key cache, policy floors kept) and a
 //! Ready-state Configure naming another key (AlreadyConfigured), CreateKeyring, GenerateKey for both
@@ -278,7 +279,19 @@ fn admin_client(port: u16, tls_root_pem: &str) -> Client {
 }
 
 async fn create_enclave_key(client: &Client, pcr0_hex: &str) -> String {
-    let policy = serde_json::json!({
+    let policy = enclave_key_policy(pcr0_hex);
+    let created = client
+        .create_key()
+        .policy(policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    created.key_metadata().unwrap().arn().unwrap().to_owned()
+}
+
+/// A key policy releasing data keys only to an enclave whose PCR0 is `pcr0_hex`.
+fn enclave_key_policy(pcr0_hex: &str) -> serde_json::Value {
+    serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "admin", "Effect": "Allow",
@@ -291,14 +304,7 @@ async fn create_enclave_key(client: &Client, pcr0_hex: &str) -> String {
              "Resource": "*",
              "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}}
         ]
-    });
-    let created = client
-        .create_key()
-        .policy(policy.to_string())
-        .send()
-        .await
-        .unwrap();
-    created.key_metadata().unwrap().arn().unwrap().to_owned()
+    })
 }
 
 /// The parent's side of one connection: real frames over the Unix socket.
@@ -945,31 +951,50 @@ async fn signs_with_dek_cache_off_and_runs_requests_concurrently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejects_data_keys_for_an_enclave_of_another_image() {
-    // The KMS key is pinned to another image's PCR0. Configure succeeds (GenerateRandom
-    // is not gated by a key policy) but KMS refuses the data key.
+async fn never_gets_ready_for_a_key_policy_of_another_image_until_it_is_fixed() {
+    // Issue 9: the KMS key policy pins another image's PCR0. The readiness round trip is
+    // a GenerateDataKey on the pinned key, so Configure fails at once with KMS's
+    // AccessDeniedException (not at the first CreateKeyring), and nothing key-related
+    // is served.
     let world = World::start_pinned(b"another enclave image").await;
     let mut parent = world.connect().await;
+    for _ in 0..2 {
+        let configured = parent
+            .call(Request::Configure {
+                kms: world.kms_config(),
+                dek_cache: CACHE,
+            })
+            .await;
+        match &configured {
+            Err(WireError::Kms { code, message }) => {
+                assert_eq!(code, "AccessDeniedException", "{message}");
+                assert!(message.contains("kms:GenerateDataKey"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parent.state().await, EnclaveState::Configured);
+        assert_nothing_can_be_sealed(&mut parent).await;
+    }
+
+    // The administrator puts the right PCR0 into the policy: the next Configure (the
+    // parent retries with backoff) gets the enclave Ready.
+    let pcr0_hex = hex::encode(&attestation::pcrs_from_digest(PCR_DIGEST)[&0]);
+    world
+        .admin()
+        .put_key_policy()
+        .key_id(&world.kms_key_arn)
+        .policy(enclave_key_policy(&pcr0_hex).to_string())
+        .send()
+        .await
+        .unwrap();
     let configured = parent
         .call(Request::Configure {
             kms: world.kms_config(),
-            dek_cache: DekCachePolicy {
-                ttl_secs: 60,
-                max_uses: 10,
-            },
+            dek_cache: CACHE,
         })
         .await;
     assert_eq!(configured, Ok(ResponseBody::Configured));
-    let r = parent
-        .call(Request::CreateKeyring {
-            keyring: "main".into(),
-            epoch: 1,
-        })
-        .await;
-    assert!(
-        matches!(&r, Err(WireError::Kms { code, .. }) if code == "AccessDeniedException"),
-        "{r:?}"
-    );
+    assert_eq!(parent.state().await, EnclaveState::Ready);
     drop(parent);
     world.stop().await;
 }

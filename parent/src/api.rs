@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready, 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
+//! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready (or, once an initialisation failed, its cause: `kms_access_denied`, `kms_error`, `configure_refused`, with the enclave's error text), 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
 //! | `POST /v1/keys` `{"algorithm","label"?,"policy"?}` | 201 `{"key_id","algorithm","label","public_key","address","policy_version","created_at"}` |
 //! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first, each with its `"statement"` (no document) and `"fee_cap"` as below |
 //! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) and, when the policy has a section for the key's chain, `"fee_cap":"set"\|"none"` ([`format::fee_cap_text`]) |
@@ -241,11 +241,20 @@ async fn health(State(state): State<AppState>) -> Response {
             };
             Json(json!({"status": "ok", "mode": mode, "pcrs": pcrs})).into_response()
         }
-        None => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the enclave connection is not ready",
-        )
+        // Why, when the last initialisation failed (issue 9: a wrong PCR0 or key policy
+        // shows here as 503 kms_access_denied with KMS's own message).
+        None => match state.relay.not_ready() {
+            Some(n) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                n.code.as_str(),
+                format!("the enclave is not ready: {}", n.reason),
+            ),
+            None => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the enclave connection is not ready",
+            ),
+        }
         .into_response(),
     }
 }

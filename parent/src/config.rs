@@ -205,9 +205,11 @@ pub struct Args {
     /// SQLite key store [default: <state-dir>/ekms.db].
     #[arg(long, env = "EKMS_DB")]
     pub db: Option<PathBuf>,
-    /// AWS region of the KMS key.
+    /// AWS region of the KMS key. Optional when `--kms-key-id` is a key ARN (the
+    /// enclave image pins one, and takes the region from it): then it is the ARN's
+    /// region, and a different one is refused at start.
     #[arg(long, env = "EKMS_KMS_REGION")]
-    pub kms_region: String,
+    pub kms_region: Option<String>,
     /// KMS endpoint URL override (simulation: the kms-sim address).
     #[arg(long, env = "EKMS_KMS_ENDPOINT_URL")]
     pub kms_endpoint_url: Option<String>,
@@ -316,6 +318,7 @@ impl Args {
                 refresh: RefreshPolicy::default(),
             },
         };
+        let kms_region = kms_region(self.kms_region.as_deref(), &self.kms_key_id)?;
         let attestation_root = match (self.attestation_root, self.sim_root) {
             (RootArg::Aws, None) => AttestationRoot::Aws,
             (RootArg::Simulation, Some(path)) => AttestationRoot::Simulation(path),
@@ -337,7 +340,7 @@ impl Args {
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),
             admin_token: self.state_dir.join(crate::auth::ADMIN_TOKEN_FILE),
             kms: KmsTarget {
-                region: self.kms_region,
+                region: kms_region,
                 endpoint_url: self.kms_endpoint_url,
                 kms_key_id: self.kms_key_id,
             },
@@ -354,6 +357,31 @@ impl Args {
             enclave_timeout: Duration::from_secs(self.enclave_timeout_secs),
             read_timeout: Duration::from_secs(self.read_timeout_secs),
         })
+    }
+}
+
+/// The region of the KMS key (one source, issue 9): the region of `key_id` when it is a
+/// key ARN (`arn:<partition>:kms:<region>:...`), which `--kms-region`, if given, must
+/// equal; else `--kms-region`, required.
+///
+/// # Errors
+/// [`Error::Config`] for a region that differs from the ARN's, or none at all.
+fn kms_region(given: Option<&str>, key_id: &str) -> Result<String, Error> {
+    let from_arn = key_id.strip_prefix("arn:").and_then(|rest| {
+        let mut parts = rest.splitn(4, ':');
+        let (_partition, service, region) = (parts.next()?, parts.next()?, parts.next()?);
+        (service == "kms" && !region.is_empty()).then_some(region)
+    });
+    match (given, from_arn) {
+        (Some(g), Some(a)) if g != a => Err(Error::Config(format!(
+            "--kms-region {g} is not the region of --kms-key-id ({a}): the enclave takes \
+             its region from the pinned key ARN; drop --kms-region (EKMS_KMS_REGION)"
+        ))),
+        (_, Some(a)) => Ok(a.to_owned()),
+        (Some(g), None) => Ok(g.to_owned()),
+        (None, None) => Err(Error::Config(
+            "--kms-region is required unless --kms-key-id is a key ARN".into(),
+        )),
     }
 }
 
@@ -466,6 +494,35 @@ mod tests {
             config.aws_credentials,
             CredentialsConfig::Imds { refresh, .. } if refresh == RefreshPolicy::default()
         ));
+    }
+
+    #[test]
+    fn takes_the_region_from_the_key_arn() {
+        let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd";
+        assert_eq!(kms_region(None, arn).unwrap(), "eu-west-1");
+        assert_eq!(kms_region(Some("eu-west-1"), arn).unwrap(), "eu-west-1");
+        assert_eq!(kms_region(Some("us-east-1"), "k").unwrap(), "us-east-1");
+        let args = Args::try_parse_from([
+            "ekms-parent",
+            "--kms-key-id",
+            arn,
+            "--aws-credentials",
+            "imds",
+        ])
+        .unwrap();
+        assert_eq!(args.into_config().unwrap().kms.region, "eu-west-1");
+    }
+
+    #[test]
+    fn rejects_a_region_other_than_the_key_arns() {
+        let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd";
+        let r = kms_region(Some("us-east-1"), arn);
+        assert!(
+            matches!(&r, Err(Error::Config(m)) if m.contains("eu-west-1")),
+            "{r:?}"
+        );
+        assert!(kms_region(None, "1234abcd").is_err());
+        assert!(kms_region(None, "alias/ekms").is_err());
     }
 
     #[test]

@@ -89,6 +89,57 @@ pub struct Health {
     pub pcrs: BTreeMap<u16, Vec<u8>>,
 }
 
+/// Why the enclave is not ready, from the last failed initialisation (for
+/// `/v1/health` and the log): a stable code and the enclave's own words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    /// [`NotReadyCode::as_str`] of the cause.
+    pub code: NotReadyCode,
+    /// The error text (e.g. `KMS error AccessDeniedException: ...`).
+    pub reason: String,
+}
+
+/// Stable codes of [`NotReady`] (STYLE rule 18), as `/v1/health` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotReadyCode {
+    /// KMS refused the enclave's attested round trip on the pinned key
+    /// (`AccessDeniedException`): the key policy does not release data keys to this
+    /// image (wrong PCR0/PCR8, a debug-mode enclave), or the role may not use the key.
+    KmsAccessDenied,
+    /// Any other KMS failure of the round trip (unreachable endpoint, throttling, TLS).
+    KmsError,
+    /// The enclave refused this parent's `Configure` (not the pinned key, region or
+    /// endpoint).
+    ConfigureRefused,
+    /// Anything else (no connection yet, restore refused, ...).
+    NotReady,
+}
+
+impl NotReadyCode {
+    /// The code as `/v1/health` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KmsAccessDenied => "kms_access_denied",
+            Self::KmsError => "kms_error",
+            Self::ConfigureRefused => "configure_refused",
+            Self::NotReady => "not_ready",
+        }
+    }
+
+    /// The code for an initialisation that failed with `e`.
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::Enclave(WireError::Kms { code, .. }) if code == "AccessDeniedException" => {
+                Self::KmsAccessDenied
+            }
+            Error::Enclave(WireError::Kms { .. }) => Self::KmsError,
+            Error::Enclave(WireError::BadRequest { .. }) => Self::ConfigureRefused,
+            _ => Self::NotReady,
+        }
+    }
+}
+
 /// Handle to the relay. Cheap to clone; the supervisors stop when
 /// [`Relay::shutdown`] is called.
 #[derive(Clone, Debug)]
@@ -106,6 +157,8 @@ struct Inner {
     health: RwLock<Option<Health>>,
     /// Set, once and for good, when the enclave turns out configured by another.
     alarm: RwLock<Option<String>>,
+    /// Why the last initialisation failed; cleared when a connection is ready.
+    not_ready: RwLock<Option<NotReady>>,
     /// Credentials that replaced those of `config.kms` ([`Relay::set_credentials`]).
     refreshed: RwLock<Option<AwsCredentials>>,
     /// The current keyring; the async mutex makes creation happen once.
@@ -129,6 +182,7 @@ impl Relay {
             next_id: AtomicU64::new(1),
             health: RwLock::new(None),
             alarm: RwLock::new(None),
+            not_ready: RwLock::new(None),
             refreshed: RwLock::new(None),
             keyring: tokio::sync::Mutex::new(None),
             restoring: tokio::sync::Mutex::new(()),
@@ -159,6 +213,15 @@ impl Relay {
         } else {
             None
         }
+    }
+
+    /// Why no connection is ready, when the last initialisation failed (`None` when
+    /// ready, or before the first attempt ended).
+    pub fn not_ready(&self) -> Option<NotReady> {
+        if self.health().is_some() {
+            return None;
+        }
+        read(&self.inner.not_ready).clone()
     }
 
     /// The keyring new keys go to, once initialised.
@@ -347,6 +410,7 @@ async fn supervise(inner: Arc<Inner>, slot: usize) {
         match initialise(&inner, &conn).await {
             Ok(status) => {
                 tracing::info!(slot, %addr, mode = ?status.mode, "enclave connection ready");
+                *write(&inner.not_ready) = None;
                 *write(&inner.health) = Some(Health {
                     mode: status.mode,
                     pcrs: status
@@ -365,14 +429,28 @@ async fn supervise(inner: Arc<Inner>, slot: usize) {
                 return;
             }
             Err(e) => {
-                match &e {
-                    Error::Enclave(WireError::BadRequest { .. }) => tracing::error!(
-                        slot, %addr, error = %e,
+                let code = NotReadyCode::of(&e);
+                match code {
+                    NotReadyCode::ConfigureRefused => tracing::error!(
+                        slot, %addr, error = %e, code = code.as_str(),
                         "the enclave refuses this parent's KMS settings (not the KMS key, \
                          region or endpoint its image is pinned to?)"
                     ),
-                    _ => tracing::warn!(slot, %addr, error = %e, "enclave initialisation failed"),
+                    NotReadyCode::KmsAccessDenied => tracing::error!(
+                        slot, %addr, error = %e, code = code.as_str(),
+                        "KMS refused the enclave's attested GenerateDataKey on the pinned key: \
+                         the key policy does not release data keys to this enclave image \
+                         (compare the policy's kms:RecipientAttestation:ImageSha384 with \
+                         the EIF's PCR0; a debug-mode enclave has PCR0 all zeros) or the \
+                         instance role may not use the key; the enclave stays not ready"
+                    ),
+                    _ => tracing::warn!(slot, %addr, error = %e, code = code.as_str(),
+                        "enclave initialisation failed"),
                 }
+                *write(&inner.not_ready) = Some(NotReady {
+                    code,
+                    reason: e.to_string(),
+                });
                 conn.close();
                 drop((writer, reader));
                 tokio::time::sleep(backoff).await;
@@ -724,6 +802,77 @@ mod tests {
         for r in futures_join_all(calls).await {
             assert!(matches!(r, Ok(ResponseBody::Attestation { .. })));
         }
+    }
+
+    /// Issue 9: a KMS that refuses the attested round trip (the key policy pins
+    /// another PCR0) keeps the relay not ready, and says why; once the policy is right,
+    /// the next attempt gets it ready and the reason is gone.
+    #[tokio::test]
+    async fn reports_why_the_enclave_is_not_ready_until_kms_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enclave.sock");
+        let fake = FakeEnclave::start(&path);
+        let denied = WireError::Kms {
+            code: "AccessDeniedException".into(),
+            message: "not authorized to perform: kms:GenerateDataKey".into(),
+        };
+        *fake.state.configure_error.lock().unwrap() = Some(denied);
+        let relay = Relay::start(relay_config(&path, 1), Store::open_in_memory().unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let not_ready = loop {
+            if let Some(n) = relay.not_ready() {
+                break n;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no reason recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(not_ready.code, NotReadyCode::KmsAccessDenied);
+        assert_eq!(not_ready.code.as_str(), "kms_access_denied");
+        assert!(
+            not_ready.reason.contains("AccessDeniedException"),
+            "{not_ready:?}"
+        );
+        assert!(relay.health().is_none());
+        assert_eq!(fake.state.configures.load(SeqCst), 0);
+
+        *fake.state.configure_error.lock().unwrap() = None;
+        wait_ready(&relay).await;
+        assert_eq!(relay.not_ready(), None);
+        relay.shutdown();
+    }
+
+    #[test]
+    fn not_ready_codes_are_distinct_and_classified() {
+        let all = [
+            NotReadyCode::KmsAccessDenied,
+            NotReadyCode::KmsError,
+            NotReadyCode::ConfigureRefused,
+            NotReadyCode::NotReady,
+        ];
+        let names: std::collections::BTreeSet<_> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        let kms = |code: &str| {
+            Error::Enclave(WireError::Kms {
+                code: code.into(),
+                message: String::new(),
+            })
+        };
+        assert_eq!(
+            NotReadyCode::of(&kms("AccessDeniedException")),
+            NotReadyCode::KmsAccessDenied
+        );
+        assert_eq!(
+            NotReadyCode::of(&kms("ThrottlingException")),
+            NotReadyCode::KmsError
+        );
+        let refused = Error::Enclave(WireError::BadRequest {
+            message: "x".into(),
+        });
+        assert_eq!(NotReadyCode::of(&refused), NotReadyCode::ConfigureRefused);
+        assert_eq!(
+            NotReadyCode::of(&Error::EnclaveUnavailable("x".into())),
+            NotReadyCode::NotReady
+        );
     }
 
     /// Awaits all futures concurrently (a `join_all` without the futures crate), so the

@@ -59,6 +59,9 @@ pub struct FakeState {
     /// The pending state change: its checkpoint `seq`, the policy version it makes
     /// (for the audit record), whether it is a restore, a stop change.
     pub pending: std::sync::Mutex<Option<FakePending>>,
+    /// While set, `Configure` answers this error and leaves the fake unconfigured (a
+    /// KMS that refuses the attested round trip).
+    pub configure_error: std::sync::Mutex<Option<WireError>>,
 }
 
 /// A fake pending change: checkpoint `seq`, (key id, version), restore?, stop change.
@@ -260,6 +263,9 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             stopped: state.stopped.load(Ordering::SeqCst),
         })),
         Request::Configure { kms, .. } => {
+            if let Some(e) = state.configure_error.lock().unwrap().clone() {
+                return Err(e);
+            }
             let mut target = state.target.lock().unwrap();
             if state.configured.swap(true, Ordering::SeqCst) {
                 return if target.as_deref() == Some(kms.kms_key_id.as_str()) {

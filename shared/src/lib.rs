@@ -33,8 +33,9 @@ pub use messages::{
     PENDING_CHECKPOINT_SECS,
 };
 
-/// vsock CID of the parent instance as seen from inside an enclave (`VMADDR_CID_HOST`,
-/// fixed by Nitro Enclaves).
+/// vsock CID of the parent instance as seen from inside an enclave: 3, nitro-cli's
+/// `VMADDR_CID_PARENT` (aws-nitro-enclaves-cli). Not `VMADDR_CID_HOST`, which is 2 in
+/// `<linux/vm_sockets.h>` (the hypervisor's host, unused by Nitro Enclaves).
 pub const PARENT_CID: u32 = 3;
 
 /// vsock CID we pass to `nitro-cli run-enclave --enclave-cid` by default. The real CID is
