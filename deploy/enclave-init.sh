@@ -17,5 +17,6 @@ echo "127.0.0.1 kms.${region}.amazonaws.com" >> /etc/hosts
 exec /usr/local/bin/ekms-enclave \
   --nsm nitro \
   --listen vsock://4294967295:5000 \
+  --log-listen vsock://4294967295:5001 \
   --kms-forward 127.0.0.1:443 \
   --kms-key-arn "${KMS_KEY_ARN}"

@@ -104,6 +104,12 @@ pub struct SimPaths {
 }
 
 impl SimPaths {
+    /// The enclave's log socket (`--log-listen`; the parent reads it with
+    /// `--enclave-log`), beside the enclave socket.
+    pub fn enclave_log_socket(&self) -> PathBuf {
+        self.state_dir.join("enclave-log.sock")
+    }
+
     /// The layout under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
         let at = |p: &str| state_dir.join(p);
@@ -603,6 +609,8 @@ async fn start(
         .arg(unix_addr(&paths.app_socket))
         .arg("--enclave")
         .arg(unix_addr(&paths.enclave_socket))
+        .arg("--enclave-log")
+        .arg(unix_addr(&paths.enclave_log_socket()))
         .arg("--db")
         .arg(&paths.db)
         .args(["--kms-region", kms::SIM_REGION, "--kms-endpoint-url"])
@@ -653,9 +661,12 @@ async fn launch_enclave<'a>(
     pin: &EnclavePin,
 ) -> Result<&'a mut Proc, Error> {
     claim_socket_path(&paths.enclave_socket)?;
+    claim_socket_path(&paths.enclave_log_socket())?;
     let mut cmd = Command::new(&bins.enclave);
     cmd.arg("--listen")
         .arg(unix_addr(&paths.enclave_socket))
+        .arg("--log-listen")
+        .arg(unix_addr(&paths.enclave_log_socket()))
         .args(["--nsm", "simulation", "--sim-ca-dir"])
         .arg(&paths.ca_dir)
         .arg("--kms-key-arn")

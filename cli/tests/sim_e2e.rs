@@ -43,6 +43,25 @@ fn sim_runs_serves_restarts_the_enclave_stops_and_keeps_keys() {
     let health = ok_json(&socket, &["health"]);
     assert_eq!(health["pcrs"]["0"], pcr0.as_str());
 
+    // The enclave's own log events reach the parent's log through the log socket
+    // (--log-listen / --enclave-log), as on Nitro where the enclave console is dark.
+    let parent_log = state_dir.join("logs/parent.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = strip_ansi(&std::fs::read_to_string(&parent_log).unwrap_or_default());
+        if text
+            .lines()
+            .any(|l| l.contains(" enclave:") && l.contains("enclave_target=\"ekms_enclave"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no forwarded enclave line in the parent's log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Keys of both algorithms.
     let evm = ok_json(
         &socket,
@@ -264,4 +283,22 @@ fn rejects_a_start_without_the_enclave_binary() {
         stderr.contains("no-such-enclave") && stderr.contains("--enclave-bin"),
         "{stderr}"
     );
+}
+
+/// `text` without ANSI SGR escapes (`ESC [ … m`), as the logs may colour fields.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

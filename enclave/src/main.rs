@@ -21,6 +21,11 @@ struct Args {
     /// simulation.
     #[arg(long, env = "EKMS_ENCLAVE_LISTEN", default_value = ekms_shared::SIM_ENCLAVE_ADDRESS)]
     listen: Address,
+    /// Also forward every log event, one JSON line each, to the reader that connects
+    /// here (the parent's `--enclave-log`): `vsock://4294967295:5001` on Nitro, whose
+    /// enclave console nobody reads; `unix:/path` in simulation.
+    #[arg(long, env = "EKMS_ENCLAVE_LOG_LISTEN")]
+    log_listen: Option<Address>,
     /// Which NSM: `nitro` (/dev/nsm) or `simulation` (needs the `simulation` feature).
     #[arg(long, value_enum, default_value_t = NsmArg::Nitro)]
     nsm: NsmArg,
@@ -105,13 +110,37 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(args: Args) -> ExitCode {
-    tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The console (stderr), and, with --log-listen, the same events forwarded to the
+    // parent (a production enclave's console is dark): ekms_enclave::logs.
+    let (forward, queue) = ekms_enclave::logs::channel();
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .init();
+        .finish();
+    let queue = if args.log_listen.is_some() {
+        subscriber.with(forward).init();
+        Some(queue)
+    } else {
+        subscriber.init();
+        None
+    };
+    if let (Some(addr), Some(queue)) = (&args.log_listen, queue) {
+        match io::Listener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(address = %listener.local_address(), "forwarding logs");
+                tokio::spawn(ekms_enclave::logs::serve(listener, queue));
+            }
+            Err(e) => {
+                eprintln!("ekms-enclave: cannot listen for log readers on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match start(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

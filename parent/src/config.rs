@@ -149,6 +149,9 @@ pub struct Config {
     pub listen: ListenAddr,
     /// Enclave address (`vsock://CID:PORT` or `unix:/path`).
     pub enclave: Address,
+    /// Where to read the enclave's forwarded logs, if anywhere
+    /// ([`crate::enclave_logs`]).
+    pub enclave_log: Option<Address>,
     /// SQLite database path.
     pub db: PathBuf,
     /// Where the admin token is kept (`<state-dir>/admin.token`, see
@@ -202,6 +205,10 @@ pub struct Args {
     /// Enclave address: vsock://CID:5000 (Nitro) or unix:/path (simulation).
     #[arg(long, env = "EKMS_ENCLAVE", default_value = ekms_shared::SIM_ENCLAVE_ADDRESS)]
     pub enclave: String,
+    /// Read the enclave's forwarded logs from here and write them to this process's
+    /// log: vsock://CID:5001 (Nitro) or unix:/path (simulation) [default: none].
+    #[arg(long, env = "EKMS_ENCLAVE_LOG")]
+    pub enclave_log: Option<String>,
     /// SQLite key store [default: <state-dir>/ekms.db].
     #[arg(long, env = "EKMS_DB")]
     pub db: Option<PathBuf>,
@@ -290,6 +297,12 @@ impl Args {
             .enclave
             .parse()
             .map_err(|e| Error::Config(format!("--enclave: {e}")))?;
+        let enclave_log: Option<Address> = self
+            .enclave_log
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| Error::Config(format!("--enclave-log: {e}")))?;
         if self.keyring.is_empty() || self.keyring.len() > 64 {
             return Err(Error::Config("--keyring must be 1 to 64 bytes".into()));
         }
@@ -337,6 +350,7 @@ impl Args {
             attestation_root,
             listen,
             enclave,
+            enclave_log,
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),
             admin_token: self.state_dir.join(crate::auth::ADMIN_TOKEN_FILE),
             kms: KmsTarget {

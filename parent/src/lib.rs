@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod credentials;
+pub mod enclave_logs;
 pub mod error;
 pub mod format;
 pub mod identity;
@@ -152,6 +153,10 @@ impl Server {
                 },
             ))
         });
+        let log_reader = c
+            .enclave_log
+            .clone()
+            .map(|addr| tokio::spawn(enclave_logs::follow(addr)));
         let identity = Arc::new(identity::IdentityCheck::new(&c.attestation_root)?);
         let router = api::router(api::AppState {
             relay: relay.clone(),
@@ -171,6 +176,9 @@ impl Server {
         };
         let result = io::serve(self.listener, router, limits, shutdown).await;
         if let Some(task) = refresher {
+            task.abort();
+        }
+        if let Some(task) = log_reader {
             task.abort();
         }
         relay.shutdown();
@@ -205,6 +213,7 @@ mod tests {
         Config {
             listen: ListenAddr::Unix(dir.join("api.sock")),
             enclave: ekms_shared::Address::Unix(enclave.to_owned()),
+            enclave_log: None,
             db: dir.join("state/ekms.db"),
             admin_token: dir.join("state/admin.token"),
             kms: KmsTarget {

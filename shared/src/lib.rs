@@ -50,6 +50,10 @@ pub const VMADDR_CID_ANY: u32 = u32::MAX;
 /// vsock port on which the enclave serves this protocol.
 pub const ENCLAVE_PORT: u32 = 5000;
 
+/// vsock port on which the enclave serves its log lines (`ekms-enclave --log-listen`,
+/// read by `ekms-parent --enclave-log`).
+pub const ENCLAVE_LOG_PORT: u32 = 5001;
+
 /// vsock port on the parent (CID [`PARENT_CID`]) where `vsock-proxy` relays TLS bytes to
 /// `kms.<region>.amazonaws.com:443` for the enclave's KMS client (DESIGN §2).
 pub const KMS_PROXY_PORT: u32 = 8000;
