@@ -153,7 +153,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             if let Some(policy) = policy {
                 body["policy"] = input::load_json_object(&policy)?;
             }
-            send(&client, Method::POST, "/v1/keys", &body).await?
+            let created = send(&client, Method::POST, "/v1/keys", &body).await?;
+            policy::check_creation(&client, &body, created).await?
         }
         Command::Keys(KeysCommand::List { limit }) => {
             let path = match limit {

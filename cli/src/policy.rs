@@ -490,3 +490,98 @@ fn with_authorization(mut answer: Value, authorization: &Authorization, signatur
 
 #[cfg(test)]
 mod tests;
+
+/// After `POST /v1/keys`: checks that what the enclave recorded is what was asked for,
+/// so a parent that swapped the owner or the initial policy is caught at once (issue 7
+/// attack run): the answer's `owner` is the one sent, and the creation's audit record
+/// (fetched by the answer's receipt, its ed25519 signature and hash checked) names this
+/// key, `create_key`, and the SHA-256 of the canonical form of the policy sent. That
+/// the record's audit key is the enclave's is `ekms audit verify`'s check. Adds
+/// `"creation_checked": true` to the answer.
+///
+/// # Errors
+/// [`Error::Verification`] naming what differs.
+pub async fn check_creation(
+    client: &ApiClient,
+    sent: &Value,
+    mut created: Value,
+) -> Result<Value, Error> {
+    use ekms_shared::audit::{AuditAction, AuditRecord, SignedAuditRecord};
+    let fail = |what: String| Error::Verification(format!("key creation: {what}"));
+    let sent_owner = sent.get("owner").cloned().unwrap_or(Value::Null);
+    let got_owner = created.get("owner").cloned().unwrap_or(Value::Null);
+    let same_owner = match (&sent_owner, &got_owner) {
+        (Value::Null, Value::Null) => true,
+        (a, b) => {
+            let parse = |v: &Value| {
+                serde_json::from_value::<ekms_shared::owner::OwnerJson>(v.clone())
+                    .ok()
+                    .and_then(|j| ekms_shared::owner::Owner::from_json(&j).ok())
+            };
+            parse(a).is_some() && parse(a) == parse(b)
+        }
+    };
+    if !same_owner {
+        return Err(fail(format!(
+            "the key's owner is {got_owner}, not {sent_owner}"
+        )));
+    }
+    let policy_text = sent
+        .get("policy")
+        .map_or_else(|| r#"{"enabled":true}"#.to_owned(), Value::to_string);
+    let canonical = Policy::parse_new(&policy_text)
+        .map_err(|e| fail(format!("the policy sent does not parse here: {e}")))?
+        .canonical_json();
+    let expected_hash = hex::encode(ekms_shared::owner::policy_sha256(&canonical));
+    let key_id = created["key_id"].as_str().unwrap_or_default().to_owned();
+    let receipt = &created["receipt"];
+    let seq = receipt["seq"]
+        .as_u64()
+        .ok_or_else(|| fail("the answer has no receipt".into()))?;
+    let page = client
+        .request(
+            Method::GET,
+            &format!("/v1/audit?after={}&limit=1", seq.saturating_sub(1)),
+            None,
+        )
+        .await?
+        .into_result()?;
+    let row = page["records"]
+        .get(0)
+        .filter(|r| r["seq"].as_u64() == Some(seq))
+        .ok_or_else(|| fail(format!("audit record {seq} is not in the chain")))?;
+    let hex32 = |v: &Value, n: usize| {
+        v.as_str()
+            .and_then(|t| t.strip_prefix("0x"))
+            .and_then(|t| hex::decode(t).ok())
+            .filter(|b| b.len() == n)
+    };
+    let signed = SignedAuditRecord {
+        record: row["record"].as_str().unwrap_or_default().to_owned(),
+        signature: hex32(&row["signature"], 64)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| fail("the record's signature is malformed".into()))?,
+        audit_key: hex32(&row["audit_key"], 32)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| fail("the record's audit key is malformed".into()))?,
+    };
+    let record: AuditRecord = signed
+        .verify()
+        .map_err(|e| fail(format!("audit record {seq}: {e}")))?;
+    if receipt["record_sha256"].as_str() != Some(hex::encode(signed.record_sha256()).as_str()) {
+        return Err(fail(format!("audit record {seq} is not the receipt's")));
+    }
+    if record.action != AuditAction::CreateKey || record.key_id.as_deref() != Some(&key_id) {
+        return Err(fail(format!(
+            "audit record {seq} is not this key's creation"
+        )));
+    }
+    if record.policy_sha256.as_deref() != Some(expected_hash.as_str()) {
+        return Err(fail(format!(
+            "the enclave recorded initial policy {:?}, not the SHA-256 {expected_hash} of the policy sent",
+            record.policy_sha256
+        )));
+    }
+    created["creation_checked"] = Value::Bool(true);
+    Ok(created)
+}

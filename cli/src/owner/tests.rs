@@ -244,7 +244,9 @@ async fn keys_create_sends_the_checked_owner() {
         "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23",
     ])
     .unwrap();
-    crate::run(cli).await.unwrap();
+    // This fake answers without the owner: the creation check refuses that answer.
+    let r = crate::run(cli).await;
+    assert!(matches!(r, Err(crate::Error::Verification(_))), "{r:?}");
     let seen = api.seen();
     assert_eq!(seen[0].path, "/v1/keys");
     assert_eq!(

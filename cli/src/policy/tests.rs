@@ -580,3 +580,96 @@ async fn rejects_bad_key_ids_and_past_expiry_before_any_request() {
     assert!(matches!(set(&client, &args).await, Err(Error::Usage(_))));
     assert!(api.seen().is_empty());
 }
+
+/// A fake parent whose creation record names `recorded_policy` (canonical JSON) and
+/// whose answer names `owner`.
+fn creating_parent(recorded_policy: String, owner: Value) -> FakeApi {
+    use ekms_shared::audit::{AuditAction, AuditDecision, AuditRecord, SignedAuditRecord};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let record = SignedAuditRecord::sign(
+        &key,
+        &AuditRecord {
+            seq: 2,
+            time: 1,
+            key_id: Some(KEY.into()),
+            action: AuditAction::CreateKey,
+            payload_kind: None,
+            payload_sha256: None,
+            policy_version: Some(1),
+            policy_sha256: Some(hex::encode(ekms_shared::owner::policy_sha256(
+                &recorded_policy,
+            ))),
+            decision: AuditDecision::Allowed,
+            rule: None,
+            prev_hash: "00".repeat(32),
+        },
+    );
+    let receipt = ekms_shared::audit::Receipt::of(&record, 2);
+    FakeApi::start(
+        move |req: &Seen| match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/v1/keys") => (
+                201,
+                json!({"key_id": KEY, "owner": owner.clone(), "receipt": receipt.clone()}),
+            ),
+            ("GET", p) if p.starts_with("/v1/audit?after=1") => (
+                200,
+                json!({"records": [{
+                "seq": 2,
+                "record": record.record.clone(),
+                "signature": format!("0x{}", hex::encode(record.signature)),
+                "audit_key": format!("0x{}", hex::encode(record.audit_key)),
+            }], "documents": {}}),
+            ),
+            _ => (
+                404,
+                json!({"error": {"code": "not_found", "message": "no"}}),
+            ),
+        },
+    )
+}
+
+#[tokio::test]
+async fn checks_that_a_key_was_created_with_the_owner_and_policy_sent() {
+    let owner = json!({"type": "eip191", "address": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"});
+    let sent = json!({"algorithm": "secp256k1", "policy": policy(), "owner": owner});
+    let canonical = canonical_new_policy(&policy()).unwrap();
+    let api = creating_parent(canonical.clone(), owner.clone());
+    let client = ApiClient::new(api.socket());
+    let created = client
+        .request(hyper::Method::POST, "/v1/keys", Some(&sent))
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let checked = check_creation(&client, &sent, created).await.unwrap();
+    assert_eq!(checked["creation_checked"], true);
+}
+
+#[tokio::test]
+async fn rejects_a_creation_with_another_policy_or_owner() {
+    let owner = json!({"type": "eip191", "address": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"});
+    let sent = json!({"algorithm": "secp256k1", "policy": policy(), "owner": owner});
+    // The parent created the key with a looser policy than the one sent.
+    let looser = canonical_new_policy(
+        &json!({"enabled": true, "evm": {"chain_ids": [1, 5], "max_fee_wei": "1"}}),
+    )
+    .unwrap();
+    for (recorded, answered_owner) in [
+        (looser, owner.clone()),
+        (
+            canonical_new_policy(&policy()).unwrap(),
+            json!({"type": "eip191", "address": "0x000000000000000000000000000000000000dEaD"}),
+        ),
+    ] {
+        let api = creating_parent(recorded, answered_owner);
+        let client = ApiClient::new(api.socket());
+        let created = client
+            .request(hyper::Method::POST, "/v1/keys", Some(&sent))
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
+        let e = check_creation(&client, &sent, created).await.unwrap_err();
+        assert!(matches!(e, Error::Verification(_)), "{e}");
+    }
+}
