@@ -203,13 +203,13 @@ def test_web3_sign_and_send_raw_middleware_on_an_eth_tester_chain(ekms):
 
     w3 = Web3(EthereumTesterProvider())
     assert w3.eth.chain_id == TESTER_CHAIN
-    account = new_account(ekms, evm_policy())
-    w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": account.address, "value": 3 * 10**18})
+    key_id = ekms.create_key("secp256k1", policy=evm_policy())["key_id"]
 
-    # What a web3.py user writes (README "Python"):
+    # What a web3.py user writes (README "Python clients"):
+    account = EkmsAccount(ekms, key_id)
     w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(account), layer=0)
-    w3.eth.default_account = account.address
 
+    w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": account.address, "value": 3 * 10**18})
     sent = []
     sign = account.sign_transaction
     account.sign_transaction = lambda tx, *a, **k: sent.append(sign(tx, *a, **k)) or sent[-1]
@@ -246,15 +246,23 @@ def offchain_message(signer: bytes, text: bytes) -> bytes:
             + struct.pack("<H", len(text)) + text)
 
 
+def transfer_ix(payer: Pubkey, lamports: int = 5000):
+    return sol_transfer_ix(payer, SOL_DEST, lamports)
+
+
 def test_solana_signer_fills_versioned_transactions_that_verify(ekms):
     key = ekms.create_key("ed25519", policy=solana_policy())
-    signer = EkmsSolanaSigner(ekms, key["key_id"])
-    assert str(signer.pubkey()) == key["address"]
-    ix = sol_transfer_ix(signer.pubkey(), SOL_DEST, 5000)
+    sol_key_id = key["key_id"]
 
-    v0 = MessageV0.try_compile(signer.pubkey(), [ix], [], Hash.new_unique())
-    tx = VersionedTransaction.populate(v0, [signer.sign_message(to_bytes_versioned(v0))])
-    assert all(tx.verify_with_results())
+    # What a solders user writes (README "Python clients"):
+    signer = EkmsSolanaSigner(ekms, sol_key_id)
+    message = MessageV0.try_compile(signer.pubkey(), [transfer_ix(signer.pubkey())], [], Hash.new_unique())
+    tx = VersionedTransaction.populate(message, [signer.sign_message(to_bytes_versioned(message))])
+
+    assert tx.verify_with_results() == [True]
+    assert str(signer.pubkey()) == key["address"]
+    v0 = message
+    ix = transfer_ix(signer.pubkey())
     # The message object is taken as well (its versioned bytes are signed).
     assert VersionedTransaction.populate(v0, [signer.sign_message(v0)]).verify_with_results() == [True]
 
