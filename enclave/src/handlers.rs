@@ -985,9 +985,11 @@ fn decide_and_sign(
 /// `open_and_verify`), and a hit also needs the very same document bytes: a MAC that
 /// two documents share (across keys it would take an HMAC collision) still cannot swap
 /// one parse for another. Bounded: beyond [`MAX_PARSED_POLICIES`] an entry goes.
-static PARSED_POLICIES: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<[u8; 32], (String, Arc<Policy>)>>,
-> = std::sync::LazyLock::new(Default::default);
+static PARSED_POLICIES: std::sync::LazyLock<std::sync::Mutex<ParsedPolicies>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// MAC → (the document's bytes, its parse).
+type ParsedPolicies = std::collections::HashMap<[u8; 32], (String, Arc<Policy>)>;
 
 /// Most parsed policies kept (a few hundred bytes to a few KiB each).
 const MAX_PARSED_POLICIES: usize = 4096;
