@@ -77,11 +77,13 @@ demo: build venv
 sim: build
 	$(TARGET_DIR)/debug/ekms sim --state-dir .sim
 
-# End-to-end signatures per second (EVM, Solana; 1 and 64 in flight) beside the raw
-# in-process signing rates of the same run, release build. Results: docs/bench.md.
-bench:
+# End-to-end signatures per second (EVM, Solana; 1, 8, 64 and 256 in flight; EVM with
+# the DEK cache off) beside the raw in-process signing rates of the same run (k256,
+# ed25519, RSA-OAEP, and Python's eth-account / solders from the venv), release build,
+# about 5 minutes. Results: docs/bench.md.
+bench: venv
 	$(CARGO) build --release --workspace --locked
-	$(TARGET_DIR)/release/ekms-bench --bin-dir $(TARGET_DIR)/release
+	$(TARGET_DIR)/release/ekms-bench --bin-dir $(TARGET_DIR)/release --python $(VENV)/bin/python
 
 # Every decoder of untrusted bytes under libFuzzer for FUZZ_SECS each (STYLE.md rule 14):
 # frames, attestation documents, CMS envelopes, EVM and Solana payloads, policies. Needs

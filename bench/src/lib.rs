@@ -91,8 +91,21 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub raw_round_secs: f64,
     /// Requests in flight, comma-separated; one connection each.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
     pub in_flight: Vec<usize>,
+    /// In-flight levels of the extra EVM curve with the DEK cache off (a second
+    /// simulation with EKMS_DEK_CACHE_MAX_USES=0: an attested KMS Decrypt with a
+    /// Recipient for every signature); `--dek-off-in-flight ''` skips it.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub dek_off_in_flight: Vec<usize>,
+    /// Python interpreter with `eth-account` and `solders` for the in-process Python
+    /// comparison rows (bench/python/sign_in_process.py); without it the rows are left
+    /// out.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The Python script [default: bench/python/sign_in_process.py beside the crate].
+    #[arg(long)]
+    pub python_script: Option<PathBuf>,
     /// DEK cache time to live given to the parent (EKMS_DEK_CACHE_TTL_SECS).
     #[arg(long, default_value_t = 300)]
     pub dek_cache_ttl_secs: u64,
@@ -124,7 +137,11 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     let round = secs(args.round_secs, "round")?;
     let warmup = secs(args.warmup_secs, "warm-up")?;
     let raw_round = secs(args.raw_round_secs, "raw round")?;
-    if args.rounds == 0 || args.in_flight.is_empty() || args.in_flight.contains(&0) {
+    if args.rounds == 0
+        || args.in_flight.is_empty()
+        || args.in_flight.contains(&0)
+        || args.dek_off_in_flight.contains(&0)
+    {
         return Err(Error::Usage(
             "need at least one round and in-flight levels ≥ 1".into(),
         ));
@@ -228,44 +245,82 @@ pub async fn run(args: Args) -> Result<Report, Error> {
                 rounds: args.rounds,
                 round,
             };
-            let mut procs = guard.children();
-            procs.push(("ekms-bench".into(), std::process::id()));
-            let before: Vec<_> = procs.iter().map(|(_, pid)| cpu_time(*pid)).collect();
-            let result = end_to_end(&socket, &scenario).await?;
-            let after: Vec<_> = procs.iter().map(|(_, pid)| cpu_time(*pid)).collect();
-            eprintln!(
-                "ekms-bench: {short} × {in_flight}: median {:.0} sig/s, {} errors{}",
-                result.rates.median(),
-                result.errors,
-                result
-                    .first_error
-                    .as_deref()
-                    .map(|e| format!(" (first: {e})"))
-                    .unwrap_or_default()
-            );
-            // CPU of the warm-up is in the window too; scale by the requests counted
-            // over the same window (measured ok + warm-up estimated at the same rate).
-            let window = warmup + result.wall;
-            let signatures = result.ok as f64 * window.as_secs_f64() / result.wall.as_secs_f64();
-            let mut per_signature = Vec::new();
-            let mut busy = Duration::ZERO;
-            for ((name, _), (b, a)) in procs.iter().zip(before.iter().zip(after.iter())) {
-                if let (Some(b), Some(a)) = (b, a) {
-                    let used = a.saturating_sub(*b);
-                    busy += used;
-                    per_signature.push((name.clone(), used.div_f64(signatures.max(1.0))));
-                }
-            }
-            report.cpu.push(CpuRow {
-                scenario: format!("{short}, {in_flight} in flight"),
-                per_signature,
-                cores_busy: busy.as_secs_f64() / window.as_secs_f64(),
-            });
-            report
-                .rows
-                .push(e2e_row(label, in_flight, &result, primitive, signer));
+            measure_scenario(
+                &guard,
+                &scenario,
+                label,
+                short,
+                primitive,
+                signer,
+                &mut report,
+            )
+            .await?;
         }
     }
+    guard.stop();
+    // The strictest setting: no plaintext data key kept between signatures.
+    let rsa = if args.dek_off_in_flight.is_empty() {
+        None
+    } else {
+        let dir_off = dir.path().join("dek-off");
+        let mut off = SimGuard::start(
+            &bin_dir.join("ekms"),
+            &dir_off.join("state"),
+            &dir_off.join("sim.out"),
+            Duration::from_secs(args.health_timeout_secs),
+            &[
+                (
+                    "EKMS_DEK_CACHE_TTL_SECS",
+                    args.dek_cache_ttl_secs.to_string(),
+                ),
+                ("EKMS_DEK_CACHE_MAX_USES", "0".into()),
+            ],
+        )?;
+        wait_healthy(&mut off, Duration::from_secs(args.health_timeout_secs)).await?;
+        let mut conn = Conn::connect(&off.socket()).await?;
+        let key = create_key(&mut conn, "secp256k1", payloads::evm_policy()).await?;
+        let uri = format!("/v1/keys/{}/sign", key.id);
+        let answer = sign_once(&mut conn, &uri, evm_body.clone()).await?;
+        payloads::check_evm_answer(&answer, &evm_tx, &key.address)?;
+        drop(conn);
+        for &in_flight in &args.dek_off_in_flight {
+            let scenario = Scenario {
+                uri: uri.clone(),
+                body: evm_body.clone(),
+                expect: b"\"signed_transaction\"",
+                in_flight,
+                warmup,
+                rounds: args.rounds,
+                round,
+            };
+            measure_scenario(
+                &off,
+                &scenario,
+                "EVM end-to-end, DEK cache off (KMS Decrypt + Recipient per signature)",
+                "EVM DEK off",
+                &raw.k256,
+                &raw.sign_evm,
+                &mut report,
+            )
+            .await?;
+        }
+        off.stop();
+        let rounds = args.rounds;
+        Some(
+            tokio::task::spawn_blocking(move || rsa_oaep_rates(raw_round, rounds))
+                .await
+                .map_err(|e| Error::Io(format!("RSA-OAEP measurement: {e}")))??,
+        )
+    };
+    let python = match &args.python {
+        Some(py) => {
+            let script = args.python_script.clone().unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sign_in_process.py")
+            });
+            Some(python_rates(py, &script, args.rounds, raw_round).await?)
+        }
+        None => None,
+    };
     report.rows.extend([
         raw_row(
             "in-process k256 `sign_prehash_recoverable` (bare)",
@@ -292,8 +347,28 @@ pub async fn run(args: Args) -> Result<Report, Error> {
             &raw.sign_solana,
         ),
     ]);
-
-    guard.stop();
+    if let Some(rsa) = &rsa {
+        report.rows.push(raw_row(
+            "in-process RSA-2048 OAEP-SHA-256 decrypt, aws-lc-rs (the enclave's unwrap of CiphertextForRecipient)",
+            rsa,
+            &raw.k256,
+            &raw.sign_evm,
+        ));
+    }
+    if let Some((eth, sol)) = &python {
+        report.rows.push(raw_row(
+            "in-process Python `eth-account` `Account.sign_transaction` (EIP-1559)",
+            eth,
+            &raw.k256,
+            &raw.sign_evm,
+        ));
+        report.rows.push(raw_row(
+            "in-process Python `solders` (sign + place in a `Transaction`)",
+            sol,
+            &raw.ed25519,
+            &raw.sign_solana,
+        ));
+    }
     machine.finish();
     report.machine = machine;
     report.settings = vec![
@@ -303,6 +378,128 @@ pub async fn run(args: Args) -> Result<Report, Error> {
         ("DEK cache".into(), format!("ttl {} s, {} uses per KMS Decrypt (EKMS_DEK_CACHE_TTL_SECS / EKMS_DEK_CACHE_MAX_USES)", args.dek_cache_ttl_secs, args.dek_cache_max_uses)),
     ];
     Ok(report)
+}
+
+/// Runs one end-to-end scenario against `guard`'s simulation and adds its row and its
+/// CPU row to `report`.
+async fn measure_scenario(
+    guard: &SimGuard,
+    scenario: &Scenario,
+    label: &str,
+    short: &str,
+    primitive: &Rates,
+    signer: &Rates,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let in_flight = scenario.in_flight;
+    let mut procs = guard.children();
+    procs.push(("ekms-bench".into(), std::process::id()));
+    let before: Vec<_> = procs.iter().map(|(_, pid)| cpu_time(*pid)).collect();
+    let result = end_to_end(&guard.socket(), scenario).await?;
+    let after: Vec<_> = procs.iter().map(|(_, pid)| cpu_time(*pid)).collect();
+    eprintln!(
+        "ekms-bench: {short} × {in_flight}: median {:.0} sig/s, {} errors{}",
+        result.rates.median(),
+        result.errors,
+        result
+            .first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    // CPU of the warm-up is in the window too; scale by the requests counted over the
+    // same window (measured ok + warm-up estimated at the same rate).
+    let window = scenario.warmup + result.wall;
+    let signatures = result.ok as f64 * window.as_secs_f64() / result.wall.as_secs_f64();
+    let mut per_signature = Vec::new();
+    let mut busy = Duration::ZERO;
+    for ((name, _), (b, a)) in procs.iter().zip(before.iter().zip(after.iter())) {
+        if let (Some(b), Some(a)) = (b, a) {
+            let used = a.saturating_sub(*b);
+            busy += used;
+            per_signature.push((name.clone(), used.div_f64(signatures.max(1.0))));
+        }
+    }
+    report.cpu.push(CpuRow {
+        scenario: format!("{short}, {in_flight} in flight"),
+        per_signature,
+        cores_busy: busy.as_secs_f64() / window.as_secs_f64(),
+    });
+    report
+        .rows
+        .push(e2e_row(label, in_flight, &result, primitive, signer));
+    Ok(())
+}
+
+/// One thread: RSA-2048 OAEP (SHA-256, MGF1-SHA-256) decryptions of a 32-byte key per
+/// second with aws-lc-rs, what the enclave does once per KMS answer.
+fn rsa_oaep_rates(round: Duration, rounds: usize) -> Result<Rates, Error> {
+    use aws_lc_rs::rsa::{
+        KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA256_MGF1SHA256,
+    };
+    let err = |e: aws_lc_rs::error::Unspecified| Error::Payload(format!("RSA: {e}"));
+    let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).map_err(err)?;
+    let public = private.public_key();
+    let encrypting = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(public).map_err(err)?;
+    let decrypting = OaepPrivateDecryptingKey::new(private).map_err(err)?;
+    let mut ciphertext = vec![0u8; encrypting.ciphertext_size()];
+    let sealed = encrypting
+        .encrypt(&OAEP_SHA256_MGF1SHA256, &[7u8; 32], &mut ciphertext, None)
+        .map_err(err)?
+        .to_vec();
+    let mut out = vec![0u8; decrypting.min_output_size()];
+    let mut once = || {
+        decrypting
+            .decrypt(&OAEP_SHA256_MGF1SHA256, &sealed, &mut out, None)
+            .map(|p| p.len())
+    };
+    once().map_err(err)?;
+    let mut rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < round {
+            std::hint::black_box(once().map_err(err)?);
+            n += 1;
+        }
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(Rates(rates))
+}
+
+/// Runs the Python comparison script; its per-round rates of eth-account and solders.
+async fn python_rates(
+    python: &Path,
+    script: &Path,
+    rounds: usize,
+    round: Duration,
+) -> Result<(Rates, Rates), Error> {
+    // eth-account is ~100x slower than k256: longer rounds keep its count meaningful.
+    let secs = round.as_secs_f64().max(1.0);
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(rounds.to_string())
+        .arg(format!("{secs}"))
+        .output()
+        .await
+        .map_err(|e| Error::Io(format!("running {}: {e}", python.display())))?;
+    if !out.status.success() {
+        return Err(Error::Io(format!(
+            "{} {}: {}",
+            python.display(),
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Io(format!("Python comparison output: {e}")))?;
+    let rates = |k: &str| {
+        v[k].as_array()
+            .map(|a| Rates(a.iter().filter_map(Value::as_f64).collect()))
+            .filter(|r| !r.0.is_empty())
+            .ok_or_else(|| Error::Io(format!("Python comparison output has no {k:?}")))
+    };
+    Ok((rates("eth_account")?, rates("solders")?))
 }
 
 /// Polls `GET /v1/health` until it answers 200, the sim exits, or `timeout` passes.
@@ -452,6 +649,7 @@ fn e2e_row(label: &str, in_flight: usize, r: &EndToEnd, primitive: &Rates, signe
         rates: r.rates.clone(),
         p50: percentile(&r.latencies, 50.0),
         p99: percentile(&r.latencies, 99.0),
+        p999: percentile(&r.latencies, 99.9),
         ratio_primitive: ratio(median, primitive.median()),
         ratio_signer: ratio(median, signer.median()),
         errors: Some(r.errors),
@@ -466,6 +664,7 @@ fn raw_row(label: &str, rates: &Rates, primitive: &Rates, signer: &Rates) -> Row
         rates: rates.clone(),
         p50: (median > 0.0).then(|| Duration::from_secs_f64(1.0 / median)),
         p99: None,
+        p999: None,
         ratio_primitive: ratio(median, primitive.median()),
         ratio_signer: ratio(median, signer.median()),
         errors: None,
@@ -488,7 +687,8 @@ mod tests {
     #[test]
     fn default_arguments() {
         let a = Args::try_parse_from(["ekms-bench"]).unwrap();
-        assert_eq!(a.in_flight, vec![1, 64]);
+        assert_eq!(a.in_flight, vec![1, 8, 64, 256]);
+        assert_eq!(a.dek_off_in_flight, vec![1, 64]);
         assert_eq!(a.rounds, 5);
         assert_eq!(secs(a.round_secs, "round").unwrap(), Duration::from_secs(3));
         let a =

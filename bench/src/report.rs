@@ -109,6 +109,8 @@ pub struct Row {
     pub p50: Option<Duration>,
     /// 99th percentile latency (end-to-end rows only).
     pub p99: Option<Duration>,
+    /// 99.9th percentile latency (end-to-end rows only).
+    pub p999: Option<Duration>,
     /// Median rate divided by the bare primitive's median rate of the same curve.
     pub ratio_primitive: f64,
     /// Median rate divided by the `ekms_signer` function's median rate.
@@ -176,12 +178,12 @@ impl Report {
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "| path | in flight | median sig/s | min–max sig/s | p50 latency | p99 latency | ÷ bare primitive | ÷ ekms_signer | errors |");
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| path | in flight | median sig/s | min–max sig/s | p50 latency | p99 latency | p99.9 latency | p99 ÷ p50 | ÷ bare primitive | ÷ ekms_signer | errors |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}–{} | {} | {} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {} | {}–{} | {} | {} | {} | {} | {:.3} | {:.3} | {} |",
                 r.path,
                 r.in_flight,
                 thousands(r.rates.median()),
@@ -189,12 +191,18 @@ impl Report {
                 thousands(r.rates.max()),
                 r.p50.map_or("–".into(), us),
                 r.p99.map_or("–".into(), us),
+                r.p999.map_or("–".into(), us),
+                match (r.p50, r.p99) {
+                    (Some(a), Some(b)) if r.errors.is_some() && !a.is_zero() =>
+                        format!("{:.2}", b.as_secs_f64() / a.as_secs_f64()),
+                    _ => "–".into(),
+                },
                 r.ratio_primitive,
                 r.ratio_signer,
                 r.errors.map_or("–".into(), |e| e.to_string()),
             );
         }
-        let _ = writeln!(s, "\nIn-process rows: one thread; their latency column is the mean time per call. End-to-end rows: p50/p99 over every request of every measured round.");
+        let _ = writeln!(s, "\nIn-process rows: one thread; their latency column is the mean time per call. End-to-end rows: p50/p99/p99.9 over every request of every measured round.");
         if !self.cpu.is_empty() {
             let _ = writeln!(
                 s,
@@ -261,6 +269,7 @@ mod tests {
             rates: Rates(vec![9000.0, 10_500.4, 11_000.0]),
             p50: Some(Duration::from_micros(6100)),
             p99: Some(Duration::from_micros(25)),
+            p999: Some(Duration::from_micros(40)),
             ratio_primitive: 0.65,
             ratio_signer: 0.7,
             errors,
@@ -286,7 +295,7 @@ mod tests {
         };
         let md = report.markdown();
         assert!(
-            md.contains("| EVM end-to-end | 64 | 10,500 | 9,000–11,000 | 6100 µs | 25.0 µs | 0.650 | 0.700 | 0 |"),
+            md.contains("| EVM end-to-end | 64 | 10,500 | 9,000–11,000 | 6100 µs | 25.0 µs | 40.0 µs | 0.00 | 0.650 | 0.700 | 0 |"),
             "{md}"
         );
         assert!(md.contains("| scenario | parent | cores busy |"));

@@ -932,7 +932,7 @@ fn decide_and_sign(
     if services.durable.is_stopped() {
         return Err(WireError::StoreStopped);
     }
-    let policy = Policy::parse(&policy.policy_json).map_err(policy_error)?;
+    let policy = parsed_policy(policy)?;
     if !policy.enabled() {
         return Err(WireError::KeyDisabled);
     }
@@ -978,6 +978,46 @@ fn decide_and_sign(
             Err(e)
         }
     }
+}
+
+/// Parsed policies by MAC, so that a policy signed with again is not parsed again
+/// (issue 10). Only policies whose MAC verified reach it (`decide_and_sign` runs after
+/// `open_and_verify`), and a hit also needs the very same document bytes: a MAC that
+/// two documents share (across keys it would take an HMAC collision) still cannot swap
+/// one parse for another. Bounded: beyond [`MAX_PARSED_POLICIES`] an entry goes.
+static PARSED_POLICIES: std::sync::LazyLock<std::sync::Mutex<ParsedPolicies>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// MAC → (the document's bytes, its parse).
+type ParsedPolicies = std::collections::HashMap<[u8; 32], (String, Arc<Policy>)>;
+
+/// Most parsed policies kept (a few hundred bytes to a few KiB each).
+const MAX_PARSED_POLICIES: usize = 4096;
+
+/// `policy` parsed, from [`PARSED_POLICIES`] when there (its MAC already verified).
+fn parsed_policy(policy: &SealedPolicy) -> Result<Arc<Policy>, WireError> {
+    let lock = || {
+        PARSED_POLICIES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some((json, parsed)) = lock().get(&policy.mac) {
+        if *json == policy.policy_json {
+            return Ok(Arc::clone(parsed));
+        }
+    }
+    let parsed = Arc::new(Policy::parse(&policy.policy_json).map_err(policy_error)?);
+    let mut cache = lock();
+    if cache.len() >= MAX_PARSED_POLICIES {
+        if let Some(k) = cache.keys().next().copied() {
+            cache.remove(&k);
+        }
+    }
+    cache.insert(
+        policy.mac,
+        (policy.policy_json.clone(), Arc::clone(&parsed)),
+    );
+    Ok(parsed)
 }
 
 /// What "the same payload signed again counts once" remembers: SHA-256 over the kind
@@ -1236,6 +1276,27 @@ mod tests {
                 bytes: vec![0x02],
             },
         }
+    }
+
+    #[test]
+    fn parsed_policies_are_reused_only_for_the_same_mac_and_bytes() {
+        let sealed = |json: &str, mac: u8| SealedPolicy {
+            key_id: "k".into(),
+            version: 1,
+            policy_json: json.into(),
+            mac: [mac; 32],
+        };
+        let a = sealed(r#"{"enabled":true}"#, 0xa1);
+        let first = parsed_policy(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &parsed_policy(&a).unwrap()));
+        // The same MAC with other bytes is parsed on its own, never served A's parse.
+        let b = sealed(r#"{"enabled":false}"#, 0xa1);
+        let other = parsed_policy(&b).unwrap();
+        assert!(first.enabled() && !other.enabled());
+        assert!(matches!(
+            parsed_policy(&sealed("{", 0xa1)),
+            Err(WireError::InvalidPolicy { .. })
+        ));
     }
 
     #[test]

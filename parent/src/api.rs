@@ -613,32 +613,54 @@ async fn sign(
             ),
         )
     })?;
-    let (row, keyring) = state
+    let (mut key, mut cached) = state
         .store
-        .key_with_keyring(id)
+        .cached_key(&id)
         .await?
         .ok_or_else(ApiError::key_not_found)?;
-    if kind.algorithm() != row.record.algorithm {
+    if kind.algorithm() != key.row.record.algorithm {
         return Err(ApiError::bad_request(
             "kind_mismatch",
             format!(
                 "kind {} does not match the key's algorithm {}",
                 body.kind,
-                algorithm_text(row.record.algorithm)
+                algorithm_text(key.row.record.algorithm)
             ),
         ));
     }
     let bytes = format::payload_bytes(kind, &body.payload)
         .ok_or_else(|| ApiError::bad_request("invalid_payload", format::payload_shape(kind)))?;
-    let answer = state
-        .relay
-        .call(EnclaveRequest::Sign {
-            record: row.record,
-            keyring,
-            policy: row.policy,
-            payload: SignPayload { kind, bytes },
-        })
-        .await?;
+    let mut payload = Some(SignPayload { kind, bytes });
+    let answer = loop {
+        // Copied only while a retry may need it again.
+        let payload = if cached {
+            payload.clone()
+        } else {
+            payload.take()
+        };
+        let request = EnclaveRequest::Sign {
+            record: key.row.record.clone(),
+            keyring: key.keyring.clone(),
+            policy: key.row.policy.clone(),
+            payload: payload.ok_or_else(ApiError::internal)?,
+        };
+        match state.relay.call(request).await {
+            // A cached row the enclave refuses may be stale (another parent on the store
+            // wrote a newer policy, which raised the enclave's version floor): read the
+            // database once and try again. A refusal of a row just read stands.
+            Err(Error::Enclave(ekms_shared::WireError::SealedStateInvalid)) if cached => {
+                state.store.forget_key(&id);
+                key = state
+                    .store
+                    .cached_key(&id)
+                    .await?
+                    .ok_or_else(ApiError::key_not_found)?
+                    .0;
+                cached = false;
+            }
+            other => break other?,
+        }
+    };
     // The decision's audit record is stored first: no signature leaves without it.
     let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
     let receipt = audit
@@ -1418,6 +1440,61 @@ pub(crate) mod tests {
         let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
         let (s, _) = send(&app, "POST", &format!("/v1/keys/{id}/sign"), Some(body)).await;
         assert_eq!(s, StatusCode::OK);
+    }
+
+    /// Issue 10: the sign path reads keys from a cache; a policy written through the API
+    /// must be the one the next signature uses, and a row changed in the database by
+    /// another connection must not be served from the cache.
+    #[tokio::test]
+    async fn signs_with_the_policy_written_last_never_a_cached_one() {
+        let h = Harness::start(1).await;
+        let app = app(&h, 4096, 8);
+        let key = create(&app, r#"{"algorithm":"secp256k1"}"#).await;
+        let id = key["key_id"].as_str().unwrap();
+        let sign_uri = format!("/v1/keys/{id}/sign");
+        let body = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
+        let last = || {
+            h.fake
+                .state
+                .last_sign_policy
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap()
+        };
+        for _ in 0..2 {
+            let (s, _) = send(&app, "POST", &sign_uri, Some(body)).await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(last().0, 1);
+        }
+        assert_eq!(
+            h.store.key_cache().len_and_bytes().0,
+            1,
+            "the key is cached"
+        );
+        for (version, chain) in [(2, 1), (3, 10)] {
+            let doc = format!(r#"{{"policy":{{"enabled":true,"evm":{{"chain_ids":[{chain}]}}}}}}"#);
+            let (s, _) = send(&app, "PUT", &format!("/v1/keys/{id}/policy"), Some(&doc)).await;
+            assert_eq!(s, StatusCode::OK);
+            let (s, _) = send(&app, "POST", &sign_uri, Some(body)).await;
+            assert_eq!(s, StatusCode::OK);
+            let (v, json) = last();
+            assert_eq!(v, version);
+            assert!(json.contains(&format!("[{chain}]")), "{json}");
+        }
+        // Another connection (an operator, another parent) changes the row: the next
+        // signature uses the database's row (which fails the fake's MAC), not the cache.
+        let db = rusqlite::Connection::open(h.dir.path().join("ekms.db")).unwrap();
+        db.execute(
+            "UPDATE policies SET mac = zeroblob(32) WHERE key_id = ?1",
+            rusqlite::params![id],
+        )
+        .unwrap();
+        let (s, v) = send(&app, "POST", &sign_uri, Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::INTERNAL_SERVER_ERROR, "sealed_state_invalid")
+        );
     }
 
     #[tokio::test]

@@ -9,6 +9,10 @@
 //!   answer (a signature, a refusal) is released. A record that cannot be stored
 //!   fails the request: no signature leaves without its record.
 //!
+//! Audit records are written by the store's group-commit thread
+//! ([`crate::store::group_commit`]): a record is stored when its transaction committed,
+//! and the records of the requests in flight share that transaction (one fsync).
+//!
 //! The parent checks nothing here (it is untrusted): the enclave verifies checkpoints
 //! at `Restore`, and `ekms audit verify` checks the chain. Rows are written, never
 //! updated: an audit record's `seq` is its primary key.
@@ -78,26 +82,10 @@ impl Journal {
     /// overwritten); [`Error::Store`].
     pub async fn store_record(&self, signed: &SignedAuditRecord) -> Result<u64, Error> {
         let seq = record_seq(signed)?;
-        let signed = signed.clone();
         let s = i64::try_from(seq).map_err(|_| Error::UnexpectedResponse("audit record"))?;
-        self.store
-            .with(move |c| {
-                let n = c.execute(
-                    "INSERT OR IGNORE INTO audit_records (seq, record, signature, audit_key)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        s,
-                        signed.record,
-                        signed.signature.as_slice(),
-                        signed.audit_key.as_slice()
-                    ],
-                )?;
-                if n != 1 {
-                    return Err(Error::AlreadyExists(format!("audit record {seq}")));
-                }
-                Ok(())
-            })
-            .await?;
+        // Through the group-commit writer: committed (with the records of the other
+        // requests in flight) before this returns.
+        self.store.append_audit(s, signed.clone()).await?;
         Ok(seq)
     }
 
@@ -386,11 +374,11 @@ fn record_seq(signed: &SignedAuditRecord) -> Result<u64, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ekms_shared::audit::{AuditAction, AuditDecision, GENESIS_HASH};
 
-    fn signed(seq: u64) -> SignedAuditRecord {
+    pub(crate) fn signed(seq: u64) -> SignedAuditRecord {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
         SignedAuditRecord::sign(
             &key,
@@ -435,6 +423,41 @@ mod tests {
         assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(j.latest_record().await.unwrap().unwrap().seq, 5);
         assert_eq!(page[0].signed, signed(2));
+    }
+
+    /// The group-commit writer: records stored concurrently all land, each once, and a
+    /// duplicate in a batch fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_concurrent_records_in_shared_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(Store::open(&dir.path().join("ekms.db")).unwrap());
+        let mut tasks = Vec::new();
+        for seq in 1..=300u64 {
+            let j = j.clone();
+            tasks.push(tokio::spawn(
+                async move { j.store_record(&signed(seq)).await },
+            ));
+        }
+        // The same numbers again, concurrently: each fails on its own.
+        for seq in [5u64, 150, 300] {
+            let j = j.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                j.store_record(&signed(seq)).await
+            }));
+        }
+        let mut ok = 0;
+        let mut dup = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(Error::AlreadyExists(_)) => dup += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ok, dup), (300, 3));
+        assert_eq!(j.records_after(0, 1000).await.unwrap().len(), 300);
+        assert_eq!(j.latest_record().await.unwrap().unwrap().seq, 300);
     }
 
     #[tokio::test]

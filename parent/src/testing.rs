@@ -62,6 +62,9 @@ pub struct FakeState {
     /// While set, `Configure` answers this error and leaves the fake unconfigured (a
     /// KMS that refuses the attested round trip).
     pub configure_error: std::sync::Mutex<Option<WireError>>,
+    /// The policy (version, document) of the last `Sign` that passed the integrity
+    /// check: what the parent sent, so a test sees which policy a signature used.
+    pub last_sign_policy: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 /// A fake pending change: checkpoint `seq`, (key id, version), restore?, stop change.
@@ -444,6 +447,8 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             ..
         } => {
             check(&record, &policy)?;
+            *state.last_sign_policy.lock().unwrap() =
+                Some((policy.version, policy.policy_json.clone()));
             let b = payload.bytes;
             let refuse = |error: WireError, rule: &str| {
                 let audit = state.audit(

@@ -12,8 +12,12 @@
 //! - every failure path returns before `COMMIT` (the transaction rolls back on drop).
 //!
 //! rusqlite is blocking: each call runs on `spawn_blocking` against one connection
-//! behind a mutex. Rule for maintainers: a schema change bumps [`SCHEMA_VERSION`] and
-//! adds a migration step in [`migrate`].
+//! behind a mutex. Two paths avoid that hop on the signing path (issue 10): audit
+//! records are written by one group-commit thread that shares fsyncs between the
+//! signatures in flight ([`group_commit`]), and the key rows a signature needs come from
+//! a bounded in-memory cache kept coherent with the database ([`cache`]). Rule for
+//! maintainers: a schema change bumps [`SCHEMA_VERSION`] and adds a migration step in
+//! [`migrate`]; a write that changes a key's policy drops the key from the cache.
 //!
 //! API tokens (schema version 3, [`crate::auth`]) live here too: only their SHA-256
 //! hashes, looked up by hash through a unique index. Valid tokens found by hash are kept
@@ -24,13 +28,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
+use ekms_shared::audit::SignedAuditRecord;
 use ekms_shared::statement::SignedKeyStatement;
 use ekms_shared::{Algorithm, KeyringRef, SealedKeyRecord, SealedPolicy};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::Error;
+
+pub mod cache;
+pub(crate) mod group_commit;
+
+pub use cache::{CachedKey, KeyCache};
 
 /// Version of the schema below, kept in the `schema_version` table.
 pub const SCHEMA_VERSION: i64 = 4;
@@ -104,6 +114,10 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// Tokens found by hash (see the module docs); written only while `conn` is locked.
     tokens: Arc<RwLock<HashMap<[u8; 32], Arc<TokenRow>>>>,
+    /// Key rows for the sign path ([`cache`]); filled and emptied while `conn` is locked.
+    keys: Arc<KeyCache>,
+    /// The group-commit writer of audit records ([`group_commit`]).
+    audit: mpsc::Sender<group_commit::Job>,
 }
 
 /// A stored API token (never the token itself: its SHA-256).
@@ -197,7 +211,7 @@ impl Store {
     /// version this build does not know.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        Self::init(conn, Some(path))
     }
 
     /// An in-memory store (tests and tools).
@@ -205,19 +219,26 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn open_in_memory() -> Result<Self, Error> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None)
     }
 
-    fn init(mut conn: Connection) -> Result<Self, Error> {
+    fn init(mut conn: Connection, path: Option<&Path>) -> Result<Self, Error> {
         // journal_mode returns a row, so it is read rather than executed.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )?;
         migrate(&mut conn)?;
+        // After the migration, so the watch sees the schema (and its first value is
+        // taken after our last commit).
+        let keys = Arc::new(KeyCache::new(path)?);
+        let conn = Arc::new(Mutex::new(conn));
+        let audit = group_commit::start(Arc::clone(&conn), Arc::clone(&keys))?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             tokens: Arc::default(),
+            keys,
+            audit,
         })
     }
 
@@ -228,11 +249,22 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        let keys = Arc::clone(&self.keys);
         tokio::task::spawn_blocking(move || {
             // A poisoned lock means a panic mid-call; SQLite rolled back any open
             // transaction when its guard dropped, so the connection is still sound.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard).map_err(corrupt_on_wrong_type)
+            keys.check_external(&guard);
+            let changes = guard.total_changes();
+            let result = f(&mut guard).map_err(corrupt_on_wrong_type);
+            // Any row this call changed may be one a cached key copies: start over
+            // (writes other than audit records are rare: keys, policies, tokens,
+            // checkpoints).
+            if guard.total_changes() != changes {
+                keys.clear();
+                keys.note_commit(&guard);
+            }
+            result
         })
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))?
@@ -438,15 +470,68 @@ impl Store {
         &self,
         key_id: String,
     ) -> Result<Option<(KeyRow, KeyringRef)>, Error> {
+        Ok(self
+            .load_key(key_id)
+            .await?
+            .map(|k| (k.row.clone(), k.keyring.clone())))
+    }
+
+    /// What [`Store::key_with_keyring`] reads, from the key cache when it holds the key
+    /// (no blocking call, no database read), else read and cached. The flag tells
+    /// whether it came from the cache (see [`Store::forget_key`]).
+    ///
+    /// # Errors
+    /// As [`Store::key_with_keyring`].
+    pub async fn cached_key(&self, key_id: &str) -> Result<Option<(Arc<CachedKey>, bool)>, Error> {
+        if let Some(hit) = self.keys.get(key_id) {
+            return Ok(Some((hit, true)));
+        }
+        Ok(self.load_key(key_id.to_owned()).await?.map(|k| (k, false)))
+    }
+
+    /// Drops `key_id` from the key cache (the enclave refused its cached row; the next
+    /// use reads the database).
+    pub fn forget_key(&self, key_id: &str) {
+        self.keys.invalidate(key_id);
+    }
+
+    /// The key cache (tests and diagnostics).
+    pub fn key_cache(&self) -> &KeyCache {
+        &self.keys
+    }
+
+    /// Reads key `key_id` and its keyring epoch under one lock and caches them.
+    async fn load_key(&self, key_id: String) -> Result<Option<Arc<CachedKey>>, Error> {
+        let keys = Arc::clone(&self.keys);
         self.with(move |c| {
             let Some(row) = read_key(c, key_id)? else {
                 return Ok(None);
             };
             let keyring = read_keyring(c, row.record.keyring.clone(), row.record.epoch)?
                 .ok_or_else(|| Error::StoreCorrupt("the key's keyring epoch is missing".into()))?;
-            Ok(Some((row, keyring)))
+            // Under the connection lock: no write can come between the read and this.
+            Ok(Some(keys.insert(CachedKey { row, keyring })))
         })
         .await
+    }
+
+    /// Stores an audit record through the group-commit writer ([`group_commit`]);
+    /// returns once the transaction holding it committed.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if a record with this `seq` is stored;
+    /// [`Error::Internal`] if the batch failed or the writer is gone.
+    pub(crate) async fn append_audit(
+        &self,
+        seq: i64,
+        signed: SignedAuditRecord,
+    ) -> Result<(), Error> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.audit
+            .send(group_commit::Job { seq, signed, done })
+            .map_err(|_| Error::Internal("the audit writer stopped".into()))?;
+        wait.await
+            .map_err(|_| Error::Internal("the audit writer stopped".into()))?
     }
 
     /// Up to `limit` keys, newest first, each with its stored (unauthenticated) policy
@@ -487,10 +572,12 @@ impl Store {
         expected_version: u64,
         policy: SealedPolicy,
     ) -> Result<(), Error> {
+        let keys = Arc::clone(&self.keys);
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             cas_policy(&tx, expected_version, &policy)?;
             tx.commit()?;
+            keys.invalidate(&policy.key_id);
             Ok(())
         })
         .await
@@ -953,6 +1040,7 @@ fn read_key(c: &Connection, key_id: String) -> Result<Option<KeyRow>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Journal;
 
     fn keyring() -> KeyringRef {
         KeyringRef {
@@ -1386,6 +1474,106 @@ mod tests {
             Some(keyring())
         );
         assert_eq!(s.keyring("default".into(), 2).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn cached_key_is_served_until_a_policy_write() {
+        let s = store_with_keyring().await;
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        let (k, hit) = s.cached_key("k1").await.unwrap().unwrap();
+        assert!(!hit);
+        assert_eq!(k.keyring, keyring());
+        let (k, hit) = s.cached_key("k1").await.unwrap().unwrap();
+        assert!(hit);
+        assert_eq!(k.row.policy.version, 1);
+        let mut p = new_key("k1", 10).policy;
+        p.version = 2;
+        p.policy_json = r#"{"enabled":false}"#.into();
+        s.compare_and_set_policy(1, p.clone()).await.unwrap();
+        let (k, hit) = s.cached_key("k1").await.unwrap().unwrap();
+        assert!(!hit, "a policy write drops the cached key");
+        assert_eq!(k.row.policy, p);
+        assert!(s.cached_key("k1").await.unwrap().unwrap().1);
+        // Any other write through the store empties the cache too.
+        s.insert_key(new_key("k2", 11)).await.unwrap();
+        assert!(!s.cached_key("k1").await.unwrap().unwrap().1);
+        s.forget_key("k1");
+        assert!(!s.cached_key("k1").await.unwrap().unwrap().1);
+        assert!(s.cached_key("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rejects_cached_rows_once_another_connection_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ekms.db");
+        let s = Store::open(&path).unwrap();
+        s.insert_keyring(keyring(), 1).await.unwrap();
+        s.insert_key(new_key("k1", 10)).await.unwrap();
+        s.cached_key("k1").await.unwrap();
+        assert!(s.cached_key("k1").await.unwrap().unwrap().1);
+        // The group-commit writer's own commits keep the cache.
+        Journal::new(s.clone())
+            .store_record(&crate::journal::tests::signed(1))
+            .await
+            .unwrap();
+        assert!(s.cached_key("k1").await.unwrap().unwrap().1);
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute("UPDATE policies SET version = 9 WHERE key_id = 'k1'", [])
+            .unwrap();
+        let (k, hit) = s.cached_key("k1").await.unwrap().unwrap();
+        assert!(!hit, "served a row another connection replaced");
+        assert_eq!(k.row.policy.version, 9);
+        assert!(s.cached_key("k1").await.unwrap().unwrap().1);
+    }
+
+    #[tokio::test]
+    async fn key_cache_is_bounded_in_entries_and_bytes() {
+        let s = store_with_keyring().await;
+        for i in 0..4 {
+            s.insert_key(new_key(&format!("k{i}"), i)).await.unwrap();
+        }
+        let read = |id: &str| {
+            let s = s.clone();
+            let id = id.to_owned();
+            async move { s.key_with_keyring(id).await.unwrap().unwrap() }
+        };
+        let cache = KeyCache::new(None).unwrap().with_bounds(2, 1 << 20);
+        for id in ["k0", "k1"] {
+            let (row, keyring) = read(id).await;
+            cache.insert(CachedKey { row, keyring });
+        }
+        assert!(
+            cache.get("k0").is_some(),
+            "k0 is now the most recently used"
+        );
+        let (row, keyring) = read("k2").await;
+        cache.insert(CachedKey { row, keyring });
+        assert_eq!(cache.len_and_bytes().0, 2);
+        assert!(
+            cache.get("k1").is_none(),
+            "the least recently used went first"
+        );
+        assert!(cache.get("k0").is_some() && cache.get("k2").is_some());
+        // A byte bound of one entry keeps one.
+        let (row, keyring) = read("k3").await;
+        let one = KeyCache::new(None).unwrap().with_bounds(100, 700);
+        one.insert(CachedKey {
+            row: row.clone(),
+            keyring: keyring.clone(),
+        });
+        let (row0, keyring0) = read("k0").await;
+        one.insert(CachedKey {
+            row: row0,
+            keyring: keyring0,
+        });
+        let (n, bytes) = one.len_and_bytes();
+        assert_eq!(n, 1);
+        assert!(bytes <= 700);
+        // Too large for the bound: not kept at all.
+        let none = KeyCache::new(None).unwrap().with_bounds(100, 10);
+        none.insert(CachedKey { row, keyring });
+        assert_eq!(none.len_and_bytes(), (0, 0));
     }
 
     #[test]
