@@ -3,8 +3,10 @@
 // library's kind of error. One sim for the whole file (it starts in seconds).
 
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
@@ -38,6 +40,8 @@ import {
 } from "ethers";
 import {
   BaseError,
+  createWalletClient,
+  custom,
   parseGwei,
   parseTransaction,
   recoverTransactionAddress,
@@ -48,6 +52,8 @@ import {
   type LocalAccount,
   type TransactionSerializable,
 } from "viem";
+
+import { mainnet } from "viem/chains";
 
 import {
   EkmsClient,
@@ -169,17 +175,38 @@ describe("viem account", () => {
   test("the README lines", async () => {
     const socketPath = sim.socketPath;
     const keyId = evmKeyId;
+    // A bot's token: `sign` and `keys:read` for this key only, in a file.
+    const t = await sim.admin.createToken({ name: "readme-bot", scopes: ["sign", "keys:read"], key_ids: [keyId] });
+    const tokenFile = join(sim.stateDir, "bot.token");
+    writeFileSync(tokenFile, t.token + "\n", { mode: 0o600 });
     // --- README "TypeScript" (viem) ---
-    const client = new EkmsClient({ socketPath, tokenFile: `${sim.stateDir}/admin.token` });
+    const client = new EkmsClient({ socketPath, tokenFile });
     const account = await ekmsAccount({ client, keyId });
     const raw = await account.signTransaction({
-      type: "eip1559", chainId: 1, nonce: 0, to: DEST, value: 1000n,
+      type: "eip1559", chainId: 1, nonce: 0, to: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", value: 1000n,
       gas: 21_000n, maxFeePerGas: parseGwei("20"), maxPriorityFeePerGas: parseGwei("1"),
     });
     const signature = await account.signMessage({ message: "hello from a keeper" });
     // ---
-    assert.equal(await recoverTransactionAddress({ serializedTransaction: raw as `0x02${string}` }), account.address);
+    assert.equal(await recoverTransactionAddress({ serializedTransaction: raw as `0x02${string}` }), evmAddress);
     assert.ok(await verifyMessage({ address: account.address, message: "hello from a keeper", signature }));
+  });
+
+  test("through a viem wallet client", async () => {
+    // No node: the transport only answers eth_chainId (what signTransaction checks).
+    const transport = custom({
+      async request({ method }: { method: string }) {
+        if (method === "eth_chainId") return "0x1";
+        throw new Error(`unexpected ${method}`);
+      },
+    });
+    const wallet = createWalletClient({ account, chain: mainnet, transport });
+    const raw = await wallet.signTransaction({ ...EIP1559, type: "eip1559", account } as never);
+    assert.equal(await recoverTransactionAddress({ serializedTransaction: raw as never }), evmAddress);
+    const sig = await wallet.signMessage({ account, message: "via wallet" });
+    assert.ok(await verifyMessage({ address: evmAddress, message: "via wallet", signature: sig }));
+    const tsig = await wallet.signTypedData({ account, ...MAIL });
+    assert.ok(await verifyTypedData({ address: evmAddress, ...MAIL, signature: tsig }));
   });
 
   test("address and source", () => {
