@@ -40,36 +40,38 @@ export function asEthersError(e: unknown, action: Action): unknown {
       action,
       reason: "rejected",
       info: { ekmsCode: e.code, status: e.status, rule: e.rule },
-      error: e,
     });
-    return Object.assign(err, { rule: e.rule });
+    return withCause(Object.assign(err, { rule: e.rule }), e);
   }
   if (e instanceof EkmsUnauthorizedError) {
-    return makeError(`enclave-kms refused the API token: ${e.code}: ${e.apiMessage}`, "ACTION_REJECTED", {
+    return withCause(makeError(`enclave-kms refused the API token: ${e.code}: ${e.apiMessage}`, "ACTION_REJECTED", {
       action,
       reason: "rejected",
       info: { ekmsCode: e.code, status: e.status },
-      error: e,
-    });
+    }), e);
   }
   if (e instanceof EkmsApiError) {
     if (e.status >= 500) {
-      return makeError(`enclave-kms: ${e.code}: ${e.apiMessage}`, "SERVER_ERROR", {
+      return withCause(makeError(`enclave-kms: ${e.code}: ${e.apiMessage}`, "SERVER_ERROR", {
         request: `enclave-kms ${action}`,
         info: { ekmsCode: e.code, status: e.status },
-        error: e,
-      });
+      }), e);
     }
-    return makeError(`enclave-kms: ${e.code}: ${e.apiMessage}`, "UNSUPPORTED_OPERATION", {
+    return withCause(makeError(`enclave-kms: ${e.code}: ${e.apiMessage}`, "UNSUPPORTED_OPERATION", {
       operation: action,
       info: { ekmsCode: e.code, status: e.status },
-      error: e,
-    });
+    }), e);
   }
   if (e instanceof Error && e.name === "EkmsTransportError") {
-    return makeError(e.message, "NETWORK_ERROR", { event: action, error: e });
+    return withCause(makeError(e.message, "NETWORK_ERROR", { event: action }), e);
   }
   return e;
+}
+
+/** The client's error as the ethers error's `error` (kept out of its message). */
+function withCause<T extends Error>(err: T, cause: Error): T {
+  Object.defineProperty(err, "error", { value: cause, enumerable: false, writable: true, configurable: true });
+  return err;
 }
 
 async function ethersErrors<T>(action: Action, f: () => Promise<T>): Promise<T> {

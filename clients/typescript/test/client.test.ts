@@ -349,6 +349,7 @@ describe("ethers signer", () => {
         assert.equal(e.action, "signTransaction");
         assert.equal(e.info?.["rule"], "evm.max_value_wei");
         assert.match(e.message, /evm\.max_value_wei/);
+        assert.ok(e.error instanceof EkmsPolicyDeniedError);
         return true;
       },
     );
