@@ -20,7 +20,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= $(SYSCONFDIR)/systemd/system
 LINT_VENV := $(CURDIR)/.venv-lint
 
-.PHONY: all build test test-rust test-e2e lint lint-deploy fmt demo sim bench fuzz eif \
+.PHONY: all build test test-rust test-e2e test-ts lint lint-deploy fmt demo sim bench fuzz eif \
         check-kms-key-arn check-base-images install install-units reproducible-check venv clean-sim
 
 all: build
@@ -33,8 +33,9 @@ build:
 # vectors, the OpenSSL CMS fixtures, kms-sim driven by the real aws-sdk-kms, the `ekms
 # sim` smoke test), the production build without the simulated NSM, and the Python
 # end-to-end interoperability tests (eth-account, solders, PyNaCl) against the real
-# binaries.
-test: test-rust test-e2e
+# binaries, and the TypeScript client (viem, ethers, @solana/kit, @solana/web3.js)
+# against them too.
+test: test-rust test-e2e test-ts
 
 test-rust: build
 	$(CARGO) test --workspace --locked --all-targets
@@ -47,6 +48,12 @@ test-rust: build
 
 test-e2e: build venv
 	cd e2e && EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/pytest -q
+
+# The TypeScript client (clients/typescript, issue 11): installed from npm as the
+# lockfile pins it, built with tsc, tested with `node --test` against a real `ekms sim`.
+# Needs Node.js >= 20.18 and npm.
+test-ts: build
+	cd clients/typescript && npm ci --no-audit --no-fund && npm run build && EKMS_BIN_DIR=$(TARGET_DIR)/debug npm test
 
 # Python environment for the interop tests and the demo (packages from PyPI, pinned).
 venv: $(VENV)/.installed
