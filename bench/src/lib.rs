@@ -263,6 +263,8 @@ pub async fn run(args: Args) -> Result<Report, Error> {
         None
     } else {
         let dir_off = dir.path().join("dek-off");
+        std::fs::create_dir_all(&dir_off)
+            .map_err(|e| Error::Io(format!("{}: {e}", dir_off.display())))?;
         let mut off = SimGuard::start(
             &bin_dir.join("ekms"),
             &dir_off.join("state"),
