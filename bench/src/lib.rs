@@ -137,10 +137,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     let round = secs(args.round_secs, "round")?;
     let warmup = secs(args.warmup_secs, "warm-up")?;
     let raw_round = secs(args.raw_round_secs, "raw round")?;
-    if args.rounds == 0
-        || args.in_flight.is_empty()
-        || args.in_flight.contains(&0)
-    {
+    if args.rounds == 0 || args.in_flight.is_empty() || args.in_flight.contains(&0) {
         return Err(Error::Usage(
             "need at least one round and in-flight levels ≥ 1".into(),
         ));
