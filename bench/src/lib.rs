@@ -95,7 +95,7 @@ pub struct Args {
     pub in_flight: Vec<usize>,
     /// In-flight levels of the extra EVM curve with the DEK cache off (a second
     /// simulation with EKMS_DEK_CACHE_MAX_USES=0: an attested KMS Decrypt with a
-    /// Recipient for every signature); `--dek-off-in-flight ''` skips it.
+    /// Recipient for every signature); `--dek-off-in-flight 0` skips it.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub dek_off_in_flight: Vec<usize>,
     /// Python interpreter with `eth-account` and `solders` for the in-process Python
@@ -137,11 +137,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     let round = secs(args.round_secs, "round")?;
     let warmup = secs(args.warmup_secs, "warm-up")?;
     let raw_round = secs(args.raw_round_secs, "raw round")?;
-    if args.rounds == 0
-        || args.in_flight.is_empty()
-        || args.in_flight.contains(&0)
-        || args.dek_off_in_flight.contains(&0)
-    {
+    if args.rounds == 0 || args.in_flight.is_empty() || args.in_flight.contains(&0) {
         return Err(Error::Usage(
             "need at least one round and in-flight levels ≥ 1".into(),
         ));
@@ -259,7 +255,13 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     }
     guard.stop();
     // The strictest setting: no plaintext data key kept between signatures.
-    let rsa = if args.dek_off_in_flight.is_empty() {
+    let dek_off: Vec<usize> = args
+        .dek_off_in_flight
+        .iter()
+        .copied()
+        .filter(|&n| n > 0)
+        .collect();
+    let rsa = if dek_off.is_empty() {
         None
     } else {
         let dir_off = dir.path().join("dek-off");
@@ -285,7 +287,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
         let answer = sign_once(&mut conn, &uri, evm_body.clone()).await?;
         payloads::check_evm_answer(&answer, &evm_tx, &key.address)?;
         drop(conn);
-        for &in_flight in &args.dek_off_in_flight {
+        for &in_flight in &dek_off {
             let scenario = Scenario {
                 uri: uri.clone(),
                 body: evm_body.clone(),
