@@ -270,7 +270,9 @@ def main() -> int:
         print(f"\ndemo FAILED: {e}", file=sys.stderr)
         return 1
     print("\ndemo OK: keys created, both signatures verified independently, the policy refused "
-          "the out-of-policy request, the key's address and the attestation document verified.")
+          "the out-of-policy request, only the owner's signature loosened the policy, the "
+          "disabled key refused, the audit chain and receipts, the key's address and the "
+          "attestation document verified.")
     return 0
 
 
