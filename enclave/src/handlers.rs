@@ -452,7 +452,8 @@ async fn change_policy(
     // Opening the record and the MAC keys run on a scrubbed signing thread.
     let staged = workers::signing()?
         .run(move || {
-            drop(open_and_verify(&svc, &dek, &record, &current)?);
+            let (secret, id) = open_and_verify(&svc, &dek, &record, &current)?;
+            drop(secret);
             let (policy_json, version, action) = match next_policy(&record, &current, change) {
                 Ok(next) => next,
                 Err((error, action)) => {
@@ -466,7 +467,6 @@ async fn change_policy(
             let digest = policy_sha256(&policy_json);
             let policy = sealing::mac_policy(&dek, &record, version, policy_json);
             drop(dek);
-            let id = RecordId::of(&record);
             // The version is issued now (the sealed policy leaves the enclave in this
             // answer, committed or not): raise the floor at once, so that no later
             // change can issue a second policy of the same version. Otherwise a host
@@ -890,17 +890,34 @@ fn sign_on_worker(
     policy: &SealedPolicy,
     payload: &SignPayload,
 ) -> Result<ResponseBody, WireError> {
-    let secret = open_and_verify(services, &dek, record, policy)?;
+    let (secret, id) = open_and_verify(services, &dek, record, policy)?;
     drop(dek);
+    // Hashed once each per signature: the payload (record and repeat key) and the
+    // policy (record; cached with its parse).
+    let payload_sha256: [u8; 32] = Sha256::digest(&payload.bytes).into();
+    let parsed = parsed_policy(policy);
+    let policy_digest = match &parsed {
+        Ok((_, digest)) => *digest,
+        Err(_) => policy_sha256(&policy.policy_json),
+    };
     let entry = Entry {
         key_id: Some(record.key_id.clone()),
         payload_kind: Some(payload.kind.as_str()),
-        payload_sha256: Some(Sha256::digest(&payload.bytes).into()),
+        payload_sha256: Some(payload_sha256),
         policy_version: Some(policy.version),
-        policy_sha256: Some(policy_sha256(&policy.policy_json)),
+        policy_sha256: Some(policy_digest),
         rule: None,
     };
-    match decide_and_sign(services, secret, record, policy, payload) {
+    let signed = decide_and_sign(
+        services,
+        secret,
+        record,
+        id,
+        parsed.map(|(p, _)| p),
+        payload,
+        payload_sha256,
+    );
+    match signed {
         Ok(output) => {
             let audit = audit.append(AuditAction::Sign, AuditDecision::Allowed, entry)?;
             Ok(ResponseBody::Signed { output, audit })
@@ -926,13 +943,15 @@ fn decide_and_sign(
     services: &Services,
     secret: Zeroizing<Vec<u8>>,
     record: &SealedKeyRecord,
-    policy: &SealedPolicy,
+    id: RecordId,
+    policy: Result<Arc<Policy>, WireError>,
     payload: &SignPayload,
+    payload_sha256: [u8; 32],
 ) -> Result<SignOutput, WireError> {
     if services.durable.is_stopped() {
         return Err(WireError::StoreStopped);
     }
-    let policy = parsed_policy(policy)?;
+    let policy = policy?;
     if !policy.enabled() {
         return Err(WireError::KeyDisabled);
     }
@@ -947,27 +966,25 @@ fn decide_and_sign(
     let approval = policy.evaluate(&decoded, &identity, now).map_err(denied)?;
     // Rolling limits: held before signing, so that concurrent requests cannot together
     // pass a cap; the same payload signed again within its windows counts once.
-    let id = RecordId::of(record);
-    let payload_sha256 = repeat_key(payload);
+    let repeat = repeat_key(payload.kind, &payload_sha256);
     let (charges, rate) = window_charges(&approval);
     let longest = charges.iter().map(|c| c.window_secs).max().unwrap_or(0);
-    let reservation =
-        if charges.is_empty() || services.limits.already_signed(id, payload_sha256, now) {
-            None
-        } else {
-            Some(
-                services
-                    .limits
-                    .reserve(id, &charges, rate, now)
-                    .map_err(window_full)?,
-            )
-        };
+    let reservation = if charges.is_empty() || services.limits.already_signed(id, repeat, now) {
+        None
+    } else {
+        Some(
+            services
+                .limits
+                .reserve(id, &charges, rate, now)
+                .map_err(window_full)?,
+        )
+    };
     match sign_decoded(&decoded, secret, record) {
         Ok(output) => {
             if let Some(r) = reservation {
                 services
                     .limits
-                    .commit_signed(r, id, payload_sha256, longest, now_secs());
+                    .commit_signed(r, id, repeat, longest, now_secs());
             }
             Ok(output)
         }
@@ -988,25 +1005,27 @@ fn decide_and_sign(
 static PARSED_POLICIES: std::sync::LazyLock<std::sync::Mutex<ParsedPolicies>> =
     std::sync::LazyLock::new(Default::default);
 
-/// MAC → (the document's bytes, its parse).
-type ParsedPolicies = std::collections::HashMap<[u8; 32], (String, Arc<Policy>)>;
+/// MAC → (the document's bytes, its parse, its SHA-256 for the audit record).
+type ParsedPolicies = std::collections::HashMap<[u8; 32], (String, Arc<Policy>, [u8; 32])>;
 
 /// Most parsed policies kept (a few hundred bytes to a few KiB each).
 const MAX_PARSED_POLICIES: usize = 4096;
 
-/// `policy` parsed, from [`PARSED_POLICIES`] when there (its MAC already verified).
-fn parsed_policy(policy: &SealedPolicy) -> Result<Arc<Policy>, WireError> {
+/// `policy` parsed, and the SHA-256 of its document, from [`PARSED_POLICIES`] when
+/// there (its MAC already verified).
+fn parsed_policy(policy: &SealedPolicy) -> Result<(Arc<Policy>, [u8; 32]), WireError> {
     let lock = || {
         PARSED_POLICIES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
-    if let Some((json, parsed)) = lock().get(&policy.mac) {
+    if let Some((json, parsed, digest)) = lock().get(&policy.mac) {
         if *json == policy.policy_json {
-            return Ok(Arc::clone(parsed));
+            return Ok((Arc::clone(parsed), *digest));
         }
     }
     let parsed = Arc::new(Policy::parse(&policy.policy_json).map_err(policy_error)?);
+    let digest = policy_sha256(&policy.policy_json);
     let mut cache = lock();
     if cache.len() >= MAX_PARSED_POLICIES {
         if let Some(k) = cache.keys().next().copied() {
@@ -1015,9 +1034,9 @@ fn parsed_policy(policy: &SealedPolicy) -> Result<Arc<Policy>, WireError> {
     }
     cache.insert(
         policy.mac,
-        (policy.policy_json.clone(), Arc::clone(&parsed)),
+        (policy.policy_json.clone(), Arc::clone(&parsed), digest),
     );
-    Ok(parsed)
+    Ok((parsed, digest))
 }
 
 /// What "the same payload signed again counts once" remembers: SHA-256 over the kind
@@ -1025,12 +1044,12 @@ fn parsed_policy(policy: &SealedPolicy) -> Result<Arc<Policy>, WireError> {
 /// payloads (EVM transaction bytes are also a valid `evm_message`, whose signature is a
 /// different one): keyed on the bytes alone, a transaction signed first as a message
 /// (charged one signature) was then taken for a repeat and charged nothing.
-fn repeat_key(payload: &SignPayload) -> [u8; 32] {
-    let kind = payload.kind.as_str().as_bytes();
+fn repeat_key(kind: PayloadKind, payload_sha256: &[u8; 32]) -> [u8; 32] {
+    let kind = kind.as_str().as_bytes();
     let mut h = Sha256::new();
     h.update((kind.len() as u64).to_be_bytes());
     h.update(kind);
-    h.update(&payload.bytes);
+    h.update(payload_sha256);
     h.finalize().into()
 }
 
@@ -1151,21 +1170,22 @@ fn window_full(e: limits::Exceeded) -> WireError {
     }
 }
 
-/// Opens `record`, verifies `policy`'s MAC and that its version is not below the key's
+/// Opens `record` (returning its secret and its [`RecordId`]), verifies `policy`'s MAC and that its version is not below the key's
 /// floor (a rolled-back row); all three failures are the same error.
 fn open_and_verify(
     services: &Services,
     dek: &DataKey,
     record: &SealedKeyRecord,
     policy: &SealedPolicy,
-) -> Result<Zeroizing<Vec<u8>>, WireError> {
+) -> Result<(Zeroizing<Vec<u8>>, RecordId), WireError> {
     let secret = sealing::open(dek, record).map_err(|_| WireError::SealedStateInvalid)?;
     sealing::verify_policy(dek, record, policy).map_err(|_| WireError::SealedStateInvalid)?;
+    let id = RecordId::of(record);
     services
         .policy_floors
-        .check_and_raise(RecordId::of(record), policy.version)
+        .check_and_raise(id, policy.version)
         .map_err(|_| WireError::SealedStateInvalid)?;
-    Ok(secret)
+    Ok((secret, id))
 }
 
 /// A record sealed under another keyring or epoch than the one sent with it cannot open;
@@ -1287,11 +1307,13 @@ mod tests {
             mac: [mac; 32],
         };
         let a = sealed(r#"{"enabled":true}"#, 0xa1);
-        let first = parsed_policy(&a).unwrap();
-        assert!(Arc::ptr_eq(&first, &parsed_policy(&a).unwrap()));
+        let (first, digest) = parsed_policy(&a).unwrap();
+        assert_eq!(digest, policy_sha256(&a.policy_json));
+        assert!(Arc::ptr_eq(&first, &parsed_policy(&a).unwrap().0));
         // The same MAC with other bytes is parsed on its own, never served A's parse.
         let b = sealed(r#"{"enabled":false}"#, 0xa1);
-        let other = parsed_policy(&b).unwrap();
+        let (other, other_digest) = parsed_policy(&b).unwrap();
+        assert_eq!(other_digest, policy_sha256(&b.policy_json));
         assert!(first.enabled() && !other.enabled());
         assert!(matches!(
             parsed_policy(&sealed("{", 0xa1)),
@@ -1301,18 +1323,19 @@ mod tests {
 
     #[test]
     fn a_repeat_is_the_same_kind_and_bytes() {
-        let payload = |kind, bytes: &[u8]| SignPayload {
-            kind,
-            bytes: bytes.to_vec(),
-        };
-        let tx = [0x02, 0xc0];
+        let tx: [u8; 32] = Sha256::digest([0x02, 0xc0]).into();
+        let other: [u8; 32] = Sha256::digest([0x02, 0xc1]).into();
         assert_eq!(
-            repeat_key(&payload(PayloadKind::EvmTransaction, &tx)),
-            repeat_key(&payload(PayloadKind::EvmTransaction, &tx))
+            repeat_key(PayloadKind::EvmTransaction, &tx),
+            repeat_key(PayloadKind::EvmTransaction, &tx)
         );
         assert_ne!(
-            repeat_key(&payload(PayloadKind::EvmTransaction, &tx)),
-            repeat_key(&payload(PayloadKind::EvmMessage, &tx))
+            repeat_key(PayloadKind::EvmTransaction, &tx),
+            repeat_key(PayloadKind::EvmMessage, &tx)
+        );
+        assert_ne!(
+            repeat_key(PayloadKind::EvmTransaction, &tx),
+            repeat_key(PayloadKind::EvmTransaction, &other)
         );
     }
 
