@@ -37,7 +37,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use ekms_shared::audit::Receipt;
 use ekms_shared::owner::{Owner, OwnerJson};
 use ekms_shared::{
     Algorithm, Mode, PayloadKind, Request as EnclaveRequest, ResponseBody, SignOutput, SignPayload,
@@ -348,8 +347,7 @@ async fn create_key(
         .await?;
     // The creation's audit record is stored before anything else; its receipt goes
     // back with the key (the record names the initial policy's SHA-256).
-    let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
-    let receipt = audit.as_ref().map(receipt_of).transpose()?;
+    let (answer, receipt) = Journal::new(state.store.clone()).record(answer).await?;
     let ResponseBody::KeyGenerated {
         record,
         policy,
@@ -417,14 +415,6 @@ async fn create_key(
         );
     }
     Ok((StatusCode::CREATED, Json(out)).into_response())
-}
-
-/// The receipt of a stored audit record.
-fn receipt_of(record: &ekms_shared::audit::SignedAuditRecord) -> Result<Receipt, Error> {
-    let seq = serde_json::from_str::<ekms_shared::audit::AuditRecord>(&record.record)
-        .map_err(|_| Error::UnexpectedResponse("audit record"))?
-        .seq;
-    Ok(Receipt::of(record, seq))
 }
 
 /// The owner as the API shows it: `null`, the JSON form
@@ -662,12 +652,8 @@ async fn sign(
         }
     };
     // The decision's audit record is stored first: no signature leaves without it.
-    let (answer, audit) = Journal::new(state.store.clone()).record(answer).await?;
-    let receipt = audit
-        .as_ref()
-        .map(receipt_of)
-        .transpose()?
-        .ok_or(Error::UnexpectedResponse("Sign"))?;
+    let (answer, receipt) = Journal::new(state.store.clone()).record(answer).await?;
+    let receipt = receipt.ok_or(Error::UnexpectedResponse("Sign"))?;
     let output = match answer {
         ResponseBody::Signed { output, .. } => output,
         _ => return Err(Error::UnexpectedResponse("Sign").into()),

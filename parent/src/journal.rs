@@ -17,7 +17,7 @@
 //! at `Restore`, and `ekms audit verify` checks the chain. Rows are written, never
 //! updated: an audit record's `seq` is its primary key.
 
-use ekms_shared::audit::{AuditRecord, SignedAuditRecord, MAX_AUDIT_RECORD_LEN};
+use ekms_shared::audit::{AuditRecord, Receipt, SignedAuditRecord, MAX_AUDIT_RECORD_LEN};
 use ekms_shared::{Request, ResponseBody, SealedCheckpoint, SealedPolicy};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -282,9 +282,10 @@ impl Journal {
             .await
     }
 
-    /// Stores the audit record of a decision and unwraps it: `Signed`'s output (as
-    /// `Ok(body)`, record stored) or `Refused`'s error (as `Err`, record stored). Other
-    /// answers pass through.
+    /// Stores the audit record of a decision and unwraps it: `Signed`'s and
+    /// `KeyGenerated`'s answer with the record's receipt (record stored; its `seq` read
+    /// once, when stored) or `Refused`'s error (as `Err`, record stored). Other answers
+    /// pass through without a receipt.
     ///
     /// # Errors
     /// The refusal's [`WireError`] as [`Error::Enclave`]; a storage error (then the
@@ -292,7 +293,7 @@ impl Journal {
     pub async fn record(
         &self,
         answer: ResponseBody,
-    ) -> Result<(ResponseBody, Option<SignedAuditRecord>), Error> {
+    ) -> Result<(ResponseBody, Option<Receipt>), Error> {
         match answer {
             ResponseBody::Refused { error, audit } => {
                 self.store_record(&audit).await?;
@@ -300,9 +301,9 @@ impl Journal {
             }
             ResponseBody::Signed { ref audit, .. }
             | ResponseBody::KeyGenerated { ref audit, .. } => {
-                let audit = audit.clone();
-                self.store_record(&audit).await?;
-                Ok((answer, Some(audit)))
+                let seq = self.store_record(audit).await?;
+                let receipt = Receipt::of(audit, seq);
+                Ok((answer, Some(receipt)))
             }
             other => Ok((other, None)),
         }
