@@ -20,7 +20,7 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= $(SYSCONFDIR)/systemd/system
 LINT_VENV := $(CURDIR)/.venv-lint
 
-.PHONY: all build test test-rust test-e2e test-ts lint lint-deploy fmt demo sim bench fuzz eif \
+.PHONY: all build test test-rust test-e2e test-ts ts-client examples lint lint-deploy fmt demo sim bench fuzz eif \
         check-kms-key-arn check-base-images install install-units reproducible-check venv clean-sim
 
 all: build
@@ -46,14 +46,29 @@ test-rust: build
 	$(CARGO) test --locked -p attestation
 	$(CARGO) check --locked -p ekms-enclave --no-default-features --bins
 
-test-e2e: build venv
+# e2e/test_examples.py runs `make examples`' runner (the TypeScript client built first).
+test-e2e: build venv ts-client
 	cd e2e && EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/pytest -q
 
 # The TypeScript client (clients/typescript, issue 11): installed from npm as the
 # lockfile pins it, built with tsc, tested with `node --test` against a real `ekms sim`.
 # Needs Node.js >= 20.18 and npm.
-test-ts: build
-	cd clients/typescript && npm ci --no-audit --no-fund && npm run build && EKMS_BIN_DIR=$(TARGET_DIR)/debug npm test
+test-ts: build ts-client
+	cd clients/typescript && EKMS_BIN_DIR=$(TARGET_DIR)/debug npm test
+
+# The TypeScript client installed as its lockfile pins it and built (dist/, dist-test/):
+# what test-ts tests and the examples install.
+ts-client:
+	cd clients/typescript && npm ci --no-audit --no-fund && npm run build
+
+# The example bots (examples/, issue 11): a keeper bot with viem and the same with web3.py
+# (an EIP-1559 contract call and a Flashbots signature), and an SPL token transfer with
+# @solana/kit. Installs each TypeScript example as its lockfile pins it, starts one `ekms
+# sim` in a temporary directory, creates keys whose policies allow exactly what the bots
+# sign, runs them, verifies their output with eth-account and solders, checks the README's
+# "Use it from your code" lines against them, and stops the sim. Needs Node.js and npm.
+examples: build venv ts-client
+	EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/python examples/run_examples.py
 
 # Python environment for the interop tests and the demo (packages from PyPI, pinned).
 venv: $(VENV)/.installed

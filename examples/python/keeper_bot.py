@@ -17,11 +17,12 @@ from its node. Prints what it would send.
 docs/POLICY.md, "A keeper bot".
 """
 
-import json
 import os
 import sys
 
 # README:begin keeper-bot-py-imports
+import json
+
 from eth_account.messages import encode_defunct
 from web3 import Web3
 

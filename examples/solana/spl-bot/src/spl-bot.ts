@@ -10,6 +10,7 @@
 // (EKMS_TOKEN instead of EKMS_TOKEN_FILE works too.) The key's policy must allow the
 // Token program, this mint and the recipient's token account: docs/POLICY.md, "A Solana bot".
 
+// README:begin spl-bot-imports
 import { EkmsClient } from "@enclave-kms/client";
 import { ekmsSolanaSigner } from "@enclave-kms/client/solana-kit";
 import { findAssociatedTokenPda, getTransferCheckedInstruction, TOKEN_PROGRAM_ADDRESS } from "@solana-program/token";
@@ -25,6 +26,7 @@ import {
   setTransactionMessageLifetimeUsingBlockhash,
   signTransactionMessageWithSigners,
 } from "@solana/kit";
+// README:end spl-bot-imports
 
 /** USDC (6 decimals). */
 const MINT = address("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v");

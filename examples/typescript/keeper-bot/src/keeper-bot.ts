@@ -9,9 +9,11 @@
 // (EKMS_TOKEN instead of EKMS_TOKEN_FILE works too.) The key's policy must allow the call
 // and Flashbots signatures: docs/POLICY.md, "A keeper bot".
 
+// README:begin keeper-bot-ts-imports
 import { EkmsClient } from "@enclave-kms/client";
 import { ekmsAccount } from "@enclave-kms/client/viem";
 import { encodeFunctionData, keccak256, parseAbi, parseGwei, toHex, type Address, type Hex } from "viem";
+// README:end keeper-bot-ts-imports
 
 /** The upkeep contract this bot keeps (Chainlink's `AutomationCompatibleInterface`). */
 const UPKEEP: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
@@ -37,7 +39,7 @@ const tokenFile = env("EKMS_TOKEN_FILE");
 const token = tokenFile === undefined ? required("EKMS_TOKEN") : undefined;
 const keyId = required("EKMS_KEY_ID");
 
-// README:begin keeper-bot
+// README:begin keeper-bot-ts
 const client = new EkmsClient({ socketPath, tokenFile, token });
 const account = await ekmsAccount({ client, keyId });
 
@@ -52,7 +54,7 @@ const body = JSON.stringify({
   jsonrpc: "2.0", id: 1, method: "eth_sendBundle", params: [{ txs: [raw], blockNumber: toHex(blockNumber + 1n) }],
 });
 const flashbotsSignature = `${account.address}:${await account.signMessage({ message: keccak256(toHex(body)) })}`;
-// README:end keeper-bot
+// README:end keeper-bot-ts
 
 console.log(`address: ${account.address}`);
 console.log(`signed transaction: ${raw}`);
