@@ -18,7 +18,9 @@ they print with independent libraries.
 5. verifies each output: eth-account recovers the key's address from the raw transaction
    and from the Flashbots signature over the printed body, the transaction is the
    performUpkeep call, the two keeper bots printed the same bytes; solders verifies the
-   Solana signature over the message and decodes the TransferChecked;
+   Solana signature over the message and decodes the TransferChecked; and the keys refuse
+   a payload one step beyond the bots' (another selector, some value, another message,
+   one more token unit), each with its rule;
 6. checks that the README's "Use it from your code" lines are the examples' lines
    (`README:begin` / `README:end` regions);
 7. stops the sim, whatever happened.
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import rlp
 from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
@@ -61,7 +64,7 @@ EXAMPLES = REPO / "examples"
 CLIENT_TS = REPO / "clients" / "typescript"
 sys.path.insert(0, str(REPO / "e2e"))
 
-from ekms_e2e import Client, Sim  # noqa: E402
+from ekms_e2e import Client, Sim, evm_eip1559  # noqa: E402
 
 #: Seconds the sim may take to become healthy ($EKMS_E2E_START_TIMEOUT, as in e2e/).
 START_TIMEOUT = float(os.environ.get("EKMS_E2E_START_TIMEOUT", "90"))
@@ -334,7 +337,36 @@ def run_examples(sim: Sim, workdir: Path, log=print) -> dict[str, dict[str, str]
     ts, py = outputs[KEEPER_TS.name], outputs["keeper_bot.py (Python, web3.py)"]
     check(ts == py, f"the TypeScript and Python keeper bots printed different things:\n{ts}\n{py}")
     log("   the TypeScript and Python keeper bots signed the same bytes")
+    check_refusals(admin, keeper, spl, outputs[SPL_TS.name])
+    log("   one step beyond (another selector, some value, another message, one more token unit): refused")
     return outputs
+
+
+def check_refusals(admin: Client, keeper: dict, spl: dict, spl_out: dict[str, str]) -> None:
+    """The policies allow exactly the bots' payloads: one step beyond is refused."""
+    call = PERFORM_UPKEEP + abi_encode(["bytes"], [PERFORM_DATA])
+    tx = dict(nonce=7, gas=KEEPER_GAS, max_fee=KEEPER_MAX_FEE_PER_GAS, max_priority_fee=2 * 10**9)
+    msg = VersionedTransaction.from_bytes(base64.b64decode(spl_out["signed transaction (base64)"])).message
+    amount = SPL_AMOUNT.to_bytes(8, "little")
+    message = to_bytes_versioned(msg)
+    check(message.count(amount) == 1, "spl bot: the amount is not found once in the message")
+    cases = [
+        (keeper, "evm_transaction", "0x" + evm_eip1559(1, UPKEEP, 0, data=call, **tx).hex(), None),
+        (keeper, "evm_transaction", "0x" + evm_eip1559(1, UPKEEP, 1, data=call, **tx).hex(), "evm.max_value_wei"),
+        (keeper, "evm_transaction", "0x" + evm_eip1559(1, UPKEEP, 0, data=keccak(text="checkUpkeep(bytes)")[:4]
+                                                       + call[4:], **tx).hex(), "evm.function_selectors"),
+        (keeper, "evm_message", "0x" + b"hello".hex(), "evm.messages"),
+        (spl, "solana_transaction", base64.b64encode(message).decode(), None),
+        (spl, "solana_transaction",
+         base64.b64encode(message.replace(amount, (SPL_AMOUNT + 1).to_bytes(8, "little"))).decode(),
+         "solana.spl_tokens.max_per_tx"),
+    ]
+    for key, kind, payload, rule in cases:
+        r = admin.sign(key["key_id"], kind, payload)
+        if rule is None:
+            check(r.status == 200, f"the bots' own payload ({kind}) refused: {r}")
+        else:
+            check(r.status == 403 and r.error.get("rule") == rule, f"expected a refusal by {rule}: {r}")
 
 
 def main(argv: list[str] | None = None) -> int:
