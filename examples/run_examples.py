@@ -372,7 +372,13 @@ def check_refusals(admin: Client, keeper: dict, spl: dict, spl_out: dict[str, st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (sim state, logs)")
+    parser.add_argument("--write-policies", metavar="DIR", type=Path,
+                        help="only write the keys' policies to DIR/keeper-policy.json and DIR/spl-policy.json")
     args = parser.parse_args(argv)
+    if args.write_policies:
+        for name, policy in (("keeper-policy.json", KEEPER_POLICY), ("spl-policy.json", SPL_POLICY)):
+            (args.write_policies / name).write_text(json.dumps(policy, indent=2) + "\n")
+        return 0
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ekms-examples-"))
     sim = Sim(workdir / "state")

@@ -14,7 +14,8 @@ from its node. Prints what it would send.
 
 (EKMS_TOKEN instead of EKMS_TOKEN_FILE works too.) Needs web3 and ekms_client
 (`make venv`). The key's policy must allow the call and Flashbots signatures:
-docs/POLICY.md, "A keeper bot".
+`examples/run_examples.py --write-policies DIR` writes one (keeper-policy.json;
+docs/POLICY.md explains it).
 """
 
 import os

@@ -8,7 +8,8 @@
 //   EKMS_SOCKET=<state-dir>/ekms.sock EKMS_TOKEN_FILE=bot.token EKMS_SOLANA_KEY_ID=<key id> npm start
 //
 // (EKMS_TOKEN instead of EKMS_TOKEN_FILE works too.) The key's policy must allow the
-// Token program, this mint and the recipient's token account: docs/POLICY.md, "A Solana bot".
+// Token program, this mint and the recipient's token account: `examples/run_examples.py
+// --write-policies DIR` writes one (spl-policy.json; docs/POLICY.md explains it).
 
 // README:begin spl-bot-imports
 import { EkmsClient } from "@enclave-kms/client";
@@ -36,21 +37,11 @@ const RECIPIENT = address("GgBaCs3NCBuZN12kCJgAW63ydqohFkHEdfdEXBPzLHq1");
 // From the node, in a real bot (getLatestBlockhash).
 const latestBlockhash = { blockhash: blockhash("EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG"), lastValidBlockHeight: 300_000_000n };
 
-function env(name: string): string | undefined {
-  const v = process.env[name];
-  return v === undefined || v === "" ? undefined : v;
+const { EKMS_SOCKET: socketPath, EKMS_TOKEN_FILE: tokenFile, EKMS_SOLANA_KEY_ID: keyId } = process.env;
+const token = tokenFile ? undefined : process.env["EKMS_TOKEN"];
+if (!socketPath || !keyId || !(tokenFile || token)) {
+  throw new Error("set EKMS_SOCKET, EKMS_SOLANA_KEY_ID and EKMS_TOKEN_FILE (or EKMS_TOKEN): see the top of this file");
 }
-
-function required(name: string): string {
-  const v = env(name);
-  if (v === undefined) throw new Error(`set ${name} (see the top of this file)`);
-  return v;
-}
-
-const socketPath = required("EKMS_SOCKET");
-const tokenFile = env("EKMS_TOKEN_FILE");
-const token = tokenFile === undefined ? required("EKMS_TOKEN") : undefined;
-const keyId = required("EKMS_SOLANA_KEY_ID");
 
 // README:begin spl-bot
 const client = new EkmsClient({ socketPath, tokenFile, token });

@@ -7,7 +7,8 @@
 //   EKMS_SOCKET=<state-dir>/ekms.sock EKMS_TOKEN_FILE=bot.token EKMS_KEY_ID=<key id> npm start
 //
 // (EKMS_TOKEN instead of EKMS_TOKEN_FILE works too.) The key's policy must allow the call
-// and Flashbots signatures: docs/POLICY.md, "A keeper bot".
+// and Flashbots signatures: `examples/run_examples.py --write-policies DIR` writes one
+// (keeper-policy.json; docs/POLICY.md explains it).
 
 // README:begin keeper-bot-ts-imports
 import { EkmsClient } from "@enclave-kms/client";
@@ -23,21 +24,11 @@ const nonce = 7;
 const blockNumber = 21_000_000n;
 const performData: Hex = "0x000000000000000000000000000000000000000000000000000000000000002a";
 
-function env(name: string): string | undefined {
-  const v = process.env[name];
-  return v === undefined || v === "" ? undefined : v;
+const { EKMS_SOCKET: socketPath, EKMS_TOKEN_FILE: tokenFile, EKMS_KEY_ID: keyId } = process.env;
+const token = tokenFile ? undefined : process.env["EKMS_TOKEN"];
+if (!socketPath || !keyId || !(tokenFile || token)) {
+  throw new Error("set EKMS_SOCKET, EKMS_KEY_ID and EKMS_TOKEN_FILE (or EKMS_TOKEN): see the top of this file");
 }
-
-function required(name: string): string {
-  const v = env(name);
-  if (v === undefined) throw new Error(`set ${name} (see the top of this file)`);
-  return v;
-}
-
-const socketPath = required("EKMS_SOCKET");
-const tokenFile = env("EKMS_TOKEN_FILE");
-const token = tokenFile === undefined ? required("EKMS_TOKEN") : undefined;
-const keyId = required("EKMS_KEY_ID");
 
 // README:begin keeper-bot-ts
 const client = new EkmsClient({ socketPath, tokenFile, token });
