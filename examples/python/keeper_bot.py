@@ -47,6 +47,8 @@ try:
 except KeyError as e:
     sys.exit(f"set {e.args[0]} (see the top of this file)")
 token_file = os.environ.get("EKMS_TOKEN_FILE")  # None: EkmsClient uses $EKMS_TOKEN
+if token_file is None and not os.environ.get("EKMS_TOKEN"):
+    sys.exit("set EKMS_TOKEN_FILE or EKMS_TOKEN (see the top of this file)")
 w3 = Web3()  # no provider needed: nothing here asks a node
 
 # README:begin keeper-bot-py
