@@ -19,10 +19,11 @@
 //!
 //! Rule for maintainers: every route but `GET /v1/health` takes a [`Caller`] as its
 //! *first* extractor (so nothing, not even the body, is read for an unauthenticated
-//! request) and calls [`Caller::require`] before doing anything:
+//! request) and passes it to the service layer, whose every operation starts with
+//! [`Caller::require`] (so REST, JSON-RPC and tools get the same checks):
 //! ```ignore
 //! async fn handler(caller: Caller, State(state): State<AppState>, …) -> Result<Response, ApiError> {
-//!     caller.require(Scope::Sign, Some(&key_id))?;
+//!     let signed = state.service.sign(&caller, request).await?;
 //! ```
 
 use std::io::Read as _;
@@ -38,8 +39,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use crate::api::AppState;
-use crate::error::{ApiError, Error};
+use crate::api::{ApiError, AppState};
+use crate::error::Error;
 use crate::store::{Store, TokenRow};
 
 /// Prefix of every token (it makes a leaked token easy to recognise and grep for).
@@ -160,6 +161,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A valid token without the scope (or key) an operation needs: why, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
 /// The authenticated caller of a request: a stored, unexpired token. Extract it first
 /// in every protected handler and call [`Caller::require`].
 #[derive(Debug, Clone)]
@@ -183,10 +189,10 @@ impl Caller {
     /// limited to listed keys (and is not `admin`), that `key_id` is one of them.
     ///
     /// # Errors
-    /// 403 `forbidden` otherwise.
-    pub fn require(&self, scope: Scope, key_id: Option<&str>) -> Result<(), ApiError> {
+    /// [`Forbidden`] otherwise (403 `forbidden`).
+    pub fn require(&self, scope: Scope, key_id: Option<&str>) -> Result<(), Forbidden> {
         if !self.has(scope) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Forbidden(format!(
                 "this token does not have the scope {}",
                 scope.as_str()
             )));
@@ -196,9 +202,7 @@ impl Caller {
         }
         if let (Some(id), Some(allowed)) = (key_id, &self.row.key_ids) {
             if !allowed.iter().any(|k| k == id) {
-                return Err(ApiError::forbidden(format!(
-                    "this token may not use key {id}"
-                )));
+                return Err(Forbidden(format!("this token may not use key {id}")));
             }
         }
         Ok(())
@@ -266,7 +270,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        authenticate(&parts.headers, &state.store)
+        authenticate(&parts.headers, state.service.store())
             .await
             .map_err(|e| {
                 let challenge = e.status == axum::http::StatusCode::UNAUTHORIZED;
@@ -454,7 +458,11 @@ mod tests {
             (Scope::Admin, None),
         ] {
             let e = c.require(scope, key).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "forbidden"));
+            let e = crate::api::ApiError::from(e);
+            assert_eq!(
+                (e.status, e.code.as_str()),
+                (StatusCode::FORBIDDEN, "forbidden")
+            );
         }
         // An unknown stored scope name grants nothing.
         let odd = Caller::from_row(Arc::new(row("everything", None, None)));
@@ -509,7 +517,7 @@ mod tests {
         for h in cases {
             let e = authenticate(&h, &store).await.unwrap_err();
             assert_eq!(
-                (e.status, e.code),
+                (e.status, e.code.as_str()),
                 (StatusCode::UNAUTHORIZED, "unauthenticated"),
                 "{h:?}"
             );

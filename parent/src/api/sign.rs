@@ -1,0 +1,119 @@
+//! `POST /v1/keys/{key_id}/sign` `{"kind","payload"}`: decodes the payload from its
+//! text form ([`format::payload_bytes`]), calls [`crate::service::Service::sign`] and
+//! formats the signature: EVM transactions `{"signature":{"r","s","y_parity","v"},
+//! "signed_transaction","transaction_hash"}`; EVM messages, typed data and digests
+//! `{"signature" (65 bytes r‖s‖v),"r","s","v","y_parity","digest"}`; Solana
+//! transactions `{"signature","signed_transaction"}`; Solana off-chain messages
+//! `{"signature"}`; each with the audit `"receipt"`.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ekms_shared::{PayloadKind, SignOutput, SignPayload};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::{key_id, JsonBody};
+use super::{ApiCode, ApiError, AppState};
+use crate::auth::Caller;
+use crate::format;
+use crate::service::sign::SignRequest;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignBody {
+    kind: String,
+    /// A string (hex, base64 or, for `evm_typed_data`, the JSON text) or, for
+    /// `evm_typed_data` only, the JSON object itself.
+    payload: Value,
+}
+
+/// `POST /v1/keys/{key_id}/sign`.
+pub(crate) async fn sign(
+    caller: Caller,
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<SignBody>,
+) -> Result<Response, ApiError> {
+    let key_id = key_id(path)?;
+    let kind = PayloadKind::parse(&body.kind).ok_or_else(|| {
+        ApiError::new(
+            ApiCode::UnknownKind,
+            format!(
+                "kind {:?}: expected one of {}",
+                body.kind,
+                PayloadKind::ALL.map(PayloadKind::as_str).join(", ")
+            ),
+        )
+    })?;
+    let bytes = format::payload_bytes(kind, &body.payload)
+        .ok_or_else(|| ApiError::new(ApiCode::InvalidPayload, format::payload_shape(kind)))?;
+    let signed = state
+        .service
+        .sign(
+            &caller,
+            SignRequest {
+                key_id,
+                payload: SignPayload { kind, bytes },
+            },
+        )
+        .await?;
+    let mut out = output_json(signed.output);
+    out["receipt"] = serde_json::to_value(signed.receipt).map_err(|_| ApiError::internal())?;
+    Ok(Json(out).into_response())
+}
+
+/// The signature as the API shows it (module docs).
+fn output_json(output: SignOutput) -> Value {
+    match output {
+        SignOutput::Evm {
+            r,
+            s,
+            y_parity,
+            v,
+            signed_transaction,
+            transaction_hash,
+        } => json!({
+            "signature": {
+                "r": format::to_0x_hex(&r),
+                "s": format::to_0x_hex(&s),
+                "y_parity": y_parity,
+                "v": v,
+            },
+            "signed_transaction": format::to_0x_hex(&signed_transaction),
+            "transaction_hash": format::to_0x_hex(&transaction_hash),
+        }),
+        SignOutput::Solana {
+            signature,
+            signed_transaction,
+        } => json!({
+            "signature": format::to_base58(&signature),
+            "signed_transaction": format::to_base64(&signed_transaction),
+        }),
+        SignOutput::EvmDigest {
+            digest,
+            r,
+            s,
+            y_parity,
+        } => {
+            // `eth_sign`'s 65 bytes: r || s || v with v = 27 + parity.
+            let v = 27 + y_parity;
+            let mut rsv = Vec::with_capacity(65);
+            rsv.extend_from_slice(&r);
+            rsv.extend_from_slice(&s);
+            rsv.push(v);
+            json!({
+                "signature": format::to_0x_hex(&rsv),
+                "r": format::to_0x_hex(&r),
+                "s": format::to_0x_hex(&s),
+                "v": v,
+                "y_parity": y_parity,
+                "digest": format::to_0x_hex(&digest),
+            })
+        }
+        SignOutput::SolanaMessage { signature } => {
+            json!({ "signature": format::to_base58(&signature) })
+        }
+    }
+}
