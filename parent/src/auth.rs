@@ -6,7 +6,7 @@
 //! start ([`ensure_admin_token`]) — and stored only as its SHA-256 ([`token_hash`]),
 //! with a separate, non-secret `token_id` (32 hex digits). Callers present it as
 //! `Authorization: Bearer <token>`; the parent hashes it, looks the hash up (an
-//! indexed column, cached in memory by [`Store::token_by_hash`]) and compares the
+//! indexed column, cached in memory by [`KeyStore::token_by_hash`]) and compares the
 //! stored hash in constant time.
 //!
 //! Scopes ([`Scope`]): `sign` (optionally limited to listed key ids), `keys:create`,
@@ -41,7 +41,7 @@ use zeroize::Zeroizing;
 
 use crate::api::{ApiError, AppState};
 use crate::error::Error;
-use crate::store::{Store, TokenRow};
+use crate::store::{KeyStore, StoreError, TokenRow};
 
 /// Prefix of every token (it makes a leaked token easy to recognise and grep for).
 pub const TOKEN_PREFIX: &str = "ekms_";
@@ -228,7 +228,7 @@ impl Caller {
 /// # Errors
 /// 401 `unauthenticated` for no token, a malformed header, or a token that is unknown,
 /// revoked or expired; the store's errors (500).
-pub async fn authenticate(headers: &HeaderMap, store: &Store) -> Result<Caller, ApiError> {
+pub async fn authenticate(headers: &HeaderMap, store: &dyn KeyStore) -> Result<Caller, ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(ApiError::unauthenticated(
@@ -249,11 +249,11 @@ pub async fn authenticate(headers: &HeaderMap, store: &Store) -> Result<Caller, 
     let row = match store.token_by_hash(hash).await {
         Ok(Some(row)) => row,
         Ok(None) => return Err(invalid()),
-        Err(Error::StoreCorrupt(detail)) => {
+        Err(StoreError::Corrupt(detail)) => {
             tracing::warn!(%detail, "stored token row is invalid");
             return Err(invalid());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::from(e).into()),
     };
     // The row was found by this hash; compared again, in constant time, all the same.
     if !bool::from(row.token_hash.ct_eq(&hash)) {
@@ -270,7 +270,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        authenticate(&parts.headers, state.service.store())
+        authenticate(&parts.headers, state.service.store().as_ref())
             .await
             .map_err(|e| {
                 let challenge = e.status == axum::http::StatusCode::UNAUTHORIZED;
@@ -293,7 +293,7 @@ impl FromRequestParts<AppState> for Caller {
 ///
 /// # Errors
 /// [`Error::Io`] reading or writing the file; the store's errors.
-pub async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error> {
+pub async fn ensure_admin_token(store: &dyn KeyStore, path: &Path) -> Result<(), Error> {
     if let Some(existing) = read_token_file(path)? {
         let kept = match store.token_by_hash(token_hash(&existing)).await {
             Ok(Some(row)) => {
@@ -302,8 +302,8 @@ pub async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error>
                 caller.scopes & Scope::Admin.bit() != 0
                     && caller.row.expires_at_ms.is_none_or(|t| t > now)
             }
-            Ok(None) | Err(Error::StoreCorrupt(_)) => false,
-            Err(e) => return Err(e),
+            Ok(None) | Err(StoreError::Corrupt(_)) => false,
+            Err(e) => return Err(e.into()),
         };
         if kept {
             return crate::io::restrict_file(path);
@@ -359,6 +359,7 @@ fn read_token_file(path: &Path) -> Result<Option<Zeroizing<String>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore as Store;
     use axum::http::StatusCode;
 
     fn row(scopes: &str, key_ids: Option<&[&str]>, expires_at_ms: Option<i64>) -> TokenRow {

@@ -1,5 +1,5 @@
 //! [`Error`]: the error of the parent's crate boundary (configuration, I/O, key store,
-//! relay, enclave). What the application API answers is [`crate::api::ApiError`]; what
+//! relay, enclave); the key store's own errors ([`crate::store::StoreError`]) map into it. What the application API answers is [`crate::api::ApiError`]; what
 //! the service layer answers is [`crate::service::ServiceError`].
 //!
 //! Messages carry no secrets (credentials never reach an error).
@@ -23,9 +23,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// SQLite failed (open, schema, query, commit).
-    #[error("key store: {0}")]
-    Store(#[from] rusqlite::Error),
+    /// The key store failed (open, schema, query, commit); its row-level refusals
+    /// come as the variants below.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
     /// A stored row does not decode or contradicts itself (the database was changed
     /// outside the parent): the key cannot be used.
     #[error("key store row is invalid: {0}")]
@@ -65,6 +66,20 @@ pub enum Error {
     /// A blocking task panicked or was cancelled (a bug).
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as S;
+        match e {
+            S::Corrupt(detail) => Error::StoreCorrupt(detail),
+            S::PolicyConflict { expected } => Error::PolicyConflict { expected },
+            S::AlreadyExists(what) => Error::AlreadyExists(what),
+            S::TooManyTokens(max) => Error::TooManyTokens(max),
+            S::Schema(message) => Error::Config(message),
+            other => Error::Store(other),
+        }
+    }
 }
 
 impl Error {

@@ -28,7 +28,6 @@ pub mod error;
 pub mod format;
 pub mod identity;
 pub mod io;
-pub mod journal;
 pub mod relay;
 pub mod service;
 pub mod store;
@@ -44,7 +43,7 @@ pub use config::{Config, CredentialsConfig, ListenAddr};
 pub use error::Error;
 pub use relay::{Relay, RelayConfig};
 pub use service::Service;
-pub use store::Store;
+pub use store::{KeyStore, SqliteStore};
 
 use crate::io::{AppListener, ServeLimits};
 
@@ -52,7 +51,7 @@ use crate::io::{AppListener, ServeLimits};
 #[derive(Debug)]
 pub struct Server {
     config: Config,
-    store: Store,
+    store: SqliteStore,
     listener: AppListener,
 }
 
@@ -73,7 +72,7 @@ impl Server {
         // file is made 0600 before SQLite opens (and writes the schema into the WAL);
         // files of an earlier run are restricted too.
         io::create_private_file(&config.db)?;
-        let store = Store::open(&config.db)?;
+        let store = SqliteStore::open(&config.db)?;
         for suffix in ["-wal", "-shm"] {
             let mut side = config.db.clone().into_os_string();
             side.push(suffix);
@@ -142,7 +141,7 @@ impl Server {
                 kms: c.kms.with_credentials(credentials),
                 dek_cache: c.dek_cache,
             },
-            self.store,
+            Arc::new(self.store),
             &c.keyring,
             identity,
         );
@@ -311,7 +310,7 @@ mod tests {
             0o600
         );
         // The key is durable: a new store sees it.
-        let store = Store::open(&dir.path().join("state/ekms.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("state/ekms.db")).unwrap();
         assert_eq!(store.list_keys(10).await.unwrap().len(), 1);
     }
 

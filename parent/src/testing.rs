@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::config::{AwsCredentials, KmsSettings};
 use crate::relay::{Relay, RelayConfig};
 use crate::service::{Bootstrap, Service};
-use crate::store::Store;
+use crate::store::SqliteStore as Store;
 
 /// Compressed secp256k1 generator (public key of private key 1).
 pub const G_COMPRESSED: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
@@ -702,7 +702,7 @@ pub fn authorized(router: axum::Router, token: String) -> axum::Router {
 /// A relay started on `store` with keyring `default` (the service's bootstrap); the
 /// bootstrap too, for its current keyring.
 pub fn start_relay(config: RelayConfig, store: Store) -> (Relay, Arc<Bootstrap>) {
-    let bootstrap = Bootstrap::new(store, "default");
+    let bootstrap = Bootstrap::new(Arc::new(store), "default");
     (Relay::start(config, bootstrap.clone()), bootstrap)
 }
 
@@ -725,7 +725,7 @@ impl Harness {
         let store = Store::open(&dir.path().join("ekms.db")).unwrap();
         let service = Service::start(
             relay_config(&fake.path, connections),
-            store.clone(),
+            Arc::new(store.clone()),
             "default",
             identity_check(),
         );

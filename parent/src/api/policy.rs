@@ -29,7 +29,7 @@ use super::extract::{key_id, policy_json, query_limit, query_pairs, JsonBody};
 use super::{ApiCode, ApiError, AppState};
 use crate::auth::Caller;
 use crate::format;
-use crate::journal::MAX_AUDIT_PAGE;
+use crate::service::journal::MAX_AUDIT_PAGE;
 use crate::service::policy::Proposal;
 
 /// Lifetime of a proposal's authorization when the caller names none (seconds).

@@ -4,7 +4,7 @@
 use super::*;
 use crate::error::SEALED_STATE_INVALID_MESSAGE;
 use crate::format;
-use crate::store::Store;
+use crate::store::SqliteStore as Store;
 use crate::testing::{relay_config, Harness, G_ADDRESS, G_COMPRESSED};
 use axum::body::Body;
 use axum::extract::Request;
@@ -79,7 +79,7 @@ async fn rejects_health_before_ready_and_requests_without_enclave() {
     let store = Store::open_in_memory().unwrap();
     let service = crate::service::Service::start(
         relay_config(&dir.path().join("none.sock"), 1),
-        store.clone(),
+        Arc::new(store.clone()),
         "default",
         crate::testing::identity_check(),
     );

@@ -2,7 +2,7 @@
 //! service's keyring bootstrap, as in production).
 
 use super::*;
-use crate::store::Store;
+use crate::store::SqliteStore as Store;
 use crate::testing::{relay_config, start_relay, wait_ready, FakeEnclave, Harness};
 use ekms_shared::{frame_len, EnclaveState, KeyringRef, FRAME_PREFIX_LEN};
 use ekms_shared::{PayloadKind, SealedKeyRecord, SealedPolicy, SignPayload};

@@ -79,6 +79,12 @@ impl From<Error> for ServiceError {
     }
 }
 
+impl From<crate::store::StoreError> for ServiceError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ServiceError::Parent(e.into())
+    }
+}
+
 impl From<crate::auth::Forbidden> for ServiceError {
     fn from(f: crate::auth::Forbidden) -> Self {
         ServiceError::Forbidden(f.0)

@@ -6,7 +6,7 @@
 //!    its data-key ciphertext durably, once for all connections (an async mutex);
 //! 2. if the enclave is not restored, hand it its durable state (`Restore` with the
 //!    newest stored checkpoint and audit record), store the checkpoint it answers and
-//!    commit it ([`crate::journal`]); one `Restore` at a time from this parent.
+//!    commit it ([`super::journal`]); one `Restore` at a time from this parent.
 //!
 //! Until a connection passed both steps it is not published, so keys are refused until
 //! the restore is committed.
@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use ekms_shared::{KeyringRef, Request, ResponseBody, StatusInfo, WireError};
 
+use super::journal::Journal;
 use crate::error::Error;
-use crate::journal::Journal;
 use crate::relay::{BoxFuture, Relay, Session, SessionInit};
-use crate::store::Store;
+use crate::store::SharedStore;
 
 /// Epoch of a keyring created by the parent (rotation to later epochs is a next step).
 pub const FIRST_EPOCH: u32 = 1;
@@ -27,7 +27,7 @@ pub const FIRST_EPOCH: u32 = 1;
 /// (module docs).
 #[derive(Debug)]
 pub struct Bootstrap {
-    store: Store,
+    store: SharedStore,
     name: String,
     /// The current keyring; the async mutex makes creation happen once.
     current: tokio::sync::Mutex<Option<KeyringRef>>,
@@ -37,7 +37,7 @@ pub struct Bootstrap {
 
 impl Bootstrap {
     /// The bootstrap of keyring `name` kept in `store`.
-    pub fn new(store: Store, name: impl Into<String>) -> Arc<Self> {
+    pub fn new(store: SharedStore, name: impl Into<String>) -> Arc<Self> {
         Arc::new(Bootstrap {
             store,
             name: name.into(),
@@ -118,8 +118,8 @@ impl Bootstrap {
             .await
             .clone()
             .ok_or(Error::UnexpectedResponse("Restore"))?;
-        let checkpoint = journal.latest_checkpoint().await?;
-        let last_audit = journal.latest_record().await?.map(|r| r.signed);
+        let checkpoint = self.store.latest_checkpoint().await?;
+        let last_audit = self.store.latest_audit_record().await?.map(|r| r.signed);
         let request = Request::Restore {
             keyring,
             checkpoint,
@@ -145,7 +145,7 @@ impl Bootstrap {
             return Err(Error::UnexpectedResponse("Restore"));
         }
         let seq = checkpoint.seq;
-        journal.store_checkpoint(checkpoint, None).await?;
+        self.store.store_checkpoint(checkpoint, None).await?;
         let committed = session.call(Request::Commit { seq }).await?;
         journal.committed(committed).await?;
         tracing::info!(checkpoint = seq, "durable state restored");

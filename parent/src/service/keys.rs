@@ -9,11 +9,11 @@ use ekms_shared::audit::Receipt;
 use ekms_shared::{Algorithm, Request as EnclaveRequest, ResponseBody};
 use serde_json::Value;
 
+use super::journal::Journal;
 use super::{Invalid, Service, ServiceError};
 use crate::auth::{Caller, Scope};
 use crate::error::Error;
 use crate::format;
-use crate::journal::Journal;
 use crate::store::{KeySummary, NewKey, StoredStatement};
 
 /// Longest key label, in bytes.

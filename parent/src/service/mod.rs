@@ -26,9 +26,11 @@
 //!
 //! Layout: [`keys`] (create, list, get, statements, lookup by address), [`sign`],
 //! [`policy`] (owner-authorized changes, emergency stop, audit), [`tokens`],
-//! [`keyring`] (the relay's connection bootstrap and `Restore`), [`error`].
+//! [`keyring`] (the relay's connection bootstrap and `Restore`), [`journal`] (the
+//! audit record of each decision, the two phases of each state change), [`error`].
 
 pub mod error;
+pub mod journal;
 pub mod keyring;
 pub mod keys;
 pub mod policy;
@@ -45,13 +47,13 @@ pub use keyring::Bootstrap;
 use crate::auth::Caller;
 use crate::identity::IdentityCheck;
 use crate::relay::{Health, NotReady, Relay, RelayConfig};
-use crate::store::Store;
+use crate::store::SharedStore;
 
 /// The service: cheap to clone (handles only).
 #[derive(Clone, Debug)]
 pub struct Service {
     relay: Relay,
-    store: Store,
+    store: SharedStore,
     identity: Arc<IdentityCheck>,
     keyring: Arc<Bootstrap>,
 }
@@ -72,7 +74,7 @@ impl Service {
     /// keyring `keyring`, [`Bootstrap`]) and returns the service around it.
     pub fn start(
         config: RelayConfig,
-        store: Store,
+        store: SharedStore,
         keyring: &str,
         identity: Arc<IdentityCheck>,
     ) -> Service {
@@ -92,7 +94,7 @@ impl Service {
     }
 
     /// The key store.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &SharedStore {
         &self.store
     }
 

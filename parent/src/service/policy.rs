@@ -16,10 +16,11 @@ use ekms_shared::{
 };
 use ekms_signer::Policy;
 
+use super::journal::{Journal, MAX_AUDIT_PAGE};
 use super::{Invalid, Service, ServiceError};
 use crate::auth::{Caller, Scope};
 use crate::error::Error;
-use crate::journal::{AuditRow, Journal};
+use crate::store::AuditRow;
 
 /// A proposed change: what its owner signs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +259,7 @@ impl Service {
         Ok(())
     }
 
-    /// Up to `limit` (at most [`crate::journal::MAX_AUDIT_PAGE`]) audit records with `seq > after`,
+    /// Up to `limit` (at most [`MAX_AUDIT_PAGE`]) audit records with `seq > after`,
     /// with the documents binding their audit keys.
     ///
     /// # Errors
@@ -270,12 +271,14 @@ impl Service {
         limit: u32,
     ) -> Result<AuditPage, ServiceError> {
         caller.require(Scope::KeysRead, None)?;
-        let journal = Journal::new(self.store.clone());
-        let records = journal.records_after(after, limit).await?;
+        let records = self
+            .store
+            .audit_records_after(after, limit.min(MAX_AUDIT_PAGE))
+            .await?;
         let mut keys: Vec<[u8; 32]> = records.iter().map(|r| r.signed.audit_key).collect();
         keys.sort_unstable();
         keys.dedup();
-        let documents = journal.documents(keys).await?;
+        let documents = self.store.audit_documents(keys).await?;
         Ok(AuditPage { records, documents })
     }
 }

@@ -12,10 +12,10 @@
 use ekms_shared::audit::Receipt;
 use ekms_shared::{Request as EnclaveRequest, ResponseBody, SignOutput, SignPayload, WireError};
 
+use super::journal::Journal;
 use super::{Invalid, Service, ServiceError};
 use crate::auth::{Caller, Scope};
 use crate::error::Error;
-use crate::journal::Journal;
 use crate::store::algorithm_text;
 
 /// What to sign, and with which key.
