@@ -9,8 +9,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use ekms_shared::api::{ErrorBody, ErrorInfo};
 use ekms_shared::{ProtocolError, WireError};
-use serde::Serialize;
 
 use crate::error::{Error, SEALED_STATE_INVALID_MESSAGE};
 use crate::relay::NotReadyCode;
@@ -453,27 +453,13 @@ impl From<WireError> for ApiError {
     }
 }
 
-/// Wire shape of an error body.
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
-}
-
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code.as_str(),
-                message: &self.message,
-                rule: self.rule.as_deref(),
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+                rule: self.rule,
             },
         };
         (self.status, axum::Json(body)).into_response()

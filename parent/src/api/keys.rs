@@ -7,9 +7,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::owner::{Owner, OwnerJson};
+use ekms_shared::api::CreateKeyRequest;
+use ekms_shared::owner::Owner;
 use ekms_shared::Algorithm;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{key_id, policy_json, query_limit, query_pairs, JsonBody};
@@ -25,20 +25,11 @@ pub use crate::service::keys::MAX_LABEL_LEN;
 pub const MAX_LIST_LIMIT: u32 = 1000;
 const DEFAULT_LIST_LIMIT: u32 = 100;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateKeyBody {
-    algorithm: String,
-    label: Option<String>,
-    policy: Option<Value>,
-    owner: Option<OwnerJson>,
-}
-
 /// `POST /v1/keys`.
 pub(crate) async fn create(
     caller: Caller,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<CreateKeyBody>,
+    JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<Response, ApiError> {
     let algorithm = match body.algorithm.as_str() {
         "secp256k1" => Algorithm::Secp256k1,

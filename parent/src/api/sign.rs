@@ -10,8 +10,8 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ekms_shared::api::SignRequest as SignBody;
 use ekms_shared::{PayloadKind, SignOutput, SignPayload};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{key_id, JsonBody};
@@ -19,15 +19,6 @@ use super::{ApiCode, ApiError, AppState};
 use crate::auth::Caller;
 use crate::format;
 use crate::service::sign::SignRequest;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SignBody {
-    kind: String,
-    /// A string (hex, base64 or, for `evm_typed_data`, the JSON text) or, for
-    /// `evm_typed_data` only, the JSON object itself.
-    payload: Value,
-}
 
 /// `POST /v1/keys/{key_id}/sign`.
 pub(crate) async fn sign(

@@ -2,7 +2,7 @@
 //! takes them from a channel, and commits every record that is waiting in **one**
 //! transaction (one `fsync` with `synchronous=FULL`), then wakes each waiter.
 //!
-//! The guarantee of [`crate::journal::Journal::record`] is unchanged: a waiter hears
+//! The guarantee of [`crate::service::journal::Journal::record`] is unchanged: a waiter hears
 //! `Ok` only after the transaction holding its row committed, so no signature leaves
 //! before its audit record is durable. What changes is the price: with 64 signatures in
 //! flight, the records that arrive while one commit is syncing share the next one,

@@ -659,7 +659,7 @@ impl SqliteStore {
 }
 
 /// The compare-and-set of [`SqliteStore::compare_and_set_policy`] inside the caller's
-/// transaction (also used with a checkpoint, [`crate::journal`]).
+/// transaction (also used with a checkpoint, [`crate::service::journal`]).
 ///
 /// # Errors
 /// As [`SqliteStore::compare_and_set_policy`].
@@ -743,7 +743,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let steps: [(i64, &str); 3] = [
         (2, SCHEMA_V2),
         (3, SCHEMA_V3),
-        // Version 4: the enclave's checkpoints and audit chain (crate::journal).
+        // Version 4: the enclave's checkpoints and audit chain (crate::service::journal).
         (4, journal::SCHEMA_JOURNAL),
     ];
     for (to, sql) in steps {
