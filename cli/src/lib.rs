@@ -51,32 +51,13 @@ pub enum Error {
     /// Bad arguments or input files (exit status 2).
     #[error("usage: {0}")]
     Usage(String),
-    /// The API socket could not be reached.
-    #[error("cannot connect to {path}: {source} (is `ekms sim` running? see --socket)")]
-    Connect {
-        /// Socket path.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// HTTP transport failure or deadline.
-    #[error("http: {0}")]
-    Http(String),
+    /// The API socket could not be reached, the exchange failed, or the server refused
+    /// the request (its `error.code`, `message` and `rule`).
+    #[error("{0}{hint}", hint = connect_hint(.0))]
+    Client(ClientError),
     /// The server's answer was not what the API promises.
     #[error("bad response: {0}")]
     BadResponse(String),
-    /// The server refused the request (non-2xx), with its error object.
-    #[error("{code}: {message}{}", rule.as_ref().map(|r| format!(" (rule: {r})")).unwrap_or_default())]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// The server's `error.code`.
-        code: String,
-        /// The server's `error.message`.
-        message: String,
-        /// The policy rule that refused, when the server names one.
-        rule: Option<String>,
-    },
     /// A local file or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -102,28 +83,24 @@ pub enum Error {
     Doctor(String),
 }
 
+/// What `ekms` adds to a connection failure.
+fn connect_hint(e: &ClientError) -> &'static str {
+    if matches!(e, ClientError::Connect { .. }) {
+        " (is `ekms sim` running? see --socket)"
+    } else {
+        ""
+    }
+}
+
 /// The shared client's errors, as `ekms` reports them (a token that is not one is a
 /// usage error).
 impl From<ClientError> for Error {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Connect { path, source } => Error::Connect { path, source },
-            ClientError::Http(m) => Error::Http(m),
-            ClientError::BadResponse(m) => Error::BadResponse(m),
-            ClientError::Api {
-                status,
-                code,
-                message,
-                rule,
-            } => Error::Api {
-                status,
-                code,
-                message,
-                rule,
-            },
             ClientError::InvalidToken(m) => Error::Usage(m),
             ClientError::Io { what, source } => Error::Io { what, source },
-            other => Error::Http(other.to_string()),
+            ClientError::BadResponse(m) => Error::BadResponse(m),
+            other => Error::Client(other),
         }
     }
 }
@@ -336,12 +313,12 @@ mod tests {
     #[test]
     fn usage_errors_exit_2_and_others_1() {
         assert_eq!(Error::Usage("x".into()).exit_code(), 2);
-        let api = Error::Api {
+        let api = Error::Client(ClientError::Api {
             status: 403,
             code: "policy_denied".into(),
             message: "chain 5 is not allowed".into(),
             rule: Some("chain_ids".into()),
-        };
+        });
         assert_eq!(api.exit_code(), 1);
         assert_eq!(
             api.to_string(),
@@ -412,7 +389,10 @@ mod tests {
         ])
         .unwrap();
         let err = rt.block_on(run(cli)).unwrap_err();
-        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Client(ClientError::Connect { .. })),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 1);
     }
 }

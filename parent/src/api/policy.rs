@@ -221,21 +221,29 @@ pub(crate) async fn enable(
 /// `POST /v1/admin/stop`.
 pub(crate) async fn stop(
     caller: Caller,
-    State(state): State<AppState>,
-    JsonBody(_): JsonBody<EmptyBody>,
+    state: State<AppState>,
+    body: JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    state.service.set_stop(&caller, true).await?;
-    Ok(Json(json!({ "stopped": true })).into_response())
+    set_stop(caller, state, body, true).await
 }
 
 /// `POST /v1/admin/resume`.
 pub(crate) async fn resume(
     caller: Caller,
+    state: State<AppState>,
+    body: JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    set_stop(caller, state, body, false).await
+}
+
+async fn set_stop(
+    caller: Caller,
     State(state): State<AppState>,
     JsonBody(_): JsonBody<EmptyBody>,
+    stopped: bool,
 ) -> Result<Response, ApiError> {
-    state.service.set_stop(&caller, false).await?;
-    Ok(Json(json!({ "stopped": false })).into_response())
+    state.service.set_stop(&caller, stopped).await?;
+    Ok(Json(json!({ "stopped": stopped })).into_response())
 }
 
 /// `GET /v1/audit?after=SEQ&limit=N`.

@@ -24,7 +24,7 @@ pub(crate) fn app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Route
 }
 
 /// The router as served: requests carry only the headers a test gives them.
-fn bare_app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
+pub(crate) fn bare_app(h: &Harness, max_body_bytes: usize, in_flight: usize) -> Router {
     router(AppState {
         service: h.service.clone(),
         in_flight: Arc::new(Semaphore::new(in_flight)),

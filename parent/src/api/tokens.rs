@@ -209,15 +209,12 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::router;
     use crate::auth;
     use crate::testing::{token, Harness};
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::header;
     use http_body_util::BodyExt as _;
-    use std::sync::Arc;
-    use std::time::Duration;
     use tower::ServiceExt as _;
 
     const KEY: &str = "6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10";
@@ -225,12 +222,7 @@ mod tests {
 
     /// The router as served (no token added).
     fn app(h: &Harness) -> Router {
-        router(AppState {
-            service: h.service.clone(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
-            read_timeout: Duration::from_secs(2),
-            max_body_bytes: 4096,
-        })
+        crate::api::tests::bare_app(h, 4096, 8)
     }
 
     /// One request with `token` (if any); the status, the JSON body and whether the

@@ -1,6 +1,7 @@
 //! Tests of the SQLite backend beyond the conformance suite: durability, schema
 //! migration, rows edited outside the parent, the caches.
 
+use super::schema::{SCHEMA_V1, SCHEMA_V2};
 use super::*;
 use crate::service::journal::Journal;
 use crate::store::conformance::{self, keyring, new_key, token_row};
