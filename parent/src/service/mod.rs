@@ -35,6 +35,8 @@ pub mod keyring;
 pub mod keys;
 pub mod policy;
 pub mod sign;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 
 use std::sync::Arc;
