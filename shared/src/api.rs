@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::audit::Receipt;
 use crate::owner::OwnerJson;
 
 /// `POST /v1/keys`.
@@ -38,6 +39,92 @@ pub struct SignRequest {
     /// A string (`0x` hex, base64 or, for `evm_typed_data`, the JSON text) or, for
     /// `evm_typed_data` only, the JSON object itself.
     pub payload: Value,
+}
+
+/// The answer of `POST /v1/keys/{key_id}/sign`, by payload kind (untagged: the
+/// fields tell them apart; bytes are `0x` hex for EVM, base58 for Solana signatures
+/// and base64 for Solana transactions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignResponse {
+    /// `evm_transaction`.
+    EvmTransaction(EvmTransactionSigned),
+    /// `evm_message`, `evm_typed_data`, `evm_digest`.
+    EvmDigest(EvmDigestSigned),
+    /// `solana_transaction`.
+    SolanaTransaction(SolanaTransactionSigned),
+    /// `solana_offchain_message`.
+    SolanaMessage(SolanaMessageSigned),
+}
+
+/// A signed EVM transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmTransactionSigned {
+    /// The signature's parts.
+    pub signature: EvmSignature,
+    /// The signed EIP-2718 transaction, `0x` hex.
+    pub signed_transaction: String,
+    /// Its keccak-256 hash, `0x` hex.
+    pub transaction_hash: String,
+    /// The receipt of the decision's audit record.
+    pub receipt: Receipt,
+}
+
+/// An EVM transaction's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmSignature {
+    /// `r`, `0x` hex (32 bytes).
+    pub r: String,
+    /// `s`, `0x` hex (32 bytes, low-s).
+    pub s: String,
+    /// The recovery parity (0 or 1).
+    pub y_parity: u8,
+    /// `v` as the transaction encodes it (EIP-155 for legacy, else `y_parity`).
+    pub v: u64,
+}
+
+/// A signed EVM digest (EIP-191 message, EIP-712 typed data, raw digest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmDigestSigned {
+    /// `eth_sign`'s 65 bytes `r || s || v` (`v` = 27 + parity), `0x` hex.
+    pub signature: String,
+    /// `r`, `0x` hex.
+    pub r: String,
+    /// `s`, `0x` hex.
+    pub s: String,
+    /// 27 + `y_parity`.
+    pub v: u8,
+    /// The recovery parity (0 or 1).
+    pub y_parity: u8,
+    /// The signed digest, `0x` hex.
+    pub digest: String,
+    /// The receipt of the decision's audit record.
+    pub receipt: Receipt,
+}
+
+/// A signed Solana transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SolanaTransactionSigned {
+    /// The ed25519 signature, base58.
+    pub signature: String,
+    /// The signed transaction, base64.
+    pub signed_transaction: String,
+    /// The receipt of the decision's audit record.
+    pub receipt: Receipt,
+}
+
+/// A signed Solana off-chain message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SolanaMessageSigned {
+    /// The ed25519 signature, base58.
+    pub signature: String,
+    /// The receipt of the decision's audit record.
+    pub receipt: Receipt,
 }
 
 /// Every error answer: `{"error":{"code","message","rule"?}}`.
@@ -88,6 +175,31 @@ mod tests {
         )
         .expect("an error body");
         assert_eq!(error.error.rule.as_deref(), Some("evm.chain_ids"));
+    }
+
+    #[test]
+    fn tells_sign_answers_apart_by_their_fields() {
+        let receipt = r#""receipt":{"seq":1,"record_sha256":"ab","signature":"0x01"}"#;
+        let solana_tx = format!(r#"{{"signature":"5x","signed_transaction":"AA==",{receipt}}}"#);
+        let solana_msg = format!(r#"{{"signature":"5x",{receipt}}}"#);
+        let evm = format!(
+            r#"{{"signature":{{"r":"0x1","s":"0x2","y_parity":1,"v":38}},"signed_transaction":"0x02","transaction_hash":"0x3",{receipt}}}"#
+        );
+        let parse = |t: &str| serde_json::from_str::<SignResponse>(t).ok();
+        assert!(matches!(
+            parse(&solana_tx),
+            Some(SignResponse::SolanaTransaction(_))
+        ));
+        assert!(matches!(
+            parse(&solana_msg),
+            Some(SignResponse::SolanaMessage(_))
+        ));
+        assert!(matches!(parse(&evm), Some(SignResponse::EvmTransaction(_))));
+        for answer in [&solana_tx, &solana_msg, &evm] {
+            let back = parse(answer).and_then(|r| serde_json::to_string(&r).ok());
+            let same = back.and_then(|b| serde_json::from_str::<Value>(&b).ok());
+            assert_eq!(same, serde_json::from_str::<Value>(answer).ok(), "{answer}");
+        }
     }
 
     #[test]

@@ -10,9 +10,12 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::api::SignRequest as SignBody;
+use ekms_shared::api::{
+    EvmDigestSigned, EvmSignature, EvmTransactionSigned, SignRequest as SignBody, SignResponse,
+    SolanaMessageSigned, SolanaTransactionSigned,
+};
+use ekms_shared::audit::Receipt;
 use ekms_shared::{PayloadKind, SignOutput, SignPayload};
-use serde_json::{json, Value};
 
 use super::extract::{key_id, JsonBody};
 use super::{ApiCode, ApiError, AppState};
@@ -50,13 +53,11 @@ pub(crate) async fn sign(
             },
         )
         .await?;
-    let mut out = output_json(signed.output);
-    out["receipt"] = serde_json::to_value(signed.receipt).map_err(|_| ApiError::internal())?;
-    Ok(Json(out).into_response())
+    Ok(Json(sign_response(signed.output, signed.receipt)).into_response())
 }
 
 /// The signature as the API shows it (module docs).
-fn output_json(output: SignOutput) -> Value {
+fn sign_response(output: SignOutput, receipt: Receipt) -> SignResponse {
     match output {
         SignOutput::Evm {
             r,
@@ -65,22 +66,24 @@ fn output_json(output: SignOutput) -> Value {
             v,
             signed_transaction,
             transaction_hash,
-        } => json!({
-            "signature": {
-                "r": format::to_0x_hex(&r),
-                "s": format::to_0x_hex(&s),
-                "y_parity": y_parity,
-                "v": v,
+        } => SignResponse::EvmTransaction(EvmTransactionSigned {
+            signature: EvmSignature {
+                r: format::to_0x_hex(&r),
+                s: format::to_0x_hex(&s),
+                y_parity,
+                v,
             },
-            "signed_transaction": format::to_0x_hex(&signed_transaction),
-            "transaction_hash": format::to_0x_hex(&transaction_hash),
+            signed_transaction: format::to_0x_hex(&signed_transaction),
+            transaction_hash: format::to_0x_hex(&transaction_hash),
+            receipt,
         }),
         SignOutput::Solana {
             signature,
             signed_transaction,
-        } => json!({
-            "signature": format::to_base58(&signature),
-            "signed_transaction": format::to_base64(&signed_transaction),
+        } => SignResponse::SolanaTransaction(SolanaTransactionSigned {
+            signature: format::to_base58(&signature),
+            signed_transaction: format::to_base64(&signed_transaction),
+            receipt,
         }),
         SignOutput::EvmDigest {
             digest,
@@ -94,17 +97,21 @@ fn output_json(output: SignOutput) -> Value {
             rsv.extend_from_slice(&r);
             rsv.extend_from_slice(&s);
             rsv.push(v);
-            json!({
-                "signature": format::to_0x_hex(&rsv),
-                "r": format::to_0x_hex(&r),
-                "s": format::to_0x_hex(&s),
-                "v": v,
-                "y_parity": y_parity,
-                "digest": format::to_0x_hex(&digest),
+            SignResponse::EvmDigest(EvmDigestSigned {
+                signature: format::to_0x_hex(&rsv),
+                r: format::to_0x_hex(&r),
+                s: format::to_0x_hex(&s),
+                v,
+                y_parity,
+                digest: format::to_0x_hex(&digest),
+                receipt,
             })
         }
         SignOutput::SolanaMessage { signature } => {
-            json!({ "signature": format::to_base58(&signature) })
+            SignResponse::SolanaMessage(SolanaMessageSigned {
+                signature: format::to_base58(&signature),
+                receipt,
+            })
         }
     }
 }
