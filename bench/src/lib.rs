@@ -21,7 +21,6 @@
 //! Medians over rounds and ratios within one run are the point: absolute numbers move
 //! with the machine and its load; the ratio of end-to-end to bare signing moves less.
 
-pub mod client;
 pub mod measure;
 pub mod payloads;
 pub mod report;
@@ -32,12 +31,13 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::client::Conn;
 use crate::measure::{end_to_end, percentile, raw_rates, EndToEnd, Rates, Scenario};
 use crate::report::{CpuRow, Machine, Report, Row};
 use crate::sim::{cpu_time, SimGuard};
+use ekms_client::{BearerToken, ClientError, Conn};
+use ekms_shared::api::CreateKeyRequest;
 
 /// Every error of the benchmark. None carries key material (the benchmark never
 /// sees a key of the system under test).
@@ -65,6 +65,22 @@ pub enum Error {
     /// The arguments make no sense (zero rounds, no in-flight level, …).
     #[error("usage: {0}")]
     Usage(String),
+}
+
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        Error::Http(e.to_string())
+    }
+}
+
+/// A keep-alive connection to the app socket at `socket` ([`ekms_client::Conn`]),
+/// carrying the admin token the parent keeps beside its socket (`admin.token`, as
+/// `ekms sim` lays it out) when that file exists.
+///
+/// # Errors
+/// [`Error::Http`] if the token file cannot be read or the socket does not accept.
+pub async fn connect(socket: &Path) -> Result<Conn, Error> {
+    Ok(Conn::connect(socket, BearerToken::beside_socket(socket)?).await?)
 }
 
 /// Command line of `ekms-bench`.
@@ -181,7 +197,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
     );
 
     // Keys and payloads, and one checked signature each.
-    let mut conn = Conn::connect(&socket).await?;
+    let mut conn = connect(&socket).await?;
     let evm_key = create_key(&mut conn, "secp256k1", payloads::evm_policy()).await?;
     let sol_key = create_key(&mut conn, "ed25519", payloads::solana_policy()).await?;
     let evm_tx = payloads::evm_unsigned_tx();
@@ -281,7 +297,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
             ],
         )?;
         wait_healthy(&mut off, Duration::from_secs(args.health_timeout_secs)).await?;
-        let mut conn = Conn::connect(&off.socket()).await?;
+        let mut conn = connect(&off.socket()).await?;
         let key = create_key(&mut conn, "secp256k1", payloads::evm_policy()).await?;
         let uri = format!("/v1/keys/{}/sign", key.id);
         let answer = sign_once(&mut conn, &uri, evm_body.clone()).await?;
@@ -517,7 +533,7 @@ async fn wait_healthy(guard: &mut SimGuard, timeout: Duration) -> Result<(), Err
                 guard.log_tail(20)
             )));
         }
-        if let Ok(mut conn) = Conn::connect(&socket).await {
+        if let Ok(mut conn) = connect(&socket).await {
             if let Ok((StatusCode::OK, _)) =
                 conn.request(Method::GET, "/v1/health", Bytes::new()).await
             {
@@ -543,9 +559,15 @@ struct Key {
 }
 
 async fn create_key(conn: &mut Conn, algorithm: &str, policy: Value) -> Result<Key, Error> {
-    let body = json!({"algorithm": algorithm, "label": "ekms-bench", "policy": policy});
+    let body = CreateKeyRequest {
+        algorithm: algorithm.to_owned(),
+        label: Some("ekms-bench".into()),
+        policy: Some(policy),
+        owner: None,
+    };
+    let body = serde_json::to_vec(&body).map_err(|e| Error::Api(e.to_string()))?;
     let (status, bytes) = conn
-        .request(Method::POST, "/v1/keys", Bytes::from(body.to_string()))
+        .request(Method::POST, "/v1/keys", Bytes::from(body))
         .await?;
     if status != StatusCode::CREATED {
         return Err(Error::Api(format!(

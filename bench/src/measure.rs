@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 
-use crate::client::Conn;
 use crate::Error;
+use ekms_client::Conn;
 
 /// Rates of several rounds, in operations per second.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +126,7 @@ struct RoundResult {
 pub async fn end_to_end(socket: &Path, s: &Scenario) -> Result<EndToEnd, Error> {
     let mut conns = Vec::with_capacity(s.in_flight);
     for _ in 0..s.in_flight {
-        conns.push(Conn::connect(socket).await?);
+        conns.push(crate::connect(socket).await?);
     }
     let warm = run_round(conns, s, s.warmup).await;
     let mut out = EndToEnd {
@@ -168,7 +168,10 @@ async fn run_round(conns: Vec<Conn>, s: &Scenario, len: Duration) -> RoundResult
                 let (mut errors, mut first_error) = (0u64, None);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let answer = conn.request(Method::POST, &uri, body.clone()).await;
+                    let answer = conn
+                        .request(Method::POST, &uri, body.clone())
+                        .await
+                        .map_err(Error::from);
                     match check(answer, expect) {
                         Ok(()) => latencies.push(t.elapsed()),
                         Err(e) => {

@@ -7,6 +7,7 @@ use alloy_consensus::{SignableTransaction, TxEip1559};
 use alloy_primitives::{Address, Bytes, Signature, TxKind, U256};
 use base64::Engine as _;
 use ed25519_dalek::Verifier as _;
+use ekms_shared::api::SignRequest;
 use serde_json::{json, Value};
 use solana_message::{AccountMeta, Hash, Instruction, Message, VersionedMessage};
 
@@ -114,17 +115,22 @@ pub fn solana_policy() -> Value {
 
 /// The JSON body of `POST /v1/keys/{id}/sign` for an EVM payload (`0x` hex).
 pub fn evm_sign_body(unsigned: &[u8]) -> Vec<u8> {
-    json!({"kind": "evm_transaction", "payload": format!("0x{}", hex::encode(unsigned))})
-        .to_string()
-        .into_bytes()
+    sign_body("evm_transaction", format!("0x{}", hex::encode(unsigned)))
+}
+
+/// A sign request body ([`SignRequest`]) as bytes.
+fn sign_body(kind: &str, payload: String) -> Vec<u8> {
+    let request = SignRequest {
+        kind: kind.to_owned(),
+        payload: payload.into(),
+    };
+    serde_json::to_vec(&request).unwrap_or_default()
 }
 
 /// The JSON body of `POST /v1/keys/{id}/sign` for a Solana payload (base64).
 pub fn solana_sign_body(unsigned: &[u8]) -> Vec<u8> {
     let payload = base64::engine::general_purpose::STANDARD.encode(unsigned);
-    json!({"kind": "solana_transaction", "payload": payload})
-        .to_string()
-        .into_bytes()
+    sign_body("solana_transaction", payload)
 }
 
 /// Checks an EVM sign answer (`{"signature":{"r","s","y_parity"},…}`): the signature

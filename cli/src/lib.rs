@@ -17,7 +17,6 @@
 
 pub mod args;
 pub mod audit;
-pub mod client;
 pub mod input;
 pub mod kms;
 pub mod nitro;
@@ -28,6 +27,7 @@ pub mod sim;
 mod testutil;
 pub mod verify;
 
+use ekms_shared::api::{CreateKeyRequest, SignRequest};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -35,7 +35,9 @@ use crate::args::{
     check_evm_payload, check_key_id, check_solana_payload, AttestationCommand, Cli, Command,
     KeysCommand, PolicyCommand, SignCommand, TokensCommand,
 };
-use crate::client::{ApiClient, BearerToken};
+pub use ekms_client as client;
+
+use crate::client::{ApiClient, BearerToken, ClientError};
 
 /// The environment variable holding an API token.
 pub const TOKEN_ENV: &str = "EKMS_TOKEN";
@@ -49,32 +51,13 @@ pub enum Error {
     /// Bad arguments or input files (exit status 2).
     #[error("usage: {0}")]
     Usage(String),
-    /// The API socket could not be reached.
-    #[error("cannot connect to {path}: {source} (is `ekms sim` running? see --socket)")]
-    Connect {
-        /// Socket path.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// HTTP transport failure or deadline.
-    #[error("http: {0}")]
-    Http(String),
+    /// The API socket could not be reached, the exchange failed, or the server refused
+    /// the request (its `error.code`, `message` and `rule`).
+    #[error("{0}{hint}", hint = connect_hint(.0))]
+    Client(ClientError),
     /// The server's answer was not what the API promises.
     #[error("bad response: {0}")]
     BadResponse(String),
-    /// The server refused the request (non-2xx), with its error object.
-    #[error("{code}: {message}{}", rule.as_ref().map(|r| format!(" (rule: {r})")).unwrap_or_default())]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// The server's `error.code`.
-        code: String,
-        /// The server's `error.message`.
-        message: String,
-        /// The policy rule that refused, when the server names one.
-        rule: Option<String>,
-    },
     /// A local file or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -98,6 +81,28 @@ pub enum Error {
     /// `ekms nitro doctor` found a check failing (its report is on stdout).
     #[error("doctor: {0}")]
     Doctor(String),
+}
+
+/// What `ekms` adds to a connection failure.
+fn connect_hint(e: &ClientError) -> &'static str {
+    if matches!(e, ClientError::Connect { .. }) {
+        " (is `ekms sim` running? see --socket)"
+    } else {
+        ""
+    }
+}
+
+/// The shared client's errors, as `ekms` reports them (a token that is not one is a
+/// usage error).
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::InvalidToken(m) => Error::Usage(m),
+            ClientError::Io { what, source } => Error::Io { what, source },
+            ClientError::BadResponse(m) => Error::BadResponse(m),
+            other => Error::Client(other),
+        }
+    }
 }
 
 impl Error {
@@ -142,17 +147,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             policy,
             owner,
         }) => {
-            let mut body = json!({"algorithm": algorithm.as_str()});
-            if let Some(owner) = owner.owner()? {
-                body["owner"] = serde_json::to_value(owner.to_json())
-                    .map_err(|e| Error::Usage(format!("the key's owner: {e}")))?;
-            }
-            if let Some(label) = label {
-                body["label"] = Value::String(label);
-            }
-            if let Some(policy) = policy {
-                body["policy"] = input::load_json_object(&policy)?;
-            }
+            let request = CreateKeyRequest {
+                algorithm: algorithm.as_str().to_owned(),
+                label,
+                policy: policy.map(|p| input::load_json_object(&p)).transpose()?,
+                owner: owner.owner()?.map(|o| o.to_json()),
+            };
+            let body = serde_json::to_value(&request)
+                .map_err(|e| Error::Usage(format!("the key request: {e}")))?;
             let created = send(&client, Method::POST, "/v1/keys", &body).await?;
             policy::check_creation(&client, &body, created).await?
         }
@@ -192,13 +194,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Sign(SignCommand::Evm { id, payload }) => {
             let path = format!("/v1/keys/{}/sign", check_key_id(&id)?);
-            let body = json!({"kind": "evm_transaction", "payload": check_evm_payload(&payload)?});
+            let body = sign_body("evm_transaction", check_evm_payload(&payload)?)?;
             send(&client, Method::POST, &path, &body).await?
         }
         Command::Sign(SignCommand::Solana { id, payload }) => {
             let path = format!("/v1/keys/{}/sign", check_key_id(&id)?);
-            let body =
-                json!({"kind": "solana_transaction", "payload": check_solana_payload(&payload)?});
+            let body = sign_body("solana_transaction", check_solana_payload(&payload)?)?;
             send(&client, Method::POST, &path, &body).await?
         }
         Command::Tokens(TokensCommand::Create {
@@ -251,17 +252,17 @@ pub fn api_token(
     env_token: Option<&str>,
 ) -> Result<Option<BearerToken>, Error> {
     if let Some(path) = token_file {
-        return BearerToken::from_file(path).map(Some);
+        return Ok(Some(BearerToken::from_file(path)?));
     }
     if let Some(text) = env_token {
-        return BearerToken::parse(text, TOKEN_ENV).map(Some);
+        return Ok(Some(BearerToken::parse(text, TOKEN_ENV)?));
     }
     let default = socket
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .join(ADMIN_TOKEN_FILE);
     match std::fs::metadata(&default) {
-        Ok(_) => BearerToken::from_file(&default).map(Some),
+        Ok(_) => Ok(Some(BearerToken::from_file(&default)?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(
             format!("reading the token file {}", default.display()),
@@ -270,8 +271,20 @@ pub fn api_token(
     }
 }
 
+/// The body of `POST /v1/keys/{id}/sign` ([`SignRequest`]).
+fn sign_body(kind: &str, payload: impl Into<Value>) -> Result<Value, Error> {
+    serde_json::to_value(SignRequest {
+        kind: kind.to_owned(),
+        payload: payload.into(),
+    })
+    .map_err(|e| Error::Usage(format!("the sign request: {e}")))
+}
+
 async fn get(client: &ApiClient, path: &str) -> Result<Value, Error> {
-    client.request(Method::GET, path, None).await?.into_result()
+    Ok(client
+        .request(Method::GET, path, None)
+        .await?
+        .into_result()?)
 }
 
 async fn send(
@@ -280,10 +293,10 @@ async fn send(
     path: &str,
     body: &Value,
 ) -> Result<Value, Error> {
-    client
+    Ok(client
         .request(method, path, Some(body))
         .await?
-        .into_result()
+        .into_result()?)
 }
 
 fn print_json(value: &Value) -> Result<(), Error> {
@@ -300,12 +313,12 @@ mod tests {
     #[test]
     fn usage_errors_exit_2_and_others_1() {
         assert_eq!(Error::Usage("x".into()).exit_code(), 2);
-        let api = Error::Api {
+        let api = Error::Client(ClientError::Api {
             status: 403,
             code: "policy_denied".into(),
             message: "chain 5 is not allowed".into(),
             rule: Some("chain_ids".into()),
-        };
+        });
         assert_eq!(api.exit_code(), 1);
         assert_eq!(
             api.to_string(),
@@ -376,7 +389,10 @@ mod tests {
         ])
         .unwrap();
         let err = rt.block_on(run(cli)).unwrap_err();
-        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Client(ClientError::Connect { .. })),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 1);
     }
 }

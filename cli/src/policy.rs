@@ -270,10 +270,10 @@ async fn post(
     path: &str,
     body: &Value,
 ) -> Result<Value, Error> {
-    client
+    Ok(client
         .request(method, path, Some(body))
         .await?
-        .into_result()
+        .into_result()?)
 }
 
 fn parse_proposal(answer: Value) -> Result<Proposal, Error> {

@@ -6,7 +6,7 @@
 //! start ([`ensure_admin_token`]) — and stored only as its SHA-256 ([`token_hash`]),
 //! with a separate, non-secret `token_id` (32 hex digits). Callers present it as
 //! `Authorization: Bearer <token>`; the parent hashes it, looks the hash up (an
-//! indexed column, cached in memory by [`Store::token_by_hash`]) and compares the
+//! indexed column, cached in memory by [`KeyStore::token_by_hash`]) and compares the
 //! stored hash in constant time.
 //!
 //! Scopes ([`Scope`]): `sign` (optionally limited to listed key ids), `keys:create`,
@@ -19,10 +19,11 @@
 //!
 //! Rule for maintainers: every route but `GET /v1/health` takes a [`Caller`] as its
 //! *first* extractor (so nothing, not even the body, is read for an unauthenticated
-//! request) and calls [`Caller::require`] before doing anything:
+//! request) and passes it to the service layer, whose every operation starts with
+//! [`Caller::require`] (so REST, JSON-RPC and tools get the same checks):
 //! ```ignore
 //! async fn handler(caller: Caller, State(state): State<AppState>, …) -> Result<Response, ApiError> {
-//!     caller.require(Scope::Sign, Some(&key_id))?;
+//!     let signed = state.service.sign(&caller, request).await?;
 //! ```
 
 use std::io::Read as _;
@@ -38,9 +39,9 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use crate::api::AppState;
-use crate::error::{ApiError, Error};
-use crate::store::{Store, TokenRow};
+use crate::api::{ApiError, AppState};
+use crate::error::Error;
+use crate::store::{KeyStore, StoreError, TokenRow};
 
 /// Prefix of every token (it makes a leaked token easy to recognise and grep for).
 pub const TOKEN_PREFIX: &str = "ekms_";
@@ -160,6 +161,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A valid token without the scope (or key) an operation needs: why, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
 /// The authenticated caller of a request: a stored, unexpired token. Extract it first
 /// in every protected handler and call [`Caller::require`].
 #[derive(Debug, Clone)]
@@ -183,10 +189,10 @@ impl Caller {
     /// limited to listed keys (and is not `admin`), that `key_id` is one of them.
     ///
     /// # Errors
-    /// 403 `forbidden` otherwise.
-    pub fn require(&self, scope: Scope, key_id: Option<&str>) -> Result<(), ApiError> {
+    /// [`Forbidden`] otherwise (403 `forbidden`).
+    pub fn require(&self, scope: Scope, key_id: Option<&str>) -> Result<(), Forbidden> {
         if !self.has(scope) {
-            return Err(ApiError::forbidden(format!(
+            return Err(Forbidden(format!(
                 "this token does not have the scope {}",
                 scope.as_str()
             )));
@@ -196,9 +202,7 @@ impl Caller {
         }
         if let (Some(id), Some(allowed)) = (key_id, &self.row.key_ids) {
             if !allowed.iter().any(|k| k == id) {
-                return Err(ApiError::forbidden(format!(
-                    "this token may not use key {id}"
-                )));
+                return Err(Forbidden(format!("this token may not use key {id}")));
             }
         }
         Ok(())
@@ -224,7 +228,7 @@ impl Caller {
 /// # Errors
 /// 401 `unauthenticated` for no token, a malformed header, or a token that is unknown,
 /// revoked or expired; the store's errors (500).
-pub async fn authenticate(headers: &HeaderMap, store: &Store) -> Result<Caller, ApiError> {
+pub async fn authenticate(headers: &HeaderMap, store: &dyn KeyStore) -> Result<Caller, ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(ApiError::unauthenticated(
@@ -245,11 +249,11 @@ pub async fn authenticate(headers: &HeaderMap, store: &Store) -> Result<Caller, 
     let row = match store.token_by_hash(hash).await {
         Ok(Some(row)) => row,
         Ok(None) => return Err(invalid()),
-        Err(Error::StoreCorrupt(detail)) => {
+        Err(StoreError::Corrupt(detail)) => {
             tracing::warn!(%detail, "stored token row is invalid");
             return Err(invalid());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::from(e).into()),
     };
     // The row was found by this hash; compared again, in constant time, all the same.
     if !bool::from(row.token_hash.ct_eq(&hash)) {
@@ -266,7 +270,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        authenticate(&parts.headers, &state.store)
+        authenticate(&parts.headers, state.service.store().as_ref())
             .await
             .map_err(|e| {
                 let challenge = e.status == axum::http::StatusCode::UNAUTHORIZED;
@@ -289,7 +293,7 @@ impl FromRequestParts<AppState> for Caller {
 ///
 /// # Errors
 /// [`Error::Io`] reading or writing the file; the store's errors.
-pub async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error> {
+pub async fn ensure_admin_token(store: &dyn KeyStore, path: &Path) -> Result<(), Error> {
     if let Some(existing) = read_token_file(path)? {
         let kept = match store.token_by_hash(token_hash(&existing)).await {
             Ok(Some(row)) => {
@@ -298,8 +302,8 @@ pub async fn ensure_admin_token(store: &Store, path: &Path) -> Result<(), Error>
                 caller.scopes & Scope::Admin.bit() != 0
                     && caller.row.expires_at_ms.is_none_or(|t| t > now)
             }
-            Ok(None) | Err(Error::StoreCorrupt(_)) => false,
-            Err(e) => return Err(e),
+            Ok(None) | Err(StoreError::Corrupt(_)) => false,
+            Err(e) => return Err(e.into()),
         };
         if kept {
             return crate::io::restrict_file(path);
@@ -355,6 +359,7 @@ fn read_token_file(path: &Path) -> Result<Option<Zeroizing<String>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore as Store;
     use axum::http::StatusCode;
 
     fn row(scopes: &str, key_ids: Option<&[&str]>, expires_at_ms: Option<i64>) -> TokenRow {
@@ -454,7 +459,11 @@ mod tests {
             (Scope::Admin, None),
         ] {
             let e = c.require(scope, key).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "forbidden"));
+            let e = crate::api::ApiError::from(e);
+            assert_eq!(
+                (e.status, e.code.as_str()),
+                (StatusCode::FORBIDDEN, "forbidden")
+            );
         }
         // An unknown stored scope name grants nothing.
         let odd = Caller::from_row(Arc::new(row("everything", None, None)));
@@ -509,7 +518,7 @@ mod tests {
         for h in cases {
             let e = authenticate(&h, &store).await.unwrap_err();
             assert_eq!(
-                (e.status, e.code),
+                (e.status, e.code.as_str()),
                 (StatusCode::UNAUTHORIZED, "unauthenticated"),
                 "{h:?}"
             );

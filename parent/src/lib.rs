@@ -1,8 +1,10 @@
 //! `ekms-parent`: the untrusted host process of enclave-kms (DESIGN §1–§2).
 //!
-//! It serves the application API ([`api`]) on a Unix socket, keeps sealed key records
-//! and MAC'd policies in SQLite ([`store`]), and relays requests to the enclave over
-//! vsock or, in simulation, a Unix socket ([`relay`]). It holds no key material and
+//! It serves the application API ([`api`]: HTTP only) on a Unix socket; what the API
+//! does is the service layer's ([`service`]: keys, policies, signing, tokens, the
+//! keyring bootstrap), which keeps sealed key records and MAC'd policies in the key
+//! store ([`store`], SQLite) and talks to the enclave through the relay ([`relay`]:
+//! transport only, over vsock or, in simulation, a Unix socket). It holds no key material and
 //! decides nothing about keys or policies: a compromised parent can deny service but
 //! cannot sign outside a policy or loosen one, because the enclave authenticates every
 //! blob the parent sends back.
@@ -20,17 +22,15 @@
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod control;
 pub mod credentials;
 pub mod enclave_logs;
 pub mod error;
 pub mod format;
 pub mod identity;
 pub mod io;
-pub mod journal;
 pub mod relay;
+pub mod service;
 pub mod store;
-pub mod tokens;
 
 #[cfg(test)]
 mod testing;
@@ -38,10 +38,12 @@ mod testing;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use api::ApiError;
 pub use config::{Config, CredentialsConfig, ListenAddr};
-pub use error::{ApiError, Error};
+pub use error::Error;
 pub use relay::{Relay, RelayConfig};
-pub use store::Store;
+pub use service::Service;
+pub use store::{KeyStore, SqliteStore};
 
 use crate::io::{AppListener, ServeLimits};
 
@@ -49,7 +51,7 @@ use crate::io::{AppListener, ServeLimits};
 #[derive(Debug)]
 pub struct Server {
     config: Config,
-    store: Store,
+    store: SqliteStore,
     listener: AppListener,
 }
 
@@ -70,7 +72,7 @@ impl Server {
         // file is made 0600 before SQLite opens (and writes the schema into the WAL);
         // files of an earlier run are restricted too.
         io::create_private_file(&config.db)?;
-        let store = Store::open(&config.db)?;
+        let store = SqliteStore::open(&config.db)?;
         for suffix in ["-wal", "-shm"] {
             let mut side = config.db.clone().into_os_string();
             side.push(suffix);
@@ -130,17 +132,20 @@ impl Server {
                 (first.credentials, Some((client, refresh, first.expiration)))
             }
         };
-        let relay = Relay::start(
+        let identity = Arc::new(identity::IdentityCheck::new(&c.attestation_root)?);
+        let service = Service::start(
             RelayConfig {
                 enclave: c.enclave,
                 connections: c.enclave_connections,
                 request_timeout: c.enclave_timeout,
                 kms: c.kms.with_credentials(credentials),
                 dek_cache: c.dek_cache,
-                keyring: c.keyring,
             },
-            self.store.clone(),
+            Arc::new(self.store),
+            &c.keyring,
+            identity,
         );
+        let relay = service.relay().clone();
         let refresher = refresher.map(|(client, refresh, expiration)| {
             let relay = relay.clone();
             tokio::spawn(credentials::refresh_loop(
@@ -157,11 +162,8 @@ impl Server {
             .enclave_log
             .clone()
             .map(|addr| tokio::spawn(enclave_logs::follow(addr)));
-        let identity = Arc::new(identity::IdentityCheck::new(&c.attestation_root)?);
         let router = api::router(api::AppState {
-            relay: relay.clone(),
-            store: self.store,
-            identity,
+            service,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 c.max_in_flight
                     .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
@@ -308,7 +310,7 @@ mod tests {
             0o600
         );
         // The key is durable: a new store sees it.
-        let store = Store::open(&dir.path().join("state/ekms.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("state/ekms.db")).unwrap();
         assert_eq!(store.list_keys(10).await.unwrap().len(), 1);
     }
 

@@ -30,7 +30,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{AwsCredentials, KmsSettings};
 use crate::relay::{Relay, RelayConfig};
-use crate::store::Store;
+use crate::service::{Bootstrap, Service};
+use crate::store::SqliteStore as Store;
 
 /// Compressed secp256k1 generator (public key of private key 1).
 pub const G_COMPRESSED: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
@@ -639,7 +640,6 @@ pub fn relay_config(enclave: &Path, connections: usize) -> RelayConfig {
             ttl_secs: 300,
             max_uses: 1000,
         },
-        keyring: "default".into(),
     }
 }
 
@@ -699,11 +699,19 @@ pub fn authorized(router: axum::Router, token: String) -> axum::Router {
     ))
 }
 
-/// A started relay and store around a fresh fake enclave in a temp dir, with an admin
-/// token.
+/// A relay started on `store` with keyring `default` (the service's bootstrap); the
+/// bootstrap too, for its current keyring.
+pub fn start_relay(config: RelayConfig, store: Store) -> (Relay, Arc<Bootstrap>) {
+    let bootstrap = Bootstrap::new(Arc::new(store), "default");
+    (Relay::start(config, bootstrap.clone()), bootstrap)
+}
+
+/// A started service (relay and store) around a fresh fake enclave in a temp dir, with
+/// an admin token.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub fake: FakeEnclave,
+    pub service: Service,
     pub relay: Relay,
     pub store: Store,
     /// An `admin` token of `store`.
@@ -715,12 +723,19 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
         let store = Store::open(&dir.path().join("ekms.db")).unwrap();
-        let relay = Relay::start(relay_config(&fake.path, connections), store.clone());
+        let service = Service::start(
+            relay_config(&fake.path, connections),
+            Arc::new(store.clone()),
+            "default",
+            identity_check(),
+        );
+        let relay = service.relay().clone();
         wait_ready(&relay).await;
         let (_, admin_token) = token(&store, "admin", None, None).await;
         Harness {
             dir,
             fake,
+            service,
             relay,
             store,
             admin_token,

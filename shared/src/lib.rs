@@ -12,6 +12,7 @@
 //! blobs outlive binaries).
 
 mod address;
+pub mod api;
 pub mod audit;
 mod codec;
 mod error;

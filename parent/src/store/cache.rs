@@ -39,7 +39,7 @@ use ekms_shared::KeyringRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::KeyRow;
-use crate::error::Error;
+use super::StoreError;
 
 /// Most keys kept.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -93,8 +93,8 @@ impl KeyCache {
     /// A cache for the database at `path` (`None`: in memory).
     ///
     /// # Errors
-    /// [`Error::Store`] if the watch connection cannot be opened.
-    pub fn new(path: Option<&Path>) -> Result<Self, Error> {
+    /// [`StoreError::Sqlite`] if the watch connection cannot be opened.
+    pub fn new(path: Option<&Path>) -> Result<Self, StoreError> {
         let watch = match path {
             Some(p) => Some(Connection::open_with_flags(
                 p,

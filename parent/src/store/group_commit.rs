@@ -2,7 +2,7 @@
 //! takes them from a channel, and commits every record that is waiting in **one**
 //! transaction (one `fsync` with `synchronous=FULL`), then wakes each waiter.
 //!
-//! The guarantee of [`crate::journal::Journal::record`] is unchanged: a waiter hears
+//! The guarantee of [`crate::service::journal::Journal::record`] is unchanged: a waiter hears
 //! `Ok` only after the transaction holding its row committed, so no signature leaves
 //! before its audit record is durable. What changes is the price: with 64 signatures in
 //! flight, the records that arrive while one commit is syncing share the next one,
@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::cache::KeyCache;
-use crate::error::Error;
+use super::StoreError;
 
 /// Most records committed in one transaction (bounds the time the connection is held).
 pub const MAX_BATCH: usize = 512;
@@ -36,19 +36,19 @@ pub(crate) struct Job {
     /// The signed record.
     pub signed: SignedAuditRecord,
     /// Woken with the outcome once the batch committed (or failed).
-    pub done: oneshot::Sender<Result<(), Error>>,
+    pub done: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// Starts the writer thread on `conn`; returns the channel to it.
 pub(crate) fn start(
     conn: Arc<Mutex<Connection>>,
     cache: Arc<KeyCache>,
-) -> Result<mpsc::Sender<Job>, Error> {
+) -> Result<mpsc::Sender<Job>, StoreError> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("ekms-audit-writer".into())
         .spawn(move || run(&conn, &cache, &rx))
-        .map_err(|e| Error::io("starting the audit writer thread", e))?;
+        .map_err(|e| StoreError::Internal(format!("starting the audit writer thread: {e}")))?;
     Ok(tx)
 }
 
@@ -79,9 +79,9 @@ fn run(conn: &Mutex<Connection>, cache: &KeyCache, rx: &mpsc::Receiver<Job>) {
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "audit records not stored");
                 for job in batch.drain(..) {
-                    let _ = job
-                        .done
-                        .send(Err(Error::Internal(format!("storing audit records: {e}"))));
+                    let _ = job.done.send(Err(StoreError::Internal(format!(
+                        "storing audit records: {e}"
+                    ))));
                 }
             }
         }
@@ -89,13 +89,13 @@ fn run(conn: &Mutex<Connection>, cache: &KeyCache, rx: &mpsc::Receiver<Job>) {
 }
 
 /// One transaction for the whole batch. A record whose `seq` is stored already gets
-/// [`Error::AlreadyExists`] (never overwritten) and the others are still committed; any
+/// [`StoreError::AlreadyExists`] (never overwritten) and the others are still committed; any
 /// other failure fails the batch (nothing is written).
 fn commit_batch(
     c: &mut Connection,
     cache: &KeyCache,
     batch: &[Job],
-) -> Result<Vec<Result<(), Error>>, rusqlite::Error> {
+) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Holding the write lock: nobody else can commit until ours is done.
     cache.check_external(&tx);
@@ -115,7 +115,10 @@ fn commit_batch(
             results.push(if n == 1 {
                 Ok(())
             } else {
-                Err(Error::AlreadyExists(format!("audit record {}", job.seq)))
+                Err(StoreError::AlreadyExists(format!(
+                    "audit record {}",
+                    job.seq
+                )))
             });
         }
     }

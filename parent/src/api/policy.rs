@@ -1,10 +1,11 @@
 //! The API routes that change what a key may do (issue 7): owner-authorized policy
 //! changes and their proposals, the emergency stop of one key and its re-enable, the
-//! store-wide stop and resume, and the audit chain.
+//! store-wide stop and resume, and the audit chain. The rules live in
+//! [`crate::service::policy`]; this module parses and formats.
 //!
 //! | route | body | answer |
 //! |---|---|---|
-//! | `POST /v1/keys/{id}/policy/proposal` | `{"policy", "expires_at"?}` | `{"version","policy_sha256","canonical_policy","expires_at","message"}` |
+//! | `POST /v1/keys/{id}/policy/proposal` | `{"policy", "expires_at"?}` | `{"action","version","policy_sha256","canonical_policy","expires_at","message"}` |
 //! | `PUT /v1/keys/{id}/policy` | `{"policy", "version"?, "expires_at"?, "owner_signature"?}` | `{"policy_version"}` |
 //! | `POST /v1/keys/{id}/disable` | `{}` | `{"policy_version","enabled":false}` |
 //! | `POST /v1/keys/{id}/enable/proposal` | `{"expires_at"?}` | as the policy proposal |
@@ -13,34 +14,23 @@
 //! | `GET /v1/audit?after=SEQ&limit=N` | | `{"records":[{"seq","record","signature","audit_key"}],"documents":{"0x<key>":"<base64>"}}` |
 //!
 //! Scopes: proposals, `PUT …/policy` and `enable` need `policy:write`; `disable`,
-//! `stop` and `resume` need `admin`; `GET /v1/audit` needs `keys:read`. A token only
-//! lets a change reach the enclave: for a key with an owner, the enclave applies it only
-//! with the owner's signature.
-//!
-//! A proposal is a convenience: it shows the exact message ([`ekms_shared::owner`]) an
-//! owner signs for the change; the enclave rebuilds and checks everything itself, and
-//! judges `expires_at` by its own clock. Every change goes through the enclave's two
-//! phases ([`crate::journal::Journal::settle`]): its answer is released only once the
-//! checkpoint is stored and committed.
+//! `stop` and `resume` need `admin`; `GET /v1/audit` needs `keys:read`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::owner::{parse_rfc3339, policy_sha256, rfc3339, Authorization, OwnerAction};
-use ekms_shared::{
-    KeyringRef, OwnerApproval, Request as EnclaveRequest, SealedKeyRecord, SealedPolicy,
-    MAX_OWNER_SIGNATURE_LEN,
-};
-use ekms_signer::Policy;
+use ekms_shared::owner::{parse_rfc3339, rfc3339};
+use ekms_shared::{OwnerApproval, MAX_OWNER_SIGNATURE_LEN};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{key_id, policy_json, query_pairs, AppState, JsonBody};
-use crate::auth::{Caller, Scope};
-use crate::error::{ApiError, Error};
+use super::extract::{key_id, policy_json, query_limit, query_pairs, JsonBody};
+use super::{ApiCode, ApiError, AppState};
+use crate::auth::Caller;
 use crate::format;
-use crate::journal::{Journal, MAX_AUDIT_PAGE};
+use crate::service::journal::MAX_AUDIT_PAGE;
+use crate::service::policy::Proposal;
 
 /// Lifetime of a proposal's authorization when the caller names none (seconds).
 pub const DEFAULT_AUTHORIZATION_SECS: u64 = 3600;
@@ -85,8 +75,8 @@ pub(crate) struct EmptyBody {}
 fn expiry(text: Option<&str>) -> Result<u64, ApiError> {
     match text {
         Some(t) => parse_rfc3339(t).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_expires_at",
+            ApiError::new(
+                ApiCode::InvalidExpiresAt,
                 "expires_at must be RFC 3339 UTC with seconds, e.g. 2026-12-02T12:00:00Z",
             )
         }),
@@ -103,8 +93,8 @@ fn signature_bytes(text: &str) -> Result<Vec<u8>, ApiError> {
     bytes
         .filter(|b| (64..=MAX_OWNER_SIGNATURE_LEN).contains(&b.len()))
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_owner_signature",
+            ApiError::new(
+                ApiCode::InvalidOwnerSignature,
                 "owner_signature must be 0x + 130 hex digits (eip191) or base58 of 64 bytes (ed25519)",
             )
         })
@@ -125,42 +115,24 @@ fn approval(
             expires_at: expiry(Some(expires_at))?,
             signature: signature_bytes(signature)?,
         })),
-        _ => Err(ApiError::bad_request(
-            "invalid_owner_authorization",
+        _ => Err(ApiError::new(
+            ApiCode::InvalidOwnerAuthorization,
             "an owner authorization needs version, expires_at and owner_signature together",
         )),
     }
 }
 
-/// The proposal answer for `action` on `key_id` making `version` with `canonical`.
-fn proposal_json(
-    action: OwnerAction,
-    key_id: String,
-    version: u64,
-    canonical: String,
-    expires_at: u64,
-) -> Value {
-    let digest = policy_sha256(&canonical);
-    let message = Authorization {
-        action,
-        key_id,
-        version,
-        policy_sha256: digest,
-        expires_at,
-    }
-    .message();
-    json!({
-        "action": action.as_str(),
-        "version": version,
-        "policy_sha256": hex::encode(digest),
-        "canonical_policy": canonical,
-        "expires_at": rfc3339(expires_at),
-        "message": message,
-    })
-}
-
-fn invalid_policy(e: ekms_signer::SignerError) -> ApiError {
-    ApiError::bad_request("invalid_policy", e.to_string())
+/// A proposal as the API shows it.
+fn proposal_json(p: Proposal) -> Response {
+    Json(json!({
+        "action": p.action.as_str(),
+        "version": p.version,
+        "policy_sha256": hex::encode(p.policy_sha256),
+        "canonical_policy": p.canonical_policy,
+        "expires_at": rfc3339(p.expires_at),
+        "message": p.message,
+    }))
+    .into_response()
 }
 
 /// `POST /v1/keys/{id}/policy/proposal`.
@@ -170,15 +142,14 @@ pub(crate) async fn propose_policy(
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<ProposalBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
-    let canonical = Policy::parse_new(&policy_json(&body.policy)?)
-        .map_err(invalid_policy)?
-        .canonical_json();
-    propose(&state, id, OwnerAction::SetPolicy, body.expires_at, |_| {
-        Ok(canonical)
-    })
-    .await
+    let policy = policy_json(&body.policy)?;
+    let expires_at = expiry(body.expires_at.as_deref())?;
+    let proposal = state
+        .service
+        .propose_policy(&caller, &id, &policy, expires_at)
+        .await?;
+    Ok(proposal_json(proposal))
 }
 
 /// `POST /v1/keys/{id}/enable/proposal`.
@@ -188,46 +159,13 @@ pub(crate) async fn propose_enable(
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<EnableProposalBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
-    propose(
-        &state,
-        id,
-        OwnerAction::Enable,
-        body.expires_at,
-        |current| {
-            let policy = Policy::parse(current)
-                .map_err(|_| Error::StoreCorrupt("stored policy does not parse".into()))?;
-            if policy.enabled() {
-                return Err(ApiError::bad_request(
-                    "key_not_disabled",
-                    "the key is not disabled",
-                ));
-            }
-            Ok(policy.with_enabled(true).canonical_json())
-        },
-    )
-    .await
-}
-
-/// The proposal of `action` on key `id`: the policy after the change is
-/// `after(current policy JSON)`, its version the current one plus one.
-async fn propose(
-    state: &AppState,
-    id: String,
-    action: OwnerAction,
-    expires_at: Option<String>,
-    after: impl FnOnce(&str) -> Result<String, ApiError>,
-) -> Result<Response, ApiError> {
-    let row = state
-        .store
-        .key(id.clone())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let canonical = after(&row.policy.policy_json)?;
-    let version = row.policy.version.saturating_add(1);
-    let expires_at = expiry(expires_at.as_deref())?;
-    Ok(Json(proposal_json(action, id, version, canonical, expires_at)).into_response())
+    let expires_at = expiry(body.expires_at.as_deref())?;
+    let proposal = state
+        .service
+        .propose_enable(&caller, &id, expires_at)
+        .await?;
+    Ok(proposal_json(proposal))
 }
 
 /// `PUT /v1/keys/{id}/policy`.
@@ -237,7 +175,6 @@ pub(crate) async fn set_policy(
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<SetPolicyBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let policy = policy_json(&body.policy)?;
     let approval = approval(
@@ -245,17 +182,10 @@ pub(crate) async fn set_policy(
         body.expires_at.as_deref(),
         body.owner_signature.as_deref(),
     )?;
-    let version = change(&state, &id, |record, keyring, current| {
-        EnclaveRequest::SetPolicy {
-            record,
-            keyring,
-            current,
-            policy_json: policy,
-            approval,
-        }
-    })
-    .await?;
-    tracing::info!(key_id = %id, version, "policy updated");
+    let version = state
+        .service
+        .set_policy(&caller, &id, policy, approval)
+        .await?;
     Ok(Json(json!({ "policy_version": version })).into_response())
 }
 
@@ -266,17 +196,8 @@ pub(crate) async fn disable(
     path: Result<Path<String>, PathRejection>,
     JsonBody(_): JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
     let id = key_id(path)?;
-    let version = change(&state, &id, |record, keyring, current| {
-        EnclaveRequest::DisableKey {
-            record,
-            keyring,
-            current,
-        }
-    })
-    .await?;
-    tracing::warn!(key_id = %id, version, "key disabled");
+    let version = state.service.disable(&caller, &id).await?;
     Ok(Json(json!({ "policy_version": version, "enabled": false })).into_response())
 }
 
@@ -287,90 +208,41 @@ pub(crate) async fn enable(
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<EnableBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::PolicyWrite, None)?;
     let id = key_id(path)?;
     let approval = approval(
         body.version,
         body.expires_at.as_deref(),
         body.owner_signature.as_deref(),
     )?;
-    let version = change(&state, &id, |record, keyring, current| {
-        EnclaveRequest::EnableKey {
-            record,
-            keyring,
-            current,
-            approval,
-        }
-    })
-    .await?;
-    tracing::info!(key_id = %id, version, "key enabled");
+    let version = state.service.enable(&caller, &id, approval).await?;
     Ok(Json(json!({ "policy_version": version, "enabled": true })).into_response())
-}
-
-/// Loads key `id`, sends the policy change `build` makes of its record, keyring and
-/// current policy, and settles it (compare-and-set against the version it started
-/// from); the new version.
-async fn change(
-    state: &AppState,
-    id: &str,
-    build: impl FnOnce(SealedKeyRecord, KeyringRef, SealedPolicy) -> EnclaveRequest,
-) -> Result<u64, ApiError> {
-    let (row, keyring) = state
-        .store
-        .key_with_keyring(id.to_owned())
-        .await?
-        .ok_or_else(ApiError::key_not_found)?;
-    let expected = row.policy.version;
-    let answer = state
-        .relay
-        .call(build(row.record, keyring, row.policy))
-        .await?;
-    let journal = Journal::new(state.store.clone());
-    let policy = journal
-        .settle(&state.relay, answer, Some(expected))
-        .await?
-        .ok_or(Error::UnexpectedResponse("policy change"))?;
-    if policy.key_id != id {
-        return Err(Error::UnexpectedResponse("policy change").into());
-    }
-    Ok(policy.version)
 }
 
 /// `POST /v1/admin/stop`.
 pub(crate) async fn stop(
     caller: Caller,
-    State(state): State<AppState>,
-    JsonBody(_): JsonBody<EmptyBody>,
+    state: State<AppState>,
+    body: JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
-    set_stop(&state, true).await
+    set_stop(caller, state, body, true).await
 }
 
 /// `POST /v1/admin/resume`.
 pub(crate) async fn resume(
     caller: Caller,
-    State(state): State<AppState>,
-    JsonBody(_): JsonBody<EmptyBody>,
+    state: State<AppState>,
+    body: JsonBody<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
-    set_stop(&state, false).await
+    set_stop(caller, state, body, false).await
 }
 
-async fn set_stop(state: &AppState, stopped: bool) -> Result<Response, ApiError> {
-    let request = if stopped {
-        EnclaveRequest::StopAll
-    } else {
-        EnclaveRequest::ResumeAll
-    };
-    let answer = state.relay.call(request).await?;
-    Journal::new(state.store.clone())
-        .settle(&state.relay, answer, None)
-        .await?;
-    if stopped {
-        tracing::warn!("store-wide stop: the enclave signs nothing until resumed");
-    } else {
-        tracing::warn!("store-wide stop lifted");
-    }
+async fn set_stop(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(_): JsonBody<EmptyBody>,
+    stopped: bool,
+) -> Result<Response, ApiError> {
+    state.service.set_stop(&caller, stopped).await?;
     Ok(Json(json!({ "stopped": stopped })).into_response())
 }
 
@@ -380,35 +252,25 @@ pub(crate) async fn audit(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::KeysRead, None)?;
     let mut after = 0u64;
     let mut limit = DEFAULT_AUDIT_PAGE;
     for (k, v) in query_pairs(query.as_deref(), &["after", "limit"])? {
-        let bad = |what: String| ApiError::bad_request("invalid_query", what);
         if k == "after" {
             after = v
                 .parse()
-                .map_err(|_| bad("after must be a record seq".into()))?;
+                .map_err(|_| ApiError::new(ApiCode::InvalidQuery, "after must be a record seq"))?;
         } else {
-            limit = v
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
-                .ok_or_else(|| bad(format!("limit must be 1 to {MAX_AUDIT_PAGE}")))?;
+            limit = query_limit(&v, MAX_AUDIT_PAGE)?;
         }
     }
-    let journal = Journal::new(state.store.clone());
-    let rows = journal.records_after(after, limit).await?;
-    let mut keys: Vec<[u8; 32]> = rows.iter().map(|r| r.signed.audit_key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let documents: serde_json::Map<String, Value> = journal
-        .documents(keys)
-        .await?
+    let page = state.service.audit(&caller, after, limit).await?;
+    let documents: serde_json::Map<String, Value> = page
+        .documents
         .into_iter()
         .map(|(k, d)| (format::to_0x_hex(&k), format::to_base64(&d).into()))
         .collect();
-    let records: Vec<Value> = rows
+    let records: Vec<Value> = page
+        .records
         .into_iter()
         .map(|r| {
             json!({
@@ -428,6 +290,7 @@ mod tests {
     use crate::api::tests::{app, create, send};
     use crate::testing::Harness;
     use axum::http::StatusCode;
+    use ekms_shared::owner::{policy_sha256, Authorization, OwnerAction};
 
     const POLICY: &str = r#"{"enabled":true,"evm":{"chain_ids":[1],"max_fee_wei":"1"}}"#;
     const OWNER: &str =

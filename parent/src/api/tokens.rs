@@ -22,20 +22,22 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{AppState, JsonBody};
-use crate::auth::{self, Caller, Scope};
-use crate::error::ApiError;
+use super::extract::JsonBody;
+use super::{ApiCode, ApiError, AppState};
+use crate::auth::{Caller, Scope};
 use crate::format;
+use crate::service::keys::is_key_id;
+use crate::service::tokens::NewToken;
 use crate::store::TokenRow;
+
+pub use crate::service::tokens::MAX_TOKENS;
 
 /// Longest token name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most key ids one token may be limited to.
 pub const MAX_KEY_IDS: usize = 100;
-/// Most tokens stored at once (the bootstrap admin token is not refused by it).
-pub const MAX_TOKENS: usize = 1000;
 
-/// The token routes, merged into [`crate::api::router`].
+/// The token routes, merged into [`crate::api::router()`].
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/tokens", post(create).get(list))
@@ -51,22 +53,13 @@ struct CreateTokenBody {
     expires_at: Option<String>,
 }
 
-/// A checked `POST /v1/tokens` body.
-#[derive(Debug, PartialEq, Eq)]
-struct NewToken {
-    name: String,
-    scopes: Vec<Scope>,
-    key_ids: Option<Vec<String>>,
-    expires_at_ms: Option<i64>,
-}
-
 fn check(body: CreateTokenBody, now_ms: i64) -> Result<NewToken, ApiError> {
     if body.name.is_empty()
         || body.name.len() > MAX_NAME_LEN
         || body.name.chars().any(char::is_control)
     {
-        return Err(ApiError::bad_request(
-            "invalid_name",
+        return Err(ApiError::new(
+            ApiCode::InvalidName,
             format!("the name must be 1 to {MAX_NAME_LEN} bytes without control characters"),
         ));
     }
@@ -74,8 +67,8 @@ fn check(body: CreateTokenBody, now_ms: i64) -> Result<NewToken, ApiError> {
     for name in &body.scopes {
         let scope = Scope::parse(name).ok_or_else(|| {
             let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(
-                "invalid_scope",
+            ApiError::new(
+                ApiCode::InvalidScope,
                 format!(
                     "unknown scope {:?}: expected one of {}",
                     truncate(name),
@@ -88,27 +81,27 @@ fn check(body: CreateTokenBody, now_ms: i64) -> Result<NewToken, ApiError> {
         }
     }
     if scopes.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_scope",
+        return Err(ApiError::new(
+            ApiCode::InvalidScope,
             "a token needs at least one scope",
         ));
     }
     if let Some(ids) = &body.key_ids {
         if !scopes.contains(&Scope::Sign) || scopes.contains(&Scope::Admin) {
-            return Err(ApiError::bad_request(
-                "invalid_key_id",
+            return Err(ApiError::new(
+                ApiCode::InvalidKeyId,
                 "key_ids limit the sign scope: give them with sign and without admin",
             ));
         }
         if ids.is_empty() || ids.len() > MAX_KEY_IDS {
-            return Err(ApiError::bad_request(
-                "invalid_key_id",
+            return Err(ApiError::new(
+                ApiCode::InvalidKeyId,
                 format!("key_ids must list 1 to {MAX_KEY_IDS} key ids (omit it for every key)"),
             ));
         }
         if let Some(bad) = ids.iter().find(|id| !is_key_id(id)) {
-            return Err(ApiError::bad_request(
-                "invalid_key_id",
+            return Err(ApiError::new(
+                ApiCode::InvalidKeyId,
                 format!("{:?} is not a key id (a UUID)", truncate(bad)),
             ));
         }
@@ -123,8 +116,8 @@ fn check(body: CreateTokenBody, now_ms: i64) -> Result<NewToken, ApiError> {
         .as_deref()
         .map(|text| {
             let invalid = |why: &str| {
-                ApiError::bad_request(
-                    "invalid_expires_at",
+                ApiError::new(
+                    ApiCode::InvalidExpiresAt,
                     format!("expires_at must be an RFC 3339 time in the future: {why}"),
                 )
             };
@@ -145,11 +138,6 @@ fn check(body: CreateTokenBody, now_ms: i64) -> Result<NewToken, ApiError> {
         key_ids,
         expires_at_ms,
     })
-}
-
-/// Whether `id` is a key id as the API's paths take it (a canonical UUID).
-fn is_key_id(id: &str) -> bool {
-    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
 }
 
 /// At most 64 characters of caller input, for an error message.
@@ -180,42 +168,24 @@ fn token_json(row: &TokenRow) -> serde_json::Map<String, Value> {
     m
 }
 
+/// `POST /v1/tokens`.
 async fn create(
     caller: Caller,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateTokenBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
-    let now = crate::now_ms();
-    let new = check(body, now)?;
-    let (token, token_hash) = auth::generate_token()?;
-    let row = TokenRow {
-        token_id: auth::new_token_id()?,
-        name: new.name,
-        token_hash,
-        scopes: new
-            .scopes
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        key_ids: new.key_ids,
-        created_at_ms: now,
-        expires_at_ms: new.expires_at_ms,
-    };
+    let new = check(body, crate::now_ms())?;
+    let (row, token) = state.service.create_token(&caller, new).await?;
     let mut out = token_json(&row);
-    let token_id = row.token_id.clone();
-    state.store.insert_token(row, Some(MAX_TOKENS)).await?;
-    tracing::info!(%token_id, by = %caller.token_id(), "token created");
     out.insert("token".into(), token.expose().into());
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+/// `GET /v1/tokens`.
 async fn list(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
     let tokens: Vec<Value> = state
-        .store
-        .list_tokens()
+        .service
+        .list_tokens(&caller)
         .await?
         .iter()
         .map(|row| Value::Object(token_json(row)))
@@ -223,33 +193,28 @@ async fn list(caller: Caller, State(state): State<AppState>) -> Result<Response,
     Ok(Json(json!({ "tokens": tokens })).into_response())
 }
 
+/// `DELETE /v1/tokens/{token_id}`.
 async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin, None)?;
     let Ok(Path(id)) = path else {
         return Err(ApiError::token_not_found());
     };
-    if !auth::is_token_id(&id) || !state.store.delete_token(id.clone()).await? {
-        return Err(ApiError::token_not_found());
-    }
-    tracing::info!(token_id = %id, by = %caller.token_id(), "token revoked");
+    state.service.revoke_token(&caller, &id).await?;
     Ok(Json(json!({ "token_id": id, "revoked": true })).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::router;
+    use crate::auth;
     use crate::testing::{token, Harness};
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::header;
     use http_body_util::BodyExt as _;
-    use std::sync::Arc;
-    use std::time::Duration;
     use tower::ServiceExt as _;
 
     const KEY: &str = "6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10";
@@ -257,14 +222,7 @@ mod tests {
 
     /// The router as served (no token added).
     fn app(h: &Harness) -> Router {
-        router(AppState {
-            relay: h.relay.clone(),
-            store: h.store.clone(),
-            identity: crate::testing::identity_check(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
-            read_timeout: Duration::from_secs(2),
-            max_body_bytes: 4096,
-        })
+        crate::api::tests::bare_app(h, 4096, 8)
     }
 
     /// One request with `token` (if any); the status, the JSON body and whether the
@@ -593,7 +551,7 @@ mod tests {
         ];
         for (b, code) in cases {
             let e = check(body(b.clone()), crate::now_ms()).unwrap_err();
-            assert_eq!(e.code, code, "{b}");
+            assert_eq!(e.code.as_str(), code, "{b}");
         }
         assert!(
             serde_json::from_value::<CreateTokenBody>(json!({"name": "a", "scopes": [], "x": 1}))

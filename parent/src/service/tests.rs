@@ -1,0 +1,134 @@
+//! Tests of the service layer as the JSON-RPC endpoint will use it (no HTTP): the keys
+//! a token may sign with, a key found by address among them, the typed signature and
+//! the typed refusal carrying the policy rule.
+
+use ekms_shared::{Algorithm, PayloadKind, SignOutput, SignPayload};
+
+use super::keys::CreateKey;
+use super::sign::SignRequest;
+use super::*;
+use crate::auth::{authenticate, Caller};
+use crate::store::KeySummary;
+use crate::testing::{token, Harness, G_ADDRESS};
+
+/// The caller `token` authenticates as.
+async fn caller(h: &Harness, token: &str) -> Caller {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    authenticate(&headers, h.service.store().as_ref())
+        .await
+        .unwrap()
+}
+
+async fn create(h: &Harness, admin: &Caller, algorithm: Algorithm) -> KeySummary {
+    let new = CreateKey {
+        algorithm,
+        label: None,
+        policy_json: r#"{"enabled":true}"#.into(),
+        owner: None,
+    };
+    h.service.create_key(admin, new).await.unwrap().summary
+}
+
+fn payload(kind: PayloadKind, bytes: &[u8]) -> SignPayload {
+    SignPayload {
+        kind,
+        bytes: bytes.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn finds_a_callers_key_by_address_and_signs_with_it() {
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let sol = create(&h, &admin, Algorithm::Ed25519).await;
+    let (_, bot) = token(&h.store, "sign", Some(&[evm.key_id.as_str()]), None).await;
+    let bot = caller(&h, &bot).await;
+    let keys = h.service.signable_keys(&bot).await.unwrap();
+    let ids: Vec<_> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(ids, [evm.key_id.as_str()]);
+    // EVM addresses match whatever their case (JSON-RPC clients send them lower case).
+    let found = h
+        .service
+        .key_by_address(&bot, &G_ADDRESS.to_lowercase())
+        .await
+        .unwrap();
+    assert_eq!(found.key_id, evm.key_id);
+    let request = SignRequest {
+        key_id: found.key_id,
+        payload: payload(PayloadKind::EvmTransaction, &[0x02, 0xf8]),
+    };
+    let signed = h.service.sign(&bot, request).await.unwrap();
+    assert!(
+        matches!(signed.output, SignOutput::Evm { ref signed_transaction, .. } if signed_transaction == &[0x02, 0xf8, 0xee]),
+        "{signed:?}"
+    );
+    // Every key of an admin token.
+    assert_eq!(h.service.signable_keys(&admin).await.unwrap().len(), 2);
+    assert_eq!(
+        h.service
+            .key_by_address(&admin, &sol.address)
+            .await
+            .unwrap()
+            .key_id,
+        sol.key_id
+    );
+}
+
+#[tokio::test]
+async fn rejects_keys_the_token_may_not_use() {
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let sol = create(&h, &admin, Algorithm::Ed25519).await;
+    let (_, bot) = token(&h.store, "sign", Some(&[evm.key_id.as_str()]), None).await;
+    let bot = caller(&h, &bot).await;
+    assert!(matches!(
+        h.service.key_by_address(&bot, &sol.address).await,
+        Err(ServiceError::KeyNotFound)
+    ));
+    let request = SignRequest {
+        key_id: sol.key_id,
+        payload: payload(PayloadKind::SolanaTransaction, b"tx"),
+    };
+    assert!(matches!(
+        h.service.sign(&bot, request).await,
+        Err(ServiceError::Forbidden(_))
+    ));
+    let (_, reader) = token(&h.store, "keys:read", None, None).await;
+    let reader = caller(&h, &reader).await;
+    assert!(matches!(
+        h.service.signable_keys(&reader).await,
+        Err(ServiceError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn rejects_signing_outside_the_policy_with_the_rule() {
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let request = SignRequest {
+        key_id: evm.key_id.clone(),
+        payload: payload(PayloadKind::EvmTransaction, b"deny"),
+    };
+    match h.service.sign(&admin, request).await {
+        Err(ServiceError::PolicyDenied(refusal)) => assert_eq!(refusal.rule, "evm.chain_ids"),
+        other => panic!("{other:?}"),
+    }
+    let request = SignRequest {
+        key_id: evm.key_id,
+        payload: payload(PayloadKind::SolanaTransaction, b"tx"),
+    };
+    assert!(matches!(
+        h.service.sign(&admin, request).await,
+        Err(ServiceError::Invalid {
+            what: Invalid::KindMismatch,
+            ..
+        })
+    ));
+}
