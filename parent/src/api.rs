@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(crate::openapi::document))
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{key_id}", get(get_key))
         .route("/v1/keys/{key_id}/policy", put(control::set_policy))
