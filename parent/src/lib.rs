@@ -11,7 +11,7 @@
 //! EC2, from IMDSv2, refreshed before they expire and pushed to the enclave with
 //! `Configure` ([`credentials`]).
 //!
-//! Every route but health needs an API token ([`auth`], [`tokens`]); at its first start
+//! Every route but health and the OpenAPI document ([`openapi`]) needs an API token ([`auth`], [`tokens`]); at its first start
 //! the parent writes an admin token to `<state-dir>/admin.token` (mode 0600).
 //!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
