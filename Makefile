@@ -33,8 +33,8 @@ build:
 # vectors, the OpenSSL CMS fixtures, kms-sim driven by the real aws-sdk-kms, the `ekms
 # sim` smoke test), the production build without the simulated NSM, and the Python
 # end-to-end interoperability tests (eth-account, solders, PyNaCl; schemathesis against
-# docs/openapi.json) against the real binaries, and the TypeScript client (viem, ethers, @solana/kit, @solana/web3.js)
-# against them too.
+# docs/openapi.json) against the real binaries, and the TypeScript client (viem, ethers,
+# @solana/kit, @solana/web3.js) against them too.
 test: test-rust test-e2e test-ts
 
 test-rust: build

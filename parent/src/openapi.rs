@@ -45,8 +45,7 @@ pub(crate) async fn document() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{router, AppState};
-    use crate::testing::Harness;
+    use crate::testing::{served_router as app, Harness};
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::StatusCode;
@@ -54,26 +53,12 @@ mod tests {
     use http_body_util::BodyExt as _;
     use serde_json::Value;
     use std::collections::BTreeSet;
-    use std::sync::Arc;
-    use std::time::Duration;
     use tower::ServiceExt as _;
 
     const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
     fn parsed() -> Value {
         serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON")
-    }
-
-    /// The router as served (no token added).
-    fn app(h: &Harness) -> Router {
-        router(AppState {
-            relay: h.relay.clone(),
-            store: h.store.clone(),
-            identity: crate::testing::identity_check(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
-            read_timeout: Duration::from_secs(2),
-            max_body_bytes: 4096,
-        })
     }
 
     /// Status, `Content-Type`, `Allow` and body of one request with `token` (if any).

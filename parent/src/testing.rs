@@ -616,6 +616,18 @@ pub fn attestation_root(dir: &Path) -> crate::identity::AttestationRoot {
     crate::identity::AttestationRoot::Simulation(path)
 }
 
+/// The router as served, around `h` (no token added; limits: 4 KiB bodies, 8 in flight).
+pub fn served_router(h: &Harness) -> axum::Router {
+    crate::api::router(crate::api::AppState {
+        relay: h.relay.clone(),
+        store: h.store.clone(),
+        identity: identity_check(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
+        read_timeout: Duration::from_secs(2),
+        max_body_bytes: 4096,
+    })
+}
+
 /// An identity check that trusts the fake's root.
 pub fn identity_check() -> Arc<crate::identity::IdentityCheck> {
     let verifier =

@@ -242,30 +242,15 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::router;
-    use crate::testing::{token, Harness};
+    use crate::testing::{served_router as app, token, Harness};
     use axum::body::Body;
     use axum::extract::Request;
     use axum::http::header;
     use http_body_util::BodyExt as _;
-    use std::sync::Arc;
-    use std::time::Duration;
     use tower::ServiceExt as _;
 
     const KEY: &str = "6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10";
     const EVM_TX: &str = r#"{"kind":"evm_transaction","payload":"0x02f8"}"#;
-
-    /// The router as served (no token added).
-    fn app(h: &Harness) -> Router {
-        router(AppState {
-            relay: h.relay.clone(),
-            store: h.store.clone(),
-            identity: crate::testing::identity_check(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
-            read_timeout: Duration::from_secs(2),
-            max_body_bytes: 4096,
-        })
-    }
 
     /// One request with `token` (if any); the status, the JSON body and whether the
     /// answer carries `WWW-Authenticate: Bearer`.
