@@ -32,9 +32,10 @@ build:
 # The test command (README, .ci/run): every Rust test (units, the real AWS attestation
 # vectors, the OpenSSL CMS fixtures, kms-sim driven by the real aws-sdk-kms, the `ekms
 # sim` smoke test), the production build without the simulated NSM, and the Python
-# end-to-end interoperability tests (eth-account, solders, PyNaCl) against the real
-# binaries (with the example bots of `make examples`, e2e/test_examples.py), and the
-# TypeScript client (viem, ethers, @solana/kit, @solana/web3.js) against them too.
+# end-to-end interoperability tests (eth-account, solders, PyNaCl; schemathesis against
+# docs/openapi.json) against the real binaries (with the example bots of `make examples`,
+# e2e/test_examples.py), and the TypeScript client (viem, ethers, @solana/kit,
+# @solana/web3.js) against them too.
 test: test-rust test-e2e test-ts
 
 test-rust: build

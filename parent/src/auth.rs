@@ -17,7 +17,8 @@
 //! write the database, is not stopped by tokens; owner-signed policy changes are what
 //! stop it (DESIGN §4).
 //!
-//! Rule for maintainers: every route but `GET /v1/health` takes a [`Caller`] as its
+//! Rule for maintainers: every route but `GET /v1/health` and `GET /v1/openapi.json`
+//! (public documentation, [`crate::openapi`]) takes a [`Caller`] as its
 //! *first* extractor (so nothing, not even the body, is read for an unauthenticated
 //! request) and passes it to the service layer, whose every operation starts with
 //! [`Caller::require`] (so REST, JSON-RPC and tools get the same checks):

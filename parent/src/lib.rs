@@ -13,8 +13,9 @@
 //! EC2, from IMDSv2, refreshed before they expire and pushed to the enclave with
 //! `Configure` ([`credentials`]).
 //!
-//! Every route but health needs an API token ([`auth`], [`tokens`]); at its first start
-//! the parent writes an admin token to `<state-dir>/admin.token` (mode 0600).
+//! Every route but health and the OpenAPI document ([`api::openapi`]) needs an API
+//! token ([`auth`]); at its first start the parent writes an admin token to
+//! `<state-dir>/admin.token` (mode 0600).
 //!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
 //! [`Server::bind`] then [`Server::run`], to learn the bound address first).

@@ -50,6 +50,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     ApiError::new(ApiCode::InvalidBody, rejection.body_text())
                 }
             })?;
+        // Every body of this API is an object: serde would also read a struct from a JSON
+        // array, positionally (`["ed25519",null,null,null]` created a key).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                ApiCode::InvalidJson,
+                "the body must be a JSON object",
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))

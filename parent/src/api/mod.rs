@@ -48,6 +48,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod openapi;
 pub mod policy;
 pub mod router;
 pub mod sign;

@@ -10,13 +10,16 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tracing::Instrument as _;
 
-use super::{attestation, health, keys, policy, sign, tokens, ApiCode, ApiError, AppState};
+use super::{
+    attestation, health, keys, openapi, policy, sign, tokens, ApiCode, ApiError, AppState,
+};
 
 /// The API router with its limits (body size, in-flight cap, error shapes).
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/v1/health", get(health::health))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{key_id}", get(keys::get))
         .route("/v1/keys/{key_id}/policy", put(policy::set_policy))

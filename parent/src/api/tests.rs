@@ -287,6 +287,45 @@ async fn rejects_malformed_requests() {
     );
 }
 
+/// A struct also deserializes from a JSON array (serde's sequence form); the API's
+/// bodies are objects only.
+#[tokio::test]
+async fn rejects_a_body_that_is_not_a_json_object() {
+    let h = Harness::start(1).await;
+    let app = app(&h, 4096, 8);
+    for (uri, body) in [
+        ("/v1/keys", r#"["ed25519",null,null,null]"#),
+        ("/v1/tokens", r#"["bot",["sign"],null,null]"#),
+        ("/v1/admin/stop", "[]"),
+        ("/v1/admin/stop", " \n[]"),
+        ("/v1/admin/stop", "null"),
+        ("/v1/admin/stop", "\"{}\""),
+    ] {
+        let (s, v) = send(&app, "POST", uri, Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{uri} {body}"
+        );
+    }
+    assert!(
+        h.store.list_keys(10).await.unwrap().is_empty(),
+        "no key created"
+    );
+    assert_eq!(
+        h.store.list_tokens().await.unwrap().len(),
+        1,
+        "no token created"
+    );
+    // Positive twin: the same requests as objects (leading white space allowed).
+    let (s, v) = send(&app, "POST", "/v1/admin/stop", Some(" \n{}")).await;
+    assert_eq!(
+        (s, v["stopped"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{v}"
+    );
+}
+
 #[tokio::test]
 async fn rejects_key_creation_the_enclave_refuses_and_stores_nothing() {
     let h = Harness::start(1).await;
