@@ -16,6 +16,7 @@ pub mod audit;
 mod codec;
 mod error;
 mod messages;
+pub mod metrics;
 pub mod owner;
 pub mod statement;
 
@@ -25,6 +26,7 @@ pub use codec::{
     FRAME_PREFIX_LEN, MAX_CBOR_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use error::{ProtocolError, WireError};
+pub use metrics::EnclaveMetrics;
 pub use messages::{
     Algorithm, Credentials, DekCachePolicy, EnclaveState, KeyringRef, KmsConfig, KmsTarget, Mode,
     OwnerApproval, PayloadKind, Request, RequestFrame, Response, ResponseBody, ResponseFrame,
