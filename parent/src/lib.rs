@@ -14,6 +14,9 @@
 //! Every route but health needs an API token ([`auth`], [`tokens`]); at its first start
 //! the parent writes an admin token to `<state-dir>/admin.token` (mode 0600).
 //!
+//! With `--metrics-listen`, Prometheus metrics are served on a listener of their own
+//! ([`metrics`]), never on the app socket.
+//!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
 //! [`Server::bind`] then [`Server::run`], to learn the bound address first).
 
@@ -28,6 +31,7 @@ pub mod format;
 pub mod identity;
 pub mod io;
 pub mod journal;
+pub mod metrics;
 pub mod relay;
 pub mod store;
 pub mod tokens;
@@ -51,6 +55,7 @@ pub struct Server {
     config: Config,
     store: Store,
     listener: AppListener,
+    metrics_listener: Option<AppListener>,
 }
 
 impl Server {
@@ -88,10 +93,15 @@ impl Server {
         }
         auth::ensure_admin_token(&store, &config.admin_token).await?;
         let listener = AppListener::bind(&config.listen).await?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(AppListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Server {
             config,
             store,
             listener,
+            metrics_listener,
         })
     }
 
@@ -101,6 +111,17 @@ impl Server {
     /// [`Error::Io`] if the OS cannot report it.
     pub fn local_addr(&self) -> Result<ListenAddr, Error> {
         self.listener.local_addr()
+    }
+
+    /// The bound metrics address, with `--metrics-listen` (`None` without).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the OS cannot report it.
+    pub fn metrics_addr(&self) -> Result<Option<ListenAddr>, Error> {
+        self.metrics_listener
+            .as_ref()
+            .map(AppListener::local_addr)
+            .transpose()
     }
 
     /// Gets the AWS credentials (with `--aws-credentials imds`: from IMDS, up to
@@ -113,6 +134,7 @@ impl Server {
     /// [`io::serve`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let c = self.config;
+        let metrics = Arc::new(metrics::Metrics::new());
         let mut shutdown = std::pin::pin!(shutdown);
         let (credentials, refresher) = match c.aws_credentials {
             CredentialsConfig::Env(credentials) => (credentials, None),
@@ -138,6 +160,7 @@ impl Server {
                 kms: c.kms.with_credentials(credentials),
                 dek_cache: c.dek_cache,
                 keyring: c.keyring,
+                metrics: Arc::clone(&metrics),
             },
             self.store.clone(),
         );
@@ -168,13 +191,38 @@ impl Server {
             )),
             read_timeout: c.read_timeout,
             max_body_bytes: c.max_body_bytes,
-        });
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&metrics),
+            metrics::track_http,
+        ));
         let limits = ServeLimits {
             max_connections: c.max_connections,
             header_read_timeout: c.read_timeout,
             write_stall_timeout: c.read_timeout,
         };
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let mut stopped = metrics_stopped;
+            tokio::spawn(metrics::serve(
+                listener,
+                metrics,
+                relay.clone(),
+                limits,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let result = io::serve(self.listener, router, limits, shutdown).await;
+        let _ = stop_metrics.send(true);
+        if let Some(task) = metrics_server {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener"),
+                Err(e) => tracing::warn!(error = %e, "metrics listener task"),
+                Ok(Ok(())) => {}
+            }
+        }
         if let Some(task) = refresher {
             task.abort();
         }
@@ -212,6 +260,7 @@ mod tests {
     fn config(dir: &std::path::Path, enclave: &std::path::Path) -> Config {
         Config {
             listen: ListenAddr::Unix(dir.join("api.sock")),
+            metrics_listen: None,
             enclave: ekms_shared::Address::Unix(enclave.to_owned()),
             enclave_log: None,
             db: dir.join("state/ekms.db"),

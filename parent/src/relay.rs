@@ -78,6 +78,8 @@ pub struct RelayConfig {
     pub dek_cache: ekms_shared::DekCachePolicy,
     /// Keyring new keys are created in.
     pub keyring: String,
+    /// Where round trips are timed ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `GET /v1/health` shows once ready.
@@ -253,7 +255,13 @@ impl Relay {
             return Err(Error::EnclaveConfiguredByAnother(reason));
         }
         let conn = self.pick()?;
-        conn.call(&self.inner, request).await
+        let (name, started) = (request.name(), std::time::Instant::now());
+        let answer = conn.call(&self.inner, request).await;
+        self.inner
+            .config
+            .metrics
+            .observe_round_trip(name, started.elapsed());
+        answer
     }
 
     fn pick(&self) -> Result<Conn, Error> {

@@ -640,6 +640,7 @@ pub fn relay_config(enclave: &Path, connections: usize) -> RelayConfig {
             max_uses: 1000,
         },
         keyring: "default".into(),
+        metrics: Default::default(),
     }
 }
 
