@@ -301,6 +301,67 @@ mod tests {
         (status, body)
     }
 
+    /// Issue 11 item 5: `/metrics` on its own listener (with the enclave's counters and
+    /// the app requests by route template), never on the app socket.
+    #[tokio::test]
+    async fn serves_metrics_on_their_own_listener_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut c = config(dir.path(), &fake.path);
+        let metrics_sock = dir.path().join("metrics.sock");
+        c.metrics_listen = Some(ListenAddr::Unix(metrics_sock.clone()));
+        let server = Server::bind(c).await.unwrap();
+        assert_eq!(
+            server.metrics_addr().unwrap(),
+            Some(ListenAddr::Unix(metrics_sock.clone()))
+        );
+        let sock = dir.path().join("api.sock");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\r\n");
+        for _ in 0..200 {
+            if http(&sock, &get("/v1/health")).await.0.contains(" 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, body) = http(
+            &sock,
+            &get("/v1/keys/0x52908400098527886E0F7030069857D2E4169EE7"),
+        )
+        .await;
+        assert!(status.contains(" 401 "), "{status} {body}");
+        let (status, _) = http(&sock, &get("/metrics")).await;
+        assert!(status.contains(" 404 "), "app socket: {status}");
+        let (status, text) = http(&metrics_sock, &get("/metrics")).await;
+        assert!(status.contains(" 200 "), "{status} {text}");
+        assert!(text.contains("ekms_enclave_up 1"), "{text}");
+        assert!(
+            text.contains(
+                r#"ekms_http_requests_total{method="GET",route="/v1/health",code="200"}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="/v1/keys/{key_id}",code="401""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"route="unmatched",code="404""#), "{text}");
+        assert!(!text.contains("0x5290"), "{text}");
+        let (status, _) = http(&metrics_sock, &get("/v1/health")).await;
+        assert!(status.contains(" 404 "), "metrics socket: {status}");
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!metrics_sock.exists());
+    }
+
     #[tokio::test]
     async fn serves_on_a_unix_socket_and_cleans_up_on_shutdown() {
         let dir = tempfile::tempdir().unwrap();

@@ -380,7 +380,7 @@ impl Collector for EnclaveCollector {
                 let bounds = KMS_DURATION_BUCKETS_SECONDS
                     .iter()
                     .copied()
-                    .chain([f64::MAX]);
+                    .chain([f64::INFINITY]);
                 let buckets: Vec<(f64, u64)> =
                     bounds.zip(k.duration_buckets.iter().copied()).collect();
                 let count = k.duration_buckets.iter().sum();

@@ -397,6 +397,7 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             });
             state.pend(Some(policy), false, None)
         }
+        Request::Metrics => Ok(ResponseBody::Metrics(Box::default())),
         Request::StopAll => state.pend(None, false, Some(true)),
         Request::ResumeAll => state.pend(None, false, Some(false)),
         Request::Restore { .. } => {
