@@ -332,7 +332,10 @@ mod tests {
         let n = crate::metrics::MAX_METRIC_ENTRIES - 2;
         m.refusals = vec![m.refusals[0].clone(); n];
         let err = decode_response(&unchecked_metrics_frame(m.clone())).unwrap_err();
-        assert!(matches!(err, ProtocolError::InvalidBody { request_id: 5, .. }), "{err:?}");
+        assert!(
+            matches!(err, ProtocolError::InvalidBody { request_id: 5, .. }),
+            "{err:?}"
+        );
         let frame = ResponseFrame::ok(5, ResponseBody::Metrics(Box::new(m)));
         assert!(matches!(
             encode_response(&frame),
@@ -658,7 +661,9 @@ mod tests {
             }
         );
         assert_eq!(err.request_id(), Some(42));
-        assert!(err.to_string().contains(&format!("version {}", PROTOCOL_VERSION + 1)));
+        assert!(err
+            .to_string()
+            .contains(&format!("version {}", PROTOCOL_VERSION + 1)));
         assert!(matches!(
             decode_response(&raw_frame(0, 1, &[0xf6])),
             Err(ProtocolError::UnsupportedVersion { version: 0, .. })

@@ -26,7 +26,6 @@ pub use codec::{
     FRAME_PREFIX_LEN, MAX_CBOR_DEPTH, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use error::{ProtocolError, WireError};
-pub use metrics::EnclaveMetrics;
 pub use messages::{
     Algorithm, Credentials, DekCachePolicy, EnclaveState, KeyringRef, KmsConfig, KmsTarget, Mode,
     OwnerApproval, PayloadKind, Request, RequestFrame, Response, ResponseBody, ResponseFrame,
@@ -34,6 +33,7 @@ pub use messages::{
     MAX_ATTESTATION_NONCE_LEN, MAX_ATTESTATION_USER_DATA_LEN, MAX_OWNER_SIGNATURE_LEN,
     PENDING_CHECKPOINT_SECS,
 };
+pub use metrics::EnclaveMetrics;
 
 /// vsock CID of the parent instance as seen from inside an enclave: 3, nitro-cli's
 /// `VMADDR_CID_PARENT` (aws-nitro-enclaves-cli). Not `VMADDR_CID_HOST`, which is 2 in

@@ -19,8 +19,9 @@ use crate::messages::PayloadKind;
 /// Upper bounds (seconds, `le`) of the KMS latency histogram's buckets; a last,
 /// implicit bucket is `+Inf`. From 5 ms (a cached regional call) to 10 s (the SDK's
 /// retries under throttling).
-pub const KMS_DURATION_BUCKETS_SECONDS: [f64; 11] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const KMS_DURATION_BUCKETS_SECONDS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Most entries in all the lists of one [`EnclaveMetrics`] together (signatures,
 /// refusals, KMS operations, KMS errors). The real sets are far smaller (6 kinds; 6 × ~60
@@ -188,10 +189,8 @@ impl EnclaveMetrics {
     /// all, well-formed refusal reasons, and histograms of exactly the fixed bucket
     /// count. Returns the reason on failure.
     pub(crate) fn check_limits(&self) -> Result<(), String> {
-        let entries = self.signatures.len()
-            + self.refusals.len()
-            + self.kms.len()
-            + self.kms_errors.len();
+        let entries =
+            self.signatures.len() + self.refusals.len() + self.kms.len() + self.kms_errors.len();
         if entries > MAX_METRIC_ENTRIES {
             return Err(format!(
                 "metrics have {entries} entries, more than {MAX_METRIC_ENTRIES}"
@@ -199,7 +198,9 @@ impl EnclaveMetrics {
         }
         if let Some(r) = self.refusals.iter().find(|r| !is_rule_label(&r.rule)) {
             let shown: String = r.rule.chars().take(MAX_RULE_LABEL_LEN).collect();
-            return Err(format!("refusal reason {shown:?} is not [a-z0-9_.]{{1,64}}"));
+            return Err(format!(
+                "refusal reason {shown:?} is not [a-z0-9_.]{{1,64}}"
+            ));
         }
         let want = KMS_DURATION_BUCKETS_SECONDS.len() + 1;
         if let Some(k) = self.kms.iter().find(|k| k.duration_buckets.len() != want) {
