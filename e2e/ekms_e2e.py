@@ -111,6 +111,10 @@ class Response:
         return f"Response({self.status}, {self.body[:400]!r})"
 
 
+#: The parent↔enclave protocol version (`ekms_shared::PROTOCOL_VERSION`), for tests
+#: that write frames to the enclave's socket themselves, as a host attacker can.
+PROTOCOL_VERSION = 3
+
 ADMIN_TOKEN = object()
 """`Client(token=ADMIN_TOKEN)` (the default): the admin token in `admin.token` beside the
 socket, read at each request (the parent writes it at its first start)."""
