@@ -301,6 +301,20 @@ mod tests {
         (status, body)
     }
 
+    /// Stops a server started with `tokio::spawn(server.run(stop_rx))`; it must end
+    /// cleanly within 5 s.
+    async fn stop(
+        stop_tx: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
     /// Issue 11 item 5: `/metrics` on its own listener (with the enclave's counters and
     /// the app requests by route template), never on the app socket.
     #[tokio::test]
@@ -353,12 +367,7 @@ mod tests {
         assert!(!text.contains("0x5290"), "{text}");
         let (status, _) = http(&metrics_sock, &get("/v1/health")).await;
         assert!(status.contains(" 404 "), "metrics socket: {status}");
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(stop_tx, task).await;
         assert!(!metrics_sock.exists());
     }
 
@@ -403,12 +412,7 @@ mod tests {
         let auth = format!("Authorization: Bearer {}\r\n", token.trim());
         let (status, body) = http(&sock, &post(&auth)).await;
         assert!(status.contains(" 201 "), "{status} {body}");
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(stop_tx, task).await;
         assert!(!sock.exists(), "the socket file is removed");
         let mode = std::fs::metadata(dir.path().join("state/ekms.db"))
             .unwrap()

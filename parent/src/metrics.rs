@@ -33,7 +33,7 @@ use axum::Router;
 use ekms_shared::metrics::KMS_DURATION_BUCKETS_SECONDS;
 use ekms_shared::{EnclaveMetrics, ResponseBody};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -311,64 +311,51 @@ impl Collector for EnclaveCollector {
             "Seconds since the enclave booted (its counters start at boot)",
             i64::try_from(e.uptime_secs).unwrap_or(i64::MAX),
         )?;
-        {
-            let mut m = encoder.encode_descriptor(
-                "signatures",
-                "Payloads the enclave signed, by key algorithm and payload kind",
-                None,
-                MetricType::Counter,
-            )?;
-            for s in &e.signatures {
+        counters(
+            &mut encoder,
+            "signatures",
+            "Payloads the enclave signed, by key algorithm and payload kind",
+            e.signatures.iter().map(|s| {
                 let labels = [
                     ("algorithm", s.kind.algorithm().as_str()),
                     ("kind", s.kind.as_str()),
                 ];
-                ConstCounter::new(s.count).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
-                "refusals",
-                "Sign requests the enclave refused (and audited), by algorithm, kind and rule",
-                None,
-                MetricType::Counter,
-            )?;
-            for r in &e.refusals {
+                (labels, s.count)
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "refusals",
+            "Sign requests the enclave refused (and audited), by algorithm, kind and rule",
+            e.refusals.iter().map(|r| {
                 let labels = [
                     ("algorithm", r.kind.algorithm().as_str()),
                     ("kind", r.kind.as_str()),
                     ("rule", r.rule.as_str()),
                 ];
-                ConstCounter::new(r.count).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
-                "kms_requests",
-                "KMS calls the enclave made, by operation",
-                None,
-                MetricType::Counter,
-            )?;
-            for k in &e.kms {
-                let labels = [("operation", k.operation.as_str())];
-                ConstCounter::new(k.requests).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
-                "kms_errors",
-                "Failed KMS calls of the enclave, by operation and kind of failure",
-                None,
-                MetricType::Counter,
-            )?;
-            for k in &e.kms_errors {
+                (labels, r.count)
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "kms_requests",
+            "KMS calls the enclave made, by operation",
+            e.kms
+                .iter()
+                .map(|k| ([("operation", k.operation.as_str())], k.requests)),
+        )?;
+        counters(
+            &mut encoder,
+            "kms_errors",
+            "Failed KMS calls of the enclave, by operation and kind of failure",
+            e.kms_errors.iter().map(|k| {
                 let labels = [
                     ("operation", k.operation.as_str()),
                     ("kind", k.kind.as_str()),
                 ];
-                ConstCounter::new(k.count).encode(m.encode_family(&labels)?)?;
-            }
-        }
+                (labels, k.count)
+            }),
+        )?;
         {
             let mut m = encoder.encode_descriptor(
                 "kms_request_duration_seconds",
@@ -409,6 +396,20 @@ impl Collector for EnclaveCollector {
         }
         Ok(())
     }
+}
+
+/// Encodes one counter family from `(labels, value)` pairs.
+fn counters<S: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (S, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown` resolves,

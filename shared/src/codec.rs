@@ -83,14 +83,7 @@ pub fn encode_request(frame: &RequestFrame) -> Result<Vec<u8>, ProtocolError> {
 /// [`ProtocolError::UnsupportedVersion`] and [`ProtocolError::InvalidBody`] (the last two
 /// carry the request id, see [`ProtocolError::request_id`]).
 pub fn decode_request(body: &[u8]) -> Result<RequestFrame, ProtocolError> {
-    let frame: RequestFrame = decode_frame(body)?;
-    frame
-        .check_limits()
-        .map_err(|reason| ProtocolError::InvalidBody {
-            request_id: frame.request_id,
-            reason,
-        })?;
-    Ok(frame)
+    decode_checked(body, |f: &RequestFrame| (f.request_id, f.check_limits()))
 }
 
 /// Encodes a response as a whole frame (length prefix + CBOR body).
@@ -109,13 +102,18 @@ pub fn encode_response(frame: &ResponseFrame) -> Result<Vec<u8>, ProtocolError> 
 /// # Errors
 /// As [`decode_request`].
 pub fn decode_response(body: &[u8]) -> Result<ResponseFrame, ProtocolError> {
-    let frame: ResponseFrame = decode_frame(body)?;
-    frame
-        .check_limits()
-        .map_err(|reason| ProtocolError::InvalidBody {
-            request_id: frame.request_id,
-            reason,
-        })?;
+    decode_checked(body, |f: &ResponseFrame| (f.request_id, f.check_limits()))
+}
+
+/// Decodes a frame, then checks its per-field limits: `check` gives the frame's request
+/// id and the verdict; a failure is [`ProtocolError::InvalidBody`] with that id.
+fn decode_checked<F: DeserializeOwned>(
+    body: &[u8],
+    check: impl Fn(&F) -> (u64, Result<(), String>),
+) -> Result<F, ProtocolError> {
+    let frame: F = decode_frame(body)?;
+    let (request_id, verdict) = check(&frame);
+    verdict.map_err(|reason| ProtocolError::InvalidBody { request_id, reason })?;
     Ok(frame)
 }
 
