@@ -111,6 +111,10 @@ class Response:
         return f"Response({self.status}, {self.body[:400]!r})"
 
 
+#: The parent↔enclave protocol version (`ekms_shared::PROTOCOL_VERSION`), for tests
+#: that write frames to the enclave's socket themselves, as a host attacker can.
+PROTOCOL_VERSION = 3
+
 ADMIN_TOKEN = object()
 """`Client(token=ADMIN_TOKEN)` (the default): the admin token in `admin.token` beside the
 socket, read at each request (the parent writes it at its first start)."""
@@ -259,8 +263,11 @@ def _collect_pids(doc: dict) -> dict[str, int]:
 class Sim:
     """One `ekms sim --state-dir DIR` in the foreground of a child process."""
 
-    def __init__(self, state_dir: Path, log_path: Path | None = None, binary: Path | None = None):
+    def __init__(self, state_dir: Path, log_path: Path | None = None, binary: Path | None = None,
+                 extra_args: list[str] | None = None):
         self.state_dir = Path(state_dir)
+        #: More `ekms sim` flags (e.g. `--metrics-listen tcp://127.0.0.1:0`).
+        self.extra_args = list(extra_args or [])
         self.log_path = log_path or self.state_dir.parent / (self.state_dir.name + ".log")
         self.binary = binary or ekms_bin()
         self.proc: subprocess.Popen | None = None
@@ -285,7 +292,7 @@ class Sim:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(self.binary), "sim", "--state-dir", str(self.state_dir)],
+            [str(self.binary), "sim", "--state-dir", str(self.state_dir), *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

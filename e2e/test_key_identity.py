@@ -17,6 +17,7 @@ from solders.pubkey import Pubkey
 from ekms_e2e import (
     ONE_ETH,
     ONE_SOL,
+    PROTOCOL_VERSION,
     SYSTEM_PROGRAM,
     check_evm_signature,
     db_connect,
@@ -182,7 +183,7 @@ def _enclave_attestation(sim, user_data: bytes) -> bytes:
     path = sim.sim_json().get("enclave_socket")
     if not path:
         pytest.skip("sim.json names no enclave socket")
-    body = _cbor({"version": 2, "request_id": 7,
+    body = _cbor({"version": PROTOCOL_VERSION, "request_id": 7,
                   "body": {"Attestation": {"nonce": None, "user_data": user_data}}})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)

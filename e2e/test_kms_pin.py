@@ -25,7 +25,7 @@ import time
 
 import subprocess
 
-from ekms_e2e import ONE_ETH, Client, bin_dir, check_evm_signature, evm_eip1559
+from ekms_e2e import ONE_ETH, PROTOCOL_VERSION, Client, bin_dir, check_evm_signature, evm_eip1559
 
 DEST = "0x000000000000000000000000000000000000dEaD"
 POLICY = {
@@ -103,7 +103,7 @@ def cbor_decode(b: bytes, i: int = 0):
 def configure_frame(request_id: int, kms: dict) -> bytes:
     body = cbor_encode(
         {
-            "version": 2,
+            "version": PROTOCOL_VERSION,
             "request_id": request_id,
             "body": {"Configure": {"kms": kms, "dek_cache": {"ttl_secs": 60, "max_uses": 10}}},
         }

@@ -116,6 +116,11 @@ pub struct SimArgs {
     /// Seconds to wait for `GET /v1/health` to answer 200.
     #[arg(long, default_value_t = 60)]
     pub health_timeout_secs: u64,
+    /// Have the parent serve Prometheus metrics (`GET /metrics`) here:
+    /// unix:/path or tcp://127.0.0.1:PORT (port 0: a free port, shown in the summary and
+    /// in sim.json as `metrics_listen`) [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `ekms keys …`

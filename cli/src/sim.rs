@@ -465,6 +465,8 @@ struct Started {
     kms_endpoint: String,
     key: KeySetup,
     pcr0_hex: String,
+    /// The parent's `--metrics-listen`, if any (a TCP port 0 resolved to a free one).
+    metrics_listen: Option<String>,
 }
 
 /// Runs `ekms sim` until SIGINT/SIGTERM (then `Ok`, also when the signal comes during
@@ -494,8 +496,13 @@ pub async fn run(args: SimArgs) -> Result<(), Error> {
 
     let mut procs = Procs::default();
     let health_timeout = Duration::from_secs(args.health_timeout_secs);
+    let metrics_listen = args
+        .metrics_listen
+        .as_deref()
+        .map(resolve_metrics_listen)
+        .transpose()?;
     let started = tokio::select! {
-        r = start(&paths, &bins, health_timeout, &mut procs) => r.map(Some),
+        r = start(&paths, &bins, health_timeout, metrics_listen, &mut procs) => r.map(Some),
         sig = signals.recv() => {
             eprintln!("ekms sim: {sig} during start: stopping");
             Ok(None)
@@ -530,6 +537,7 @@ async fn start(
     paths: &SimPaths,
     bins: &Binaries,
     health_timeout: Duration,
+    metrics_listen: Option<String>,
     procs: &mut Procs,
 ) -> Result<Started, Error> {
     attestation::SimulatedCa::load_or_create(&paths.ca_dir)
@@ -622,6 +630,9 @@ async fn start(
         .env("AWS_ACCESS_KEY_ID", kms::SIM_ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", kms::SIM_SECRET_ACCESS_KEY)
         .env_remove("AWS_SESSION_TOKEN");
+    if let Some(addr) = &metrics_listen {
+        cmd.arg("--metrics-listen").arg(addr);
+    }
     Proc::launch(
         &mut procs.parent,
         "parent",
@@ -637,11 +648,34 @@ async fn start(
         key,
         pcr0_hex,
         pin,
+        metrics_listen,
     })
 }
 
 fn unix_addr(path: &Path) -> String {
     format!("unix:{}", path.display())
+}
+
+/// `--metrics-listen` as the parent gets it: a `tcp://IP:0` becomes a free port of
+/// `IP` (asked of the OS here, so that the summary and sim.json can name it; another
+/// process could take it in between, then the parent fails to start and says so).
+///
+/// # Errors
+/// [`Error::Sim`] for a TCP address that does not parse or cannot be bound.
+fn resolve_metrics_listen(addr: &str) -> Result<String, Error> {
+    let Some(tcp) = addr.strip_prefix("tcp://") else {
+        return Ok(addr.to_owned());
+    };
+    let parsed: std::net::SocketAddr = tcp
+        .parse()
+        .map_err(|_| Error::Sim(format!("--metrics-listen {addr:?}: not IP:PORT")))?;
+    if parsed.port() != 0 {
+        return Ok(addr.to_owned());
+    }
+    let free = std::net::TcpListener::bind(parsed)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::io(format!("finding a free port for {addr}"), e))?;
+    Ok(format!("tcp://{free}"))
 }
 
 /// The KMS target the enclave is started pinned to (its `--kms-key-arn` and
@@ -811,6 +845,7 @@ fn write_status(
         "kms_key_arn": started.key.arn(),
         "pcr0": started.pcr0_hex,
         "enclave_restarts": enclave_restarts,
+        "metrics_listen": started.metrics_listen,
         "processes": {
             "kms-sim": proc_json(&procs.kms, &bins.kms_sim),
             "enclave": proc_json(&procs.enclave, &bins.enclave),
@@ -844,6 +879,9 @@ fn print_summary(paths: &SimPaths, procs: &Procs, started: &Started) {
     println!("  PCR0     {}", started.pcr0_hex);
     println!("  CA root  {}", paths.root_pem.display());
     println!("  socket   {}", paths.app_socket.display());
+    if let Some(addr) = &started.metrics_listen {
+        println!("  metrics  {addr} (GET /metrics)");
+    }
     println!(
         "ready: export EKMS_SOCKET={} and try `ekms keys create --algorithm ed25519`; Ctrl-C stops",
         paths.app_socket.display()
@@ -861,7 +899,28 @@ mod tests {
             enclave_bin: None,
             parent_bin: None,
             health_timeout_secs: 60,
+            metrics_listen: None,
         }
+    }
+
+    #[test]
+    fn resolves_a_metrics_port_0_to_a_free_port() {
+        let addr = resolve_metrics_listen("tcp://127.0.0.1:0").unwrap();
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        assert_ne!(port, 0);
+        assert_eq!(
+            resolve_metrics_listen("unix:/tmp/m.sock").unwrap(),
+            "unix:/tmp/m.sock"
+        );
+        assert_eq!(
+            resolve_metrics_listen("tcp://127.0.0.1:9464").unwrap(),
+            "tcp://127.0.0.1:9464"
+        );
+    }
+
+    #[test]
+    fn rejects_a_malformed_metrics_tcp_address() {
+        assert!(resolve_metrics_listen("tcp://localhost:x").is_err());
     }
 
     #[test]

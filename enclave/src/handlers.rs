@@ -121,6 +121,9 @@ pub async fn handle(enclave: &Enclave, request: Request) -> Result<ResponseBody,
             last_audit,
         } => restore(ready_arc()?, enclave, keyring, checkpoint, last_audit).await,
         Request::Commit { seq } => commit(ready()?, enclave, seq).await,
+        Request::Metrics => Ok(ResponseBody::Metrics(Box::new(
+            enclave.metrics().snapshot(),
+        ))),
         Request::Sign {
             record,
             keyring,
@@ -873,11 +876,26 @@ async fn sign(
     }
     let dek = services.keyrings.data_key(&keyring).await?;
     let audit = Arc::clone(enclave.audit());
+    let kind = payload.kind;
     // Everything that touches the secret, the wrap key or the MAC key runs on a signing
     // thread whose stack is scrubbed afterwards (crate::workers).
-    workers::signing()?
+    let answer = workers::signing()?
         .run(move || sign_on_worker(&services, &audit, dek, &record, &policy, &payload))
-        .await?
+        .await?;
+    // Counted as decided (signed, or refused and audited); failures to open or verify
+    // are no decision on the key and are not counted.
+    match &answer {
+        Ok(ResponseBody::Signed { .. }) => enclave.metrics().signed(kind),
+        Ok(ResponseBody::Refused { error, .. }) => {
+            let reason = match error {
+                WireError::PolicyDenied { rule, .. } => rule.as_str(),
+                other => other.code(),
+            };
+            enclave.metrics().refused(kind, reason);
+        }
+        _ => {}
+    }
+    answer
 }
 
 /// The synchronous part of `Sign`: open and verify (a failure is not a decision on the
@@ -1436,6 +1454,17 @@ mod tests {
         )
         .await;
         assert!(matches!(r, Ok(ResponseBody::Attestation { .. })), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_answered_while_booting() {
+        let e = enclave();
+        e.metrics().signed(PayloadKind::SolanaTransaction);
+        let Ok(ResponseBody::Metrics(m)) = handle(&e, Request::Metrics).await else {
+            panic!("no metrics while booting")
+        };
+        assert_eq!(m.signatures.len(), 1);
+        assert_eq!(m.signatures[0].count, 1);
     }
 
     #[tokio::test]

@@ -204,9 +204,11 @@ impl Keyrings {
         }
         let key = cache_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext);
         if let Some(dek) = self.cache.take(&key, Instant::now()) {
+            self.kms.metrics().dek_hit();
             return Ok(dek);
         }
         if !self.cache.enabled() {
+            self.kms.metrics().dek_miss();
             return self.fetch(keyring).await;
         }
         let lock = {
@@ -219,8 +221,10 @@ impl Keyrings {
         let _single_flight = lock.lock().await;
         // Another request may have fetched it while this one waited.
         if let Some(dek) = self.cache.take(&key, Instant::now()) {
+            self.kms.metrics().dek_hit();
             return Ok(dek);
         }
+        self.kms.metrics().dek_miss();
         let fetched = self.fetch(keyring).await;
         self.fetching
             .lock()

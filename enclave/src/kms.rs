@@ -30,9 +30,11 @@ use aws_sdk_kms::config::{BehaviorVersion, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
+use ekms_shared::metrics::KmsOperation;
 use ekms_shared::{Credentials, KmsConfig, KmsTarget, Mode, WireError};
 use tokio::sync::Mutex;
 
+use crate::metrics::Counters;
 use crate::recipient::{open_kms_answer, RecipientError, RecipientKey};
 use crate::sealing::DataKey;
 
@@ -189,6 +191,8 @@ pub struct Kms {
     trust: KmsTrust,
     nsm: Arc<dyn NsmProvider>,
     session: Mutex<Option<Arc<RecipientSession>>>,
+    /// Where calls, errors and latency are counted ([`crate::metrics`]).
+    metrics: Arc<Counters>,
 }
 
 /// An SDK client and the `Configure` credentials it was built with.
@@ -254,7 +258,33 @@ impl Kms {
             trust: trust.clone(),
             nsm,
             session: Mutex::new(None),
+            metrics: Arc::default(),
         })
+    }
+
+    /// This client, counting its calls in `metrics` (the enclave's counters) instead of
+    /// counters of its own.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Counters>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this client's calls go to.
+    pub fn metrics(&self) -> &Counters {
+        &self.metrics
+    }
+
+    /// Runs one KMS call of `op` and counts it (latency, and the error kind on failure).
+    async fn counted<T>(
+        &self,
+        op: KmsOperation,
+        call: impl std::future::Future<Output = Result<T, KmsError>>,
+    ) -> Result<T, KmsError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.kms_call(op, started.elapsed(), &result);
+        result
     }
 
     /// Whether `config` names this client's region, endpoint and key id (its
@@ -316,7 +346,8 @@ impl Kms {
             credentials,
             &self.trust,
         )?;
-        self.round_trip(&client).await?;
+        self.counted(KmsOperation::GenerateDataKey, self.round_trip(&client))
+            .await?;
         let mut current = self
             .current
             .write()
@@ -361,7 +392,11 @@ impl Kms {
     /// # Errors
     /// Any [`KmsError`]; [`KmsError::Answer`] for a data key that is not 32 bytes.
     pub async fn check_attested_round_trip(&self) -> Result<(), KmsError> {
-        self.round_trip(&self.client()).await
+        self.counted(
+            KmsOperation::GenerateDataKey,
+            self.round_trip(&self.client()),
+        )
+        .await
     }
 
     /// [`Kms::check_attested_round_trip`] with `client`.
@@ -394,6 +429,18 @@ impl Kms {
     /// Any [`KmsError`]; [`KmsError::Answer`] without a `CiphertextBlob` or for a data
     /// key that is not 32 bytes.
     pub async fn generate_data_key(
+        &self,
+        keyring: &str,
+        epoch: u32,
+    ) -> Result<(DataKey, Vec<u8>), KmsError> {
+        self.counted(
+            KmsOperation::GenerateDataKey,
+            self.generate_data_key_uncounted(keyring, epoch),
+        )
+        .await
+    }
+
+    async fn generate_data_key_uncounted(
         &self,
         keyring: &str,
         epoch: u32,
@@ -433,6 +480,19 @@ impl Kms {
     /// `InvalidCiphertextException`); [`KmsError::Answer`] for a data key that is not
     /// 32 bytes.
     pub async fn decrypt_data_key(
+        &self,
+        keyring: &str,
+        epoch: u32,
+        ciphertext_blob: &[u8],
+    ) -> Result<DataKey, KmsError> {
+        self.counted(
+            KmsOperation::Decrypt,
+            self.decrypt_data_key_uncounted(keyring, epoch, ciphertext_blob),
+        )
+        .await
+    }
+
+    async fn decrypt_data_key_uncounted(
         &self,
         keyring: &str,
         epoch: u32,

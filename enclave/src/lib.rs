@@ -14,6 +14,7 @@
 //! - [`durable`]: checkpoints of the state that outlives a restart (policy floors, the
 //!   store-wide stop, the audit head) and two-phase state changes.
 //! - [`audit`]: this boot's audit key and the audit chain head.
+//! - [`metrics`]: the counters `Request::Metrics` reports (atomics, no secrets).
 //! - [`logs`]: the log forwarder (the enclave's events, as JSON lines, to the parent).
 //! - [`server`]: connections, frames, per-request tasks, limits, graceful shutdown.
 //! - [`io`]: every socket (Unix, vsock, the TCP→vsock KMS forwarder).
@@ -42,6 +43,7 @@ pub mod keyring;
 pub mod kms;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod recipient;
 pub mod sealing;
 pub mod server;

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Each state names the requests it accepts ([`accepts`]): `Booting` and `Configured`
-//! accept `Status`, `Attestation` and `Configure`; `Ready` accepts everything.
+//! accept `Status`, `Attestation`, `Configure` and `Metrics` (counters, no secret);
+//! `Ready` accepts everything.
 //! Everything else is [`WireError::NotReady`].
 //!
 //! A `Configure` in `Ready` only refreshes credentials (the instance role's expire
@@ -38,6 +39,7 @@ use crate::identity::Identity;
 use crate::keyring::Keyrings;
 use crate::kms::{CredentialsUpdate, Kms, KmsPin, KmsTrust};
 use crate::limits::Limits;
+use crate::metrics::Counters;
 use crate::EnclaveError;
 
 /// PCRs reported by `Status`: 0 (image), 1 (kernel and boot ramfs), 2 (application).
@@ -77,6 +79,8 @@ pub enum RequestKind {
     Restore,
     /// [`Request::Commit`].
     Commit,
+    /// [`Request::Metrics`].
+    Metrics,
 }
 
 impl RequestKind {
@@ -97,6 +101,7 @@ impl RequestKind {
             Request::ResumeAll => Self::ResumeAll,
             Request::Restore { .. } => Self::Restore,
             Request::Commit { .. } => Self::Commit,
+            Request::Metrics => Self::Metrics,
         }
     }
 
@@ -117,6 +122,7 @@ impl RequestKind {
             Self::ResumeAll => "resume_all",
             Self::Restore => "restore",
             Self::Commit => "commit",
+            Self::Metrics => "metrics",
         }
     }
 }
@@ -128,7 +134,7 @@ pub fn accepts(state: EnclaveState, kind: RequestKind) -> bool {
     use RequestKind as K;
     match state {
         EnclaveState::Booting | EnclaveState::Configured => {
-            matches!(kind, K::Status | K::Attestation | K::Configure)
+            matches!(kind, K::Status | K::Attestation | K::Configure | K::Metrics)
         }
         EnclaveState::Ready => true,
     }
@@ -200,6 +206,8 @@ pub struct Enclave {
     identity: Identity,
     /// This boot's audit key and the audit chain head.
     audit: Arc<AuditLog>,
+    /// Counters since boot ([`crate::metrics`]), shared with the KMS client.
+    metrics: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -236,7 +244,13 @@ impl Enclave {
             configuring: tokio::sync::Mutex::new(()),
             pin: None,
             kms_trust: KmsTrust::default(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The counters `Request::Metrics` reports ([`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Counters> {
+        &self.metrics
     }
 
     /// The identity key that signs key statements ([`crate::identity`]).
@@ -392,7 +406,8 @@ impl Enclave {
             }
         }
         let client = Kms::new(&kms, self.mode, Arc::clone(&self.nsm), &self.kms_trust)
-            .map_err(|e| e.to_wire())?;
+            .map_err(|e| e.to_wire())?
+            .with_metrics(Arc::clone(&self.metrics));
         let client = Arc::new(client);
         self.set_phase(Phase::Configured);
         if let Err(e) = client.check_attested_round_trip().await {
@@ -465,7 +480,7 @@ mod tests {
         );
     }
 
-    const ALL: [RequestKind; 8] = [
+    const ALL: [RequestKind; 9] = [
         RequestKind::Configure,
         RequestKind::Status,
         RequestKind::Attestation,
@@ -474,6 +489,7 @@ mod tests {
         RequestKind::SetPolicy,
         RequestKind::CertifyKey,
         RequestKind::Sign,
+        RequestKind::Metrics,
     ];
 
     #[test]
@@ -489,7 +505,10 @@ mod tests {
             for kind in ALL {
                 let early = matches!(
                     kind,
-                    RequestKind::Status | RequestKind::Attestation | RequestKind::Configure
+                    RequestKind::Status
+                        | RequestKind::Attestation
+                        | RequestKind::Configure
+                        | RequestKind::Metrics
                 );
                 assert_eq!(accepts(state, kind), early, "{state:?} {kind:?}");
             }

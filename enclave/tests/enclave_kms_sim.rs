@@ -2009,3 +2009,99 @@ async fn the_key_statement_names_the_initial_policy() {
     drop(parent);
     world.stop().await;
 }
+
+async fn metrics(parent: &mut Parent) -> ekms_shared::EnclaveMetrics {
+    match parent.call(Request::Metrics).await {
+        Ok(ResponseBody::Metrics(m)) => *m,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 11 item 5: `Metrics` is answered before `Configure`, and a signature, a
+/// refusal, a DEK cache hit or miss and every KMS call move exactly their counters;
+/// no label names a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_signatures_refusals_cache_and_kms_calls() {
+    use ekms_shared::metrics::{KmsOperation, RefusalCount, SignatureCount};
+    let world = World::start().await;
+    let mut booting = world.connect().await;
+    let first = metrics(&mut booting).await;
+    assert!(first.signatures.is_empty() && first.refusals.is_empty() && first.kms.is_empty());
+    assert_eq!((first.dek_cache_hits, first.dek_cache_misses), (0, 0));
+
+    // Configure (readiness GenerateDataKey) and CreateKeyring (GenerateDataKey).
+    let (mut parent, ring) = ready_with_ring(&world, "metrics").await;
+    parent.restore(&ring).await;
+    let (record, policy) = parent
+        .generate(Algorithm::Secp256k1, &evm_policy(), &ring)
+        .await;
+    let before = metrics(&mut parent).await;
+    let gdk = before
+        .kms
+        .iter()
+        .find(|k| k.operation == KmsOperation::GenerateDataKey)
+        .unwrap();
+    assert_eq!(gdk.requests, 2, "{before:?}");
+    assert_eq!(gdk.duration_buckets.iter().sum::<u64>(), 2);
+    assert!(before.kms_errors.is_empty());
+
+    let signed = parent
+        .sign(
+            &record,
+            &policy,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 1_000),
+        )
+        .await;
+    assert!(signed.is_ok(), "{signed:?}");
+    let refused = parent
+        .sign(
+            &record,
+            &policy,
+            &ring,
+            PayloadKind::EvmTransaction,
+            eip1559(1, DEST, 2_000_000_000_000_000_000),
+        )
+        .await;
+    let Err(WireError::PolicyDenied { rule, .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    let after = metrics(&mut parent).await;
+    assert_eq!(
+        after.signatures,
+        [SignatureCount {
+            kind: PayloadKind::EvmTransaction,
+            count: 1
+        }]
+    );
+    assert_eq!(
+        after.refusals,
+        [RefusalCount {
+            kind: PayloadKind::EvmTransaction,
+            rule,
+            count: 1
+        }]
+    );
+    // Two signing requests: one data key fetch at most, the rest from the cache.
+    let looked_up = |m: &ekms_shared::EnclaveMetrics| m.dek_cache_hits + m.dek_cache_misses;
+    assert_eq!(looked_up(&after) - looked_up(&before), 2);
+    let decrypts = |m: &ekms_shared::EnclaveMetrics| {
+        m.kms
+            .iter()
+            .find(|k| k.operation == KmsOperation::Decrypt)
+            .map_or(0, |k| k.requests)
+    };
+    assert_eq!(
+        decrypts(&after) - decrypts(&before),
+        after.dek_cache_misses - before.dek_cache_misses
+    );
+    let text = format!("{after:?}");
+    assert!(
+        !text.contains(&record.key_id) && !text.contains("metrics\""),
+        "{text}"
+    );
+
+    drop((booting, parent));
+    world.stop().await;
+}

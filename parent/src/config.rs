@@ -147,6 +147,8 @@ pub enum CredentialsConfig {
 pub struct Config {
     /// Application API address.
     pub listen: ListenAddr,
+    /// Where `GET /metrics` is served, if anywhere (never the app socket).
+    pub metrics_listen: Option<ListenAddr>,
     /// Enclave address (`vsock://CID:PORT` or `unix:/path`).
     pub enclave: Address,
     /// Where to read the enclave's forwarded logs, if anywhere
@@ -202,6 +204,11 @@ pub struct Args {
     /// [default: unix:<state-dir>/ekms.sock].
     #[arg(long, env = "EKMS_LISTEN")]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on a listener of
+    /// their own: unix:/path or tcp://127.0.0.1:PORT (e.g. 9464) [default: off]. Not
+    /// the app socket; no app token is needed or accepted there.
+    #[arg(long, env = "EKMS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Enclave address: vsock://CID:5000 (Nitro) or unix:/path (simulation).
     #[arg(long, env = "EKMS_ENCLAVE", default_value = ekms_shared::SIM_ENCLAVE_ADDRESS)]
     pub enclave: String,
@@ -293,6 +300,18 @@ impl Args {
             Some(s) => s.parse()?,
             None => ListenAddr::Unix(self.state_dir.join("ekms.sock")),
         };
+        let metrics_listen: Option<ListenAddr> = match &self.metrics_listen {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| Error::Config(format!("--metrics-listen: {e}")))?,
+            ),
+            None => None,
+        };
+        if metrics_listen.as_ref() == Some(&listen) {
+            return Err(Error::Config(
+                "--metrics-listen must not be the app API's address (--listen)".into(),
+            ));
+        }
         let enclave: Address = self
             .enclave
             .parse()
@@ -349,6 +368,7 @@ impl Args {
         Ok(Config {
             attestation_root,
             listen,
+            metrics_listen,
             enclave,
             enclave_log,
             db: self.db.unwrap_or_else(|| self.state_dir.join("ekms.db")),

@@ -17,6 +17,9 @@
 //! token ([`auth`]); at its first start the parent writes an admin token to
 //! `<state-dir>/admin.token` (mode 0600).
 //!
+//! With `--metrics-listen`, Prometheus metrics are served on a listener of their own
+//! ([`metrics`]), never on the app socket.
+//!
 //! `main` parses flags ([`config::Args`]), sets up tracing and calls [`run`] (or
 //! [`Server::bind`] then [`Server::run`], to learn the bound address first).
 
@@ -29,6 +32,7 @@ pub mod error;
 pub mod format;
 pub mod identity;
 pub mod io;
+pub mod metrics;
 pub mod relay;
 pub mod service;
 pub mod store;
@@ -54,6 +58,7 @@ pub struct Server {
     config: Config,
     store: SqliteStore,
     listener: AppListener,
+    metrics_listener: Option<AppListener>,
 }
 
 impl Server {
@@ -91,10 +96,15 @@ impl Server {
         }
         auth::ensure_admin_token(&store, &config.admin_token).await?;
         let listener = AppListener::bind(&config.listen).await?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(AppListener::bind(addr).await?),
+            None => None,
+        };
         Ok(Server {
             config,
             store,
             listener,
+            metrics_listener,
         })
     }
 
@@ -104,6 +114,17 @@ impl Server {
     /// [`Error::Io`] if the OS cannot report it.
     pub fn local_addr(&self) -> Result<ListenAddr, Error> {
         self.listener.local_addr()
+    }
+
+    /// The bound metrics address, with `--metrics-listen` (`None` without).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the OS cannot report it.
+    pub fn metrics_addr(&self) -> Result<Option<ListenAddr>, Error> {
+        self.metrics_listener
+            .as_ref()
+            .map(AppListener::local_addr)
+            .transpose()
     }
 
     /// Gets the AWS credentials (with `--aws-credentials imds`: from IMDS, up to
@@ -116,6 +137,7 @@ impl Server {
     /// [`io::serve`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let c = self.config;
+        let metrics = Arc::new(metrics::Metrics::new());
         let mut shutdown = std::pin::pin!(shutdown);
         let (credentials, refresher) = match c.aws_credentials {
             CredentialsConfig::Env(credentials) => (credentials, None),
@@ -141,6 +163,7 @@ impl Server {
                 request_timeout: c.enclave_timeout,
                 kms: c.kms.with_credentials(credentials),
                 dek_cache: c.dek_cache,
+                metrics: Arc::clone(&metrics),
             },
             Arc::new(self.store),
             &c.keyring,
@@ -171,13 +194,38 @@ impl Server {
             )),
             read_timeout: c.read_timeout,
             max_body_bytes: c.max_body_bytes,
-        });
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&metrics),
+            metrics::track_http,
+        ));
         let limits = ServeLimits {
             max_connections: c.max_connections,
             header_read_timeout: c.read_timeout,
             write_stall_timeout: c.read_timeout,
         };
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let mut stopped = metrics_stopped;
+            tokio::spawn(metrics::serve(
+                listener,
+                metrics,
+                relay.clone(),
+                limits,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let result = io::serve(self.listener, router, limits, shutdown).await;
+        let _ = stop_metrics.send(true);
+        if let Some(task) = metrics_server {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener"),
+                Err(e) => tracing::warn!(error = %e, "metrics listener task"),
+                Ok(Ok(())) => {}
+            }
+        }
         if let Some(task) = refresher {
             task.abort();
         }
@@ -215,6 +263,7 @@ mod tests {
     fn config(dir: &std::path::Path, enclave: &std::path::Path) -> Config {
         Config {
             listen: ListenAddr::Unix(dir.join("api.sock")),
+            metrics_listen: None,
             enclave: ekms_shared::Address::Unix(enclave.to_owned()),
             enclave_log: None,
             db: dir.join("state/ekms.db"),
@@ -253,6 +302,76 @@ mod tests {
         let status = out.lines().next().unwrap_or_default().to_owned();
         let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
         (status, body)
+    }
+
+    /// Stops a server started with `tokio::spawn(server.run(stop_rx))`; it must end
+    /// cleanly within 5 s.
+    async fn stop(
+        stop_tx: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Issue 11 item 5: `/metrics` on its own listener (with the enclave's counters and
+    /// the app requests by route template), never on the app socket.
+    #[tokio::test]
+    async fn serves_metrics_on_their_own_listener_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEnclave::start(&dir.path().join("enclave.sock"));
+        let mut c = config(dir.path(), &fake.path);
+        let metrics_sock = dir.path().join("metrics.sock");
+        c.metrics_listen = Some(ListenAddr::Unix(metrics_sock.clone()));
+        let server = Server::bind(c).await.unwrap();
+        assert_eq!(
+            server.metrics_addr().unwrap(),
+            Some(ListenAddr::Unix(metrics_sock.clone()))
+        );
+        let sock = dir.path().join("api.sock");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: ekms\r\nConnection: close\r\n\r\n");
+        for _ in 0..200 {
+            if http(&sock, &get("/v1/health")).await.0.contains(" 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, body) = http(
+            &sock,
+            &get("/v1/keys/0x52908400098527886E0F7030069857D2E4169EE7"),
+        )
+        .await;
+        assert!(status.contains(" 401 "), "{status} {body}");
+        let (status, _) = http(&sock, &get("/metrics")).await;
+        assert!(status.contains(" 404 "), "app socket: {status}");
+        let (status, text) = http(&metrics_sock, &get("/metrics")).await;
+        assert!(status.contains(" 200 "), "{status} {text}");
+        assert!(text.contains("ekms_enclave_up 1"), "{text}");
+        assert!(
+            text.contains(
+                r#"ekms_http_requests_total{method="GET",route="/v1/health",code="200"}"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="/v1/keys/{key_id}",code="401""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"route="unmatched",code="404""#), "{text}");
+        assert!(!text.contains("0x5290"), "{text}");
+        let (status, _) = http(&metrics_sock, &get("/v1/health")).await;
+        assert!(status.contains(" 404 "), "metrics socket: {status}");
+        stop(stop_tx, task).await;
+        assert!(!metrics_sock.exists());
     }
 
     #[tokio::test]
@@ -296,12 +415,7 @@ mod tests {
         let auth = format!("Authorization: Bearer {}\r\n", token.trim());
         let (status, body) = http(&sock, &post(&auth)).await;
         assert!(status.contains(" 201 "), "{status} {body}");
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(stop_tx, task).await;
         assert!(!sock.exists(), "the socket file is removed");
         let mode = std::fs::metadata(dir.path().join("state/ekms.db"))
             .unwrap()

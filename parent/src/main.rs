@@ -32,6 +32,9 @@ async fn serve(args: Args) -> Result<(), ekms_parent::Error> {
     let config = args.into_config()?;
     let server = Server::bind(config).await?;
     println!("listening on {}", server.local_addr()?);
+    if let Some(addr) = server.metrics_addr()? {
+        tracing::info!(%addr, "serving GET /metrics");
+    }
     server.run(shutdown_signal()).await
 }
 

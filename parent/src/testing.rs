@@ -398,6 +398,7 @@ fn handle(request: Request, state: &FakeState) -> Result<ResponseBody, WireError
             });
             state.pend(Some(policy), false, None)
         }
+        Request::Metrics => Ok(ResponseBody::Metrics(Box::default())),
         Request::StopAll => state.pend(None, false, Some(true)),
         Request::ResumeAll => state.pend(None, false, Some(false)),
         Request::Restore { .. } => {
@@ -640,6 +641,7 @@ pub fn relay_config(enclave: &Path, connections: usize) -> RelayConfig {
             ttl_secs: 300,
             max_uses: 1000,
         },
+        metrics: Default::default(),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::error::ProtocolError;
 use crate::messages::{RequestFrame, ResponseFrame};
 
 /// Version of this protocol, carried in every frame.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame body accepted or produced, in bytes (256 KiB), excluding the prefix.
 pub const MAX_FRAME_LEN: usize = 256 * 1024;
@@ -27,7 +27,7 @@ pub const MAX_FRAME_LEN: usize = 256 * 1024;
 pub const FRAME_PREFIX_LEN: usize = 4;
 
 /// Deepest CBOR nesting (arrays, maps, enum variants) a frame may have. The deepest
-/// message needs 6 (tested), so new messages have headroom.
+/// message needs 7 (tested), so new messages have headroom.
 pub const MAX_CBOR_DEPTH: usize = 16;
 
 /// Longest reason kept in an error message, in characters (serde's messages can quote
@@ -83,14 +83,7 @@ pub fn encode_request(frame: &RequestFrame) -> Result<Vec<u8>, ProtocolError> {
 /// [`ProtocolError::UnsupportedVersion`] and [`ProtocolError::InvalidBody`] (the last two
 /// carry the request id, see [`ProtocolError::request_id`]).
 pub fn decode_request(body: &[u8]) -> Result<RequestFrame, ProtocolError> {
-    let frame: RequestFrame = decode_frame(body)?;
-    frame
-        .check_limits()
-        .map_err(|reason| ProtocolError::InvalidBody {
-            request_id: frame.request_id,
-            reason,
-        })?;
-    Ok(frame)
+    decode_checked(body, |f: &RequestFrame| (f.request_id, f.check_limits()))
 }
 
 /// Encodes a response as a whole frame (length prefix + CBOR body).
@@ -98,6 +91,9 @@ pub fn decode_request(body: &[u8]) -> Result<RequestFrame, ProtocolError> {
 /// # Errors
 /// As [`encode_request`].
 pub fn encode_response(frame: &ResponseFrame) -> Result<Vec<u8>, ProtocolError> {
+    frame
+        .check_limits()
+        .map_err(|reason| ProtocolError::Encode { reason })?;
     encode_frame(frame.version, frame)
 }
 
@@ -106,7 +102,19 @@ pub fn encode_response(frame: &ResponseFrame) -> Result<Vec<u8>, ProtocolError> 
 /// # Errors
 /// As [`decode_request`].
 pub fn decode_response(body: &[u8]) -> Result<ResponseFrame, ProtocolError> {
-    decode_frame(body)
+    decode_checked(body, |f: &ResponseFrame| (f.request_id, f.check_limits()))
+}
+
+/// Decodes a frame, then checks its per-field limits: `check` gives the frame's request
+/// id and the verdict; a failure is [`ProtocolError::InvalidBody`] with that id.
+fn decode_checked<F: DeserializeOwned>(
+    body: &[u8],
+    check: impl Fn(&F) -> (u64, Result<(), String>),
+) -> Result<F, ProtocolError> {
+    let frame: F = decode_frame(body)?;
+    let (request_id, verdict) = check(&frame);
+    verdict.map_err(|reason| ProtocolError::InvalidBody { request_id, reason })?;
+    Ok(frame)
 }
 
 /// Fuzz entry point (for a `cargo fuzz` target: `fuzz_target!(|d: &[u8]| fuzz_decode(d))`).
@@ -259,6 +267,92 @@ mod tests {
         }
     }
 
+    fn metrics() -> crate::metrics::EnclaveMetrics {
+        use crate::metrics::*;
+        let buckets = vec![1; KMS_DURATION_BUCKETS_SECONDS.len() + 1];
+        EnclaveMetrics {
+            uptime_secs: 60,
+            signatures: vec![SignatureCount {
+                kind: PayloadKind::EvmTransaction,
+                count: 3,
+            }],
+            refusals: vec![RefusalCount {
+                kind: PayloadKind::SolanaTransaction,
+                rule: "solana.max_lamports".into(),
+                count: 1,
+            }],
+            kms: vec![KmsOperationMetrics {
+                operation: KmsOperation::Decrypt,
+                requests: 12,
+                duration_buckets: buckets,
+                duration_sum_micros: 12_345,
+            }],
+            kms_errors: vec![KmsErrorCount {
+                operation: KmsOperation::Decrypt,
+                kind: KmsErrorKind::Throttled,
+                count: 2,
+            }],
+            dek_cache_hits: 40,
+            dek_cache_misses: 12,
+        }
+    }
+
+    /// Encodes `m` as a response body without the encoder's checks (as a hostile
+    /// enclave, or a bug, could send it).
+    fn unchecked_metrics_frame(m: crate::metrics::EnclaveMetrics) -> Vec<u8> {
+        let frame = ResponseFrame::ok(5, ResponseBody::Metrics(Box::new(m)));
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(&frame, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn metrics_round_trip() {
+        let frame = ResponseFrame::ok(5, ResponseBody::Metrics(Box::new(metrics())));
+        let bytes = encode_response(&frame).unwrap();
+        assert_eq!(decode_response(body_of(&bytes)).unwrap(), frame);
+        let request = RequestFrame::new(6, Request::Metrics);
+        let bytes = encode_request(&request).unwrap();
+        assert_eq!(decode_request(body_of(&bytes)).unwrap(), request);
+    }
+
+    #[test]
+    fn metrics_at_the_entry_limit_decode() {
+        let mut m = metrics();
+        let n = crate::metrics::MAX_METRIC_ENTRIES - 3;
+        m.refusals = vec![m.refusals[0].clone(); n];
+        assert!(decode_response(&unchecked_metrics_frame(m)).is_ok());
+    }
+
+    #[test]
+    fn rejects_oversize_metrics() {
+        let mut m = metrics();
+        let n = crate::metrics::MAX_METRIC_ENTRIES - 2;
+        m.refusals = vec![m.refusals[0].clone(); n];
+        let err = decode_response(&unchecked_metrics_frame(m.clone())).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::InvalidBody { request_id: 5, .. }),
+            "{err:?}"
+        );
+        let frame = ResponseFrame::ok(5, ResponseBody::Metrics(Box::new(m)));
+        assert!(matches!(
+            encode_response(&frame),
+            Err(ProtocolError::Encode { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_metrics_with_free_form_labels_or_wrong_buckets() {
+        let mut bad_rule = metrics();
+        bad_rule.refusals[0].rule = "0xDeadBeef\"}".into();
+        let mut bad_buckets = metrics();
+        bad_buckets.kms[0].duration_buckets.pop();
+        for m in [bad_rule, bad_buckets] {
+            let err = decode_response(&unchecked_metrics_frame(m)).unwrap_err();
+            assert!(matches!(err, ProtocolError::InvalidBody { .. }), "{err:?}");
+        }
+    }
+
     fn all_requests() -> Vec<Request> {
         vec![
             Request::Configure {
@@ -323,6 +417,7 @@ mod tests {
                 last_audit: Some(audit()),
             },
             Request::Commit { seq: 9 },
+            Request::Metrics,
             Request::CertifyKey {
                 record: record(),
                 keyring: keyring(),
@@ -384,6 +479,8 @@ mod tests {
                 audit: audit(),
                 audit_document: Some(vec![0xd2; 10]),
             }),
+            Ok(ResponseBody::Metrics(Box::new(metrics()))),
+            Ok(ResponseBody::Metrics(Box::default())),
             Ok(ResponseBody::Refused {
                 error: WireError::KeyDisabled,
                 audit: audit(),
@@ -552,23 +649,25 @@ mod tests {
     #[test]
     fn rejects_unknown_version() {
         // Body of a future version that this build cannot parse: the version is the error.
-        let body = raw_frame(3, 42, &[0x63, b'N', b'e', b'w']);
+        let body = raw_frame(PROTOCOL_VERSION + 1, 42, &[0x63, b'N', b'e', b'w']);
         let err = decode_request(&body).unwrap_err();
         assert_eq!(
             err,
             ProtocolError::UnsupportedVersion {
-                version: 3,
+                version: PROTOCOL_VERSION + 1,
                 request_id: 42
             }
         );
         assert_eq!(err.request_id(), Some(42));
-        assert!(err.to_string().contains("version 3"));
+        assert!(err
+            .to_string()
+            .contains(&format!("version {}", PROTOCOL_VERSION + 1)));
         assert!(matches!(
             decode_response(&raw_frame(0, 1, &[0xf6])),
             Err(ProtocolError::UnsupportedVersion { version: 0, .. })
         ));
         let mut frame = RequestFrame::new(1, Request::Status);
-        frame.version = 3;
+        frame.version = PROTOCOL_VERSION + 1;
         assert!(matches!(
             encode_request(&frame),
             Err(ProtocolError::Encode { .. })
@@ -617,7 +716,8 @@ mod tests {
 
     /// Depth actually needed by the deepest messages, measured by decoding every message
     /// with increasing limits.
-    const DEEPEST_MESSAGE: usize = 6;
+    /// with increasing limits (7: `Metrics` → its list of KMS operations → a histogram).
+    const DEEPEST_MESSAGE: usize = 7;
 
     #[test]
     fn deepest_messages_fit_the_depth_limit() {

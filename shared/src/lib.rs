@@ -17,6 +17,7 @@ pub mod audit;
 mod codec;
 mod error;
 mod messages;
+pub mod metrics;
 pub mod owner;
 pub mod statement;
 
@@ -33,6 +34,7 @@ pub use messages::{
     MAX_ATTESTATION_NONCE_LEN, MAX_ATTESTATION_USER_DATA_LEN, MAX_OWNER_SIGNATURE_LEN,
     PENDING_CHECKPOINT_SECS,
 };
+pub use metrics::EnclaveMetrics;
 
 /// vsock CID of the parent instance as seen from inside an enclave: 3, nitro-cli's
 /// `VMADDR_CID_PARENT` (aws-nitro-enclaves-cli). Not `VMADDR_CID_HOST`, which is 2 in

@@ -15,6 +15,7 @@ use serde_bytes::ByteBuf;
 use crate::audit::SignedAuditRecord;
 use crate::codec::PROTOCOL_VERSION;
 use crate::error::WireError;
+use crate::metrics::EnclaveMetrics;
 use crate::statement::SignedKeyStatement;
 
 /// Most nonce bytes an attestation request may carry (the NSM's limit).
@@ -86,6 +87,15 @@ impl ResponseFrame {
             version: PROTOCOL_VERSION,
             request_id,
             body: Ok(body),
+        }
+    }
+
+    /// Checks per-field limits beyond the frame size: [`EnclaveMetrics`]' bounds
+    /// (entry count, label shapes). Returns the reason on failure.
+    pub(crate) fn check_limits(&self) -> Result<(), String> {
+        match &self.body {
+            Ok(ResponseBody::Metrics(m)) => m.check_limits(),
+            _ => Ok(()),
         }
     }
 
@@ -227,6 +237,9 @@ pub enum Request {
         /// Its keyring.
         keyring: KeyringRef,
     },
+    /// The enclave's counters ([`crate::metrics`]). Accepted in every state (also
+    /// before `Configure`), touches no secret. → [`ResponseBody::Metrics`].
+    Metrics,
     /// Sign a payload if the key's policy allows it. → [`ResponseBody::Signed`].
     Sign {
         /// The key's sealed record.
@@ -238,6 +251,30 @@ pub enum Request {
         /// What to sign.
         payload: SignPayload,
     },
+}
+
+impl Request {
+    /// Stable snake_case name of the request kind (`"sign"`, `"status"`, …), for logs
+    /// and metric labels: a closed set, never anything the request carries.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Configure { .. } => "configure",
+            Request::Status => "status",
+            Request::Attestation { .. } => "attestation",
+            Request::CreateKeyring { .. } => "create_keyring",
+            Request::GenerateKey { .. } => "generate_key",
+            Request::SetPolicy { .. } => "set_policy",
+            Request::DisableKey { .. } => "disable_key",
+            Request::EnableKey { .. } => "enable_key",
+            Request::StopAll => "stop_all",
+            Request::ResumeAll => "resume_all",
+            Request::Restore { .. } => "restore",
+            Request::Commit { .. } => "commit",
+            Request::CertifyKey { .. } => "certify_key",
+            Request::Metrics => "metrics",
+            Request::Sign { .. } => "sign",
+        }
+    }
 }
 
 /// Successful responses, enclave → parent.
@@ -314,6 +351,8 @@ pub enum ResponseBody {
         /// Its audit record (the parent stores it before releasing the signature).
         audit: SignedAuditRecord,
     },
+    /// Answer to [`Request::Metrics`].
+    Metrics(Box<EnclaveMetrics>),
     /// A refusal the enclave decided on a key and recorded (policy, disabled key,
     /// store stop, owner authorization): the parent stores `audit`, then answers
     /// `error`.
@@ -515,6 +554,14 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The lower-case name (`"secp256k1"`, `"ed25519"`), as metric labels use it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Secp256k1 => "secp256k1",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+
     /// Stable one-byte code used in [`SealedKeyRecord::aad`]: Secp256k1 = 1, Ed25519 = 2.
     pub fn code(self) -> u8 {
         match self {

@@ -82,6 +82,8 @@ pub struct RelayConfig {
     pub kms: KmsSettings,
     /// Data-key cache policy sent in `Configure`.
     pub dek_cache: ekms_shared::DekCachePolicy,
+    /// Where round trips are timed ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A boxed, sendable future (what [`SessionInit::prepare`] returns: the trait stays
@@ -275,7 +277,13 @@ impl Relay {
             return Err(Error::EnclaveConfiguredByAnother(reason));
         }
         let conn = self.pick()?;
-        conn.call(&self.inner, request).await
+        let (name, started) = (request.name(), std::time::Instant::now());
+        let answer = conn.call(&self.inner, request).await;
+        self.inner
+            .config
+            .metrics
+            .observe_round_trip(name, started.elapsed());
+        answer
     }
 
     /// [`Relay::call`], then `expect` picks the answer the request must get; any other
