@@ -28,6 +28,7 @@ pub mod format;
 pub mod identity;
 pub mod io;
 pub mod journal;
+pub mod jsonrpc;
 pub mod relay;
 pub mod store;
 pub mod tokens;
