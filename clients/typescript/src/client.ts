@@ -137,6 +137,23 @@ export class EkmsUnauthorizedError extends EkmsApiError {
   override name = "EkmsUnauthorizedError";
 }
 
+/** A JSON-RPC error object from `POST /v1/rpc/evm`: `code` is the JSON-RPC code
+ * (`-32003` policy refusal with `data.rule`, `-32602` invalid params or unknown account,
+ * `4100` unauthorized token, …). viem's `custom` transport turns these codes into its
+ * own `RpcError` classes (`TransactionRejectedRpcError`, `UnauthorizedProviderError`, …). */
+export class EkmsRpcError extends Error {
+  override name = "EkmsRpcError";
+  /** The JSON-RPC error code. */
+  readonly code: number;
+  /** The error object's `data` (for `-32003`: `{rule, reason}`). */
+  readonly data: unknown;
+  constructor(code: number, message: string, data: unknown) {
+    super(message);
+    this.code = code;
+    this.data = data;
+  }
+}
+
 /** The parent could not be reached, or answered something that is not the API. */
 export class EkmsTransportError extends Error {
   override name = "EkmsTransportError";
@@ -153,6 +170,7 @@ export class EkmsClient {
   readonly url: URL | undefined;
   readonly timeoutMs: number;
   readonly #token: string | undefined;
+  #rpcId = 0;
 
   constructor(options: EkmsClientOptions) {
     if ((options.socketPath === undefined) === (options.url === undefined)) {
@@ -209,6 +227,35 @@ export class EkmsClient {
   sign(keyId: string, kind: "solana_offchain_message", payload: string, signal?: AbortSignal): Promise<SolanaOffchainSignature>;
   sign(keyId: string, kind: PayloadKind, payload: unknown, signal?: AbortSignal): Promise<unknown> {
     return this.request("POST", `/v1/keys/${encodeURIComponent(keyId)}/sign`, { kind, payload }, signal);
+  }
+
+  /** One JSON-RPC 2.0 call to the Ethereum remote-signer endpoint `POST /v1/rpc/evm`
+   * (`eth_accounts`, `eth_signTransaction`, `eth_sign`, `personal_sign`,
+   * `eth_signTypedData_v4`): its `result`, or an {@link EkmsRpcError}. */
+  async rpc<T>(method: string, params: unknown[] = [], signal?: AbortSignal): Promise<T> {
+    const id = ++this.#rpcId;
+    const body = JSON.stringify({ jsonrpc: "2.0", id, method, params });
+    const r = await this.#raw("POST", "/v1/rpc/evm", body, signal);
+    let json: unknown;
+    try {
+      json = JSON.parse(r.body);
+    } catch {
+      throw new EkmsTransportError(`enclave-kms: ${method}: HTTP ${r.status} with a body that is not JSON`);
+    }
+    const answer = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
+    const error = answer["error"];
+    if (typeof error === "object" && error !== null) {
+      const e = error as Record<string, unknown>;
+      if (typeof e["code"] === "number") {
+        throw new EkmsRpcError(e["code"], typeof e["message"] === "string" ? e["message"] : "no message", e["data"]);
+      }
+      // A REST error body: this parent has no JSON-RPC endpoint, or refused the request.
+      throw errorFromAnswer(r.status, json);
+    }
+    if (!("result" in answer) || answer["id"] !== id) {
+      throw new EkmsTransportError(`enclave-kms: ${method}: HTTP ${r.status} without a JSON-RPC answer to request ${id}`);
+    }
+    return answer["result"] as T;
   }
 
   /** One API call: the parsed JSON answer, or a typed error. */

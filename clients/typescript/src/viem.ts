@@ -2,6 +2,7 @@
 
 import {
   BaseError,
+  custom,
   getAddress,
   getTypesForEIP712Domain,
   hexToBytes,
@@ -10,6 +11,7 @@ import {
   serializeTypedData,
   stringToBytes,
   type Address,
+  type CustomTransport,
   type Hex,
   type LocalAccount,
   type SerializeTransactionFn,
@@ -152,4 +154,48 @@ export async function ekmsAccount({ client, keyId, address }: EkmsAccountOptions
     },
   });
   return { ...account, source: "enclave-kms", ...(publicKey !== undefined ? { publicKey } : {}) } as LocalAccount<"enclave-kms">;
+}
+
+export interface EkmsTransportOptions {
+  client: EkmsClient;
+  /** Answers `eth_chainId` (which viem's `signTransaction` asks first) without a node. */
+  chainId?: number;
+  /** Where every method the signer does not serve goes (`eth_chainId` without
+   * `chainId`, reads, `eth_sendRawTransaction`, …): an EIP-1193 `request`, e.g. a viem
+   * public client's. Without it they are refused with `-32601`. */
+  upstream?: { request(args: { method: string; params?: unknown }): Promise<unknown> };
+}
+
+/** The methods `POST /v1/rpc/evm` serves. */
+export const EKMS_RPC_METHODS: readonly string[] = [
+  "eth_accounts",
+  "eth_signTransaction",
+  "eth_sign",
+  "personal_sign",
+  "eth_signTypedData_v4",
+];
+
+/**
+ * A viem transport (`custom`) for the parent's Ethereum JSON-RPC endpoint
+ * (`POST /v1/rpc/evm`): a wallet client with a JSON-RPC account (just an address) signs
+ * through it with `eth_signTransaction`, `personal_sign` and `eth_signTypedData_v4`, as
+ * it would with Web3Signer or Clef. Other methods go to `upstream` (or, for
+ * `eth_chainId`, are answered from `chainId`). Errors carry the JSON-RPC `code`, which
+ * viem maps to its `RpcError` classes (`TransactionRejectedRpcError` for a policy
+ * refusal, `UnauthorizedProviderError` for a refused token), all `BaseError`s.
+ */
+export function ekmsTransport({ client, chainId, upstream }: EkmsTransportOptions): CustomTransport {
+  return custom(
+    {
+      async request({ method, params }: { method: string; params?: unknown }) {
+        if (EKMS_RPC_METHODS.includes(method)) {
+          return client.rpc(method, Array.isArray(params) ? params : params === undefined ? [] : [params]);
+        }
+        if (method === "eth_chainId" && chainId !== undefined) return `0x${chainId.toString(16)}`;
+        if (upstream !== undefined) return upstream.request({ method, params });
+        return client.rpc(method, Array.isArray(params) ? params : []);
+      },
+    },
+    { key: "enclave-kms", name: "enclave-kms JSON-RPC", retryCount: 0 },
+  );
 }

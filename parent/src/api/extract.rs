@@ -20,6 +20,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        // Every body of this API is an object: serde would also read a struct from a JSON
+        // array, positionally (`["ed25519",null,null,null]` created a key).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                ApiCode::InvalidJson,
+                "the body must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))
+    }
+}
+
+/// The bytes of an `application/json` body, read with the state's deadline and size
+/// limit, not yet parsed (JSON-RPC parses them itself); failures as [`JsonBody`]'s
+/// but `invalid_json`.
+pub(crate) struct JsonBytes(pub(crate) Bytes);
+
+impl FromRequest<AppState> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -32,7 +56,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = tokio::time::timeout(state.read_timeout, Bytes::from_request(req, state))
+        tokio::time::timeout(state.read_timeout, Bytes::from_request(req, state))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -40,6 +64,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     "the request body was not received in time",
                 )
             })?
+            .map(JsonBytes)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
@@ -49,18 +74,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 } else {
                     ApiError::new(ApiCode::InvalidBody, rejection.body_text())
                 }
-            })?;
-        // Every body of this API is an object: serde would also read a struct from a JSON
-        // array, positionally (`["ed25519",null,null,null]` created a key).
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::new(
-                ApiCode::InvalidJson,
-                "the body must be a JSON object",
-            ));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))
+            })
     }
 }
 

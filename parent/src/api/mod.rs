@@ -47,6 +47,7 @@ pub mod attestation;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jsonrpc;
 pub mod keys;
 pub mod openapi;
 pub mod policy;

@@ -11,7 +11,7 @@ use axum::Router;
 use tracing::Instrument as _;
 
 use super::{
-    attestation, health, keys, openapi, policy, sign, tokens, ApiCode, ApiError, AppState,
+    attestation, health, jsonrpc, keys, openapi, policy, sign, tokens, ApiCode, ApiError, AppState,
 };
 
 /// The API router with its limits (body size, in-flight cap, error shapes).
@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/resume", post(policy::resume))
         .route("/v1/audit", get(policy::audit))
         .route("/v1/keys/{key_id}/sign", post(sign::sign))
+        .route("/v1/rpc/evm", post(jsonrpc::rpc_evm))
         .route("/v1/attestation", get(attestation::attestation))
         .merge(tokens::routes())
         .fallback(not_found)

@@ -225,7 +225,9 @@ impl Service {
     }
 
     /// The key with `address` (EVM: compared case-insensitively; Solana: exactly) among
-    /// those the caller may sign with ([`Service::signable_keys`]).
+    /// those the caller may sign with ([`Service::signable_keys`]). Only the match's
+    /// statement is checked (a rewritten address column is `sealed_state_invalid`, not
+    /// another key), so a lookup costs one listing and one statement check.
     ///
     /// # Errors
     /// [`ServiceError::KeyNotFound`] when no such key is usable by the caller; as
@@ -235,14 +237,23 @@ impl Service {
         caller: &Caller,
         address: &str,
     ) -> Result<KeySummary, ServiceError> {
-        self.signable_keys(caller)
+        caller.require(Scope::Sign, None)?;
+        let found = self
+            .store
+            .list_keys(MAX_SIGNABLE_KEYS)
             .await?
             .into_iter()
-            .find(|k| match k.algorithm {
-                Algorithm::Secp256k1 => k.address.eq_ignore_ascii_case(address),
-                Algorithm::Ed25519 => k.address == address,
+            .map(|(summary, _)| summary)
+            .find(|k| {
+                let same = match k.algorithm {
+                    Algorithm::Secp256k1 => k.address.eq_ignore_ascii_case(address),
+                    Algorithm::Ed25519 => k.address == address,
+                };
+                same && caller.require(Scope::Sign, Some(&k.key_id)).is_ok()
             })
-            .ok_or(ServiceError::KeyNotFound)
+            .ok_or(ServiceError::KeyNotFound)?;
+        self.checked_statement(&found).await?;
+        Ok(found)
     }
 
     /// The key's statement, checked against its columns ([`crate::identity`]). A key
