@@ -21,10 +21,13 @@ fn keccak_hex(bytes: &[u8]) -> String {
     hex::encode(Keccak256::digest(bytes))
 }
 
+/// One signing request the backend saw: address, kind, bytes.
+type Asked = ([u8; 20], PayloadKind, Vec<u8>);
+
 /// Answers with fixed outputs and remembers what it was asked.
 #[derive(Default)]
 struct Recording {
-    asked: Mutex<Vec<(String, [u8; 20], PayloadKind, Vec<u8>)>>,
+    asked: Mutex<Vec<Asked>>,
     refuse: Option<RpcError>,
 }
 
@@ -42,7 +45,7 @@ impl Backend for Recording {
         self.asked
             .lock()
             .unwrap()
-            .push(("sign".into(), address, kind, bytes.clone()));
+            .push((address, kind, bytes.clone()));
         if address != from() {
             return Err(RpcError::unknown_account(&address));
         }
@@ -287,8 +290,8 @@ async fn sign_transaction_returns_the_raw_signed_transaction() {
     .await;
     assert_eq!(a["result"], "0x02aabb");
     let asked = b.asked.lock().unwrap();
-    assert_eq!(asked[0].2, PayloadKind::EvmTransaction);
-    assert_eq!(asked[0].3[0], 0x02);
+    assert_eq!(asked[0].1, PayloadKind::EvmTransaction);
+    assert_eq!(asked[0].2[0], 0x02);
 }
 
 #[tokio::test]
@@ -310,10 +313,10 @@ async fn message_methods_take_their_parameters_in_their_own_order() {
     let a = answer(&b, call("eth_signTypedData_v4", json!([FROM, typed]))).await;
     assert_eq!(a["result"], expected);
     let asked = b.asked.lock().unwrap();
-    assert_eq!(asked[0].2, PayloadKind::EvmMessage);
-    assert_eq!(asked[0].3, b"hello");
-    assert_eq!(asked[1].3, b"hello");
-    assert_eq!(asked[2].2, PayloadKind::EvmTypedData);
+    assert_eq!(asked[0].1, PayloadKind::EvmMessage);
+    assert_eq!(asked[0].2, b"hello");
+    assert_eq!(asked[1].2, b"hello");
+    assert_eq!(asked[2].1, PayloadKind::EvmTypedData);
 }
 
 #[tokio::test]
