@@ -353,6 +353,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rejects_metrics_whose_histogram_buckets_overflow_when_added() {
+        // The parent sums the buckets (count, cumulative buckets): a hostile enclave's
+        // `[u64::MAX, 1, ...]` panicked the scrape in a debug parent.
+        let mut m = metrics();
+        m.kms[0].duration_buckets[0] = u64::MAX;
+        let err = decode_response(&unchecked_metrics_frame(m.clone())).unwrap_err();
+        assert!(matches!(err, ProtocolError::InvalidBody { .. }), "{err:?}");
+        m.kms[0].duration_buckets = vec![0; crate::metrics::KMS_DURATION_BUCKETS_SECONDS.len() + 1];
+        m.kms[0].duration_buckets[3] = u64::MAX;
+        assert!(decode_response(&unchecked_metrics_frame(m)).is_ok());
+    }
+
     fn all_requests() -> Vec<Request> {
         vec![
             Request::Configure {

@@ -187,7 +187,7 @@ pub fn is_rule_label(rule: &str) -> bool {
 impl EnclaveMetrics {
     /// Checks the bounds a decoder enforces: at most [`MAX_METRIC_ENTRIES`] entries in
     /// all, well-formed refusal reasons, and histograms of exactly the fixed bucket
-    /// count. Returns the reason on failure.
+    /// count whose buckets add up within a `u64`. Returns the reason on failure.
     pub(crate) fn check_limits(&self) -> Result<(), String> {
         let entries =
             self.signatures.len() + self.refusals.len() + self.kms.len() + self.kms_errors.len();
@@ -208,6 +208,19 @@ impl EnclaveMetrics {
                 "{} latency histogram has {} buckets, not {want}",
                 k.operation.as_str(),
                 k.duration_buckets.len()
+            ));
+        }
+        // The parent adds the buckets up (the histogram's count and cumulative buckets):
+        // a sum past `u64::MAX` would overflow there.
+        if let Some(k) = self.kms.iter().find(|k| {
+            k.duration_buckets
+                .iter()
+                .try_fold(0u64, |sum, b| sum.checked_add(*b))
+                .is_none()
+        }) {
+            return Err(format!(
+                "{} latency histogram counts more than 2^64 calls",
+                k.operation.as_str()
             ));
         }
         Ok(())
