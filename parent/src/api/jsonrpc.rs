@@ -25,7 +25,8 @@
 //! ("transaction rejected", EIP-1474) with the rule in `message` and `data.rule` (also
 //! for a disabled key, `key_disabled`, and a stopped store, `store_stopped`); an
 //! unknown account `-32602`; a missing, unknown or out-of-scope token `4100`
-//! ("unauthorized", EIP-1193). A token refused before the body is read answers with the
+//! ("unauthorized", EIP-1193). A body whose objects repeat a key anywhere is `-32600`
+//! (parsers disagree on which value wins). A token refused before the body is read answers with the
 //! HTTP status REST gives (401) and a `4100` object with `id: null`; a body REST would
 //! refuse (415, 413, 408) answers with that status and a `-32600` object; every other
 //! answer is HTTP 200.
@@ -201,8 +202,17 @@ pub trait Backend {
 /// layer. Never fails: every error is an error object (with `id: null` where the id
 /// could not be read).
 pub async fn handle<B: Backend>(backend: &B, body: &[u8]) -> Value {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
+    let value: Value = match serde_json::from_slice::<StrictJson>(body) {
+        Ok(StrictJson(v)) => v,
+        // A repeated key is valid JSON syntax whose meaning parsers disagree on (first
+        // or last wins, or an error): `{"to": A, "to": B}` would be signed to B while a
+        // proxy, a log or the caller's own code may have read A.
+        Err(e) if e.is_data() => {
+            return error_response(
+                Value::Null,
+                &RpcError::new(RpcCode::InvalidRequest, e.to_string()),
+            )
+        }
         Err(_) => {
             return error_response(
                 Value::Null,
@@ -230,6 +240,77 @@ pub async fn handle<B: Backend>(backend: &B, body: &[u8]) -> Value {
             Value::Array(out)
         }
         other => handle_one(backend, other).await,
+    }
+}
+
+/// A JSON value read like [`Value`], but refusing an object that repeats a key
+/// (anywhere in the document); serde_json's nesting limit still applies.
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "a JSON object repeats the key {:?}",
+                    truncated(&key)
+                )));
+            }
+            let StrictJson(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -436,8 +517,12 @@ fn truncated(text: &str) -> &str {
 /// form `rlp([nonce, gasPrice, gas, to, value, data, chainId, 0, 0])`) of a JSON-RPC
 /// transaction object.
 ///
-/// Unlike alloy's builders this fills in nothing that changes what is signed: `from`
-/// and `chainId` are required (alloy would take chain 1); a `type` must be the one
+/// Unlike alloy's builders this fills in nothing that changes what is signed, and drops
+/// nothing the caller gave: `from` and `chainId` are required (alloy would take chain
+/// 1); `from` and `to` are addresses as the other methods' address parameters (`0x`,
+/// EIP-55 checksum when mixed case); the EIP-4844 and EIP-7702 fields are refused
+/// (alloy would build a type 0x2 transaction without a lone `maxFeePerBlobGas`); a
+/// `type` must be the one
 /// the fee fields describe (`0x0` with `gasPrice`, `0x1` with `gasPrice` and
 /// `accessList`, `0x2` with `maxFeePerGas` and `maxPriorityFeePerGas`); `data` and
 /// `input` must agree; a missing `to` is a contract creation; a missing `value` is 0.
@@ -457,6 +542,29 @@ pub fn unsigned_transaction(tx: Value) -> Result<([u8; 20], Vec<u8>), RpcError> 
                 "unknown transaction field {:?}; fields: {}",
                 truncated(name),
                 TX_FIELDS.join(", ")
+            )));
+        }
+        if UNSIGNED_TYPE_FIELDS.contains(&name.as_str()) && !value.is_null() {
+            // alloy would drop a lone `maxFeePerBlobGas` or a `sidecar` and build a type
+            // 0x2 transaction from the rest: not what the caller described.
+            return Err(RpcError::invalid_params(format!(
+                "{name} belongs to a transaction type this signer does not sign (EIP-4844, \
+                 EIP-7702; legacy, 0x1 and 0x2 are)"
+            )));
+        }
+        if ADDRESS_FIELDS.contains(&name.as_str())
+            && !(value.is_null() && name != "from")
+            && value
+                .as_str()
+                .and_then(ekms_signer::address::parse_evm_address)
+                .is_none()
+        {
+            // alloy also reads `0X…`, no prefix, byte arrays and mixed case with a wrong
+            // EIP-55 checksum (a mistyped recipient): the address parameters of the other
+            // methods refuse them, so does the transaction.
+            return Err(RpcError::invalid_params(format!(
+                "{name} is an address: 0x + 40 hex digits (mixed case only with a valid \
+                 EIP-55 checksum)"
             )));
         }
         if QUANTITY_FIELDS.contains(&name.as_str()) && !is_hex_quantity(value) {
@@ -545,6 +653,18 @@ const TX_FIELDS: [&str; 17] = [
     "authorizationList",
     "sidecar",
 ];
+
+/// The fields only EIP-4844 and EIP-7702 transactions have (not signed here); refused
+/// unless `null`.
+const UNSIGNED_TYPE_FIELDS: [&str; 4] = [
+    "maxFeePerBlobGas",
+    "blobVersionedHashes",
+    "authorizationList",
+    "sidecar",
+];
+
+/// The fields that are addresses (`to` may be `null`: a contract creation).
+const ADDRESS_FIELDS: [&str; 2] = ["from", "to"];
 
 /// The fields that are quantities (hex, `0x` prefix).
 const QUANTITY_FIELDS: [&str; 8] = [

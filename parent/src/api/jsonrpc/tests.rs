@@ -427,3 +427,110 @@ fn an_unknown_method_is_not_echoed_at_length() {
     let e = parse_call(&"x".repeat(10_000), json!([])).unwrap_err();
     assert!(e.message.len() < 300);
 }
+
+#[tokio::test]
+async fn rejects_repeated_keys_anywhere_in_the_body() {
+    // serde_json's `Value` keeps the last of two keys; a proxy, a log or the caller's
+    // own parser may keep the first: `to` twice would be signed to the second address.
+    let b = Recording::default();
+    let tx = format!(
+        r#"{{"from": "{FROM}", "chainId": "0x1", "nonce": "0x0", "to": "{DEAD}",
+            "to": "0x2222222222222222222222222222222222222222", "gas": "0x5208",
+            "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}}"#
+    );
+    for body in [
+        format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "eth_signTransaction", "params": [{tx}]}}"#
+        ),
+        format!(
+            r#"[{{"jsonrpc": "2.0", "id": 1, "method": "eth_signTransaction", "params": [{tx}]}}]"#
+        ),
+        format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "eth_accounts", "method": "eth_sign",
+                "params": ["{FROM}", "0x01"]}}"#
+        ),
+        format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "eth_signTypedData_v4", "params": ["{FROM}",
+                {{"types": {{"EIP712Domain": []}}, "primaryType": "EIP712Domain",
+                  "domain": {{}}, "message": {{}}, "message": {{"a": 1}}}}]}}"#
+        ),
+    ] {
+        let a = handle(&b, body.as_bytes()).await;
+        assert_eq!(a["error"]["code"], -32600, "{a}");
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("repeats the key"),
+            "{a}"
+        );
+    }
+    assert!(b.asked.lock().unwrap().is_empty(), "nothing was signed");
+    // Nesting is still bounded by serde_json's limit.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(handle(&b, deep.as_bytes()).await["error"]["code"], -32700);
+    // The same keys once each are served.
+    let once = call(
+        "eth_signTransaction",
+        json!([{"from": FROM, "chainId": "0x1", "nonce": "0x0", "to": DEAD, "gas": "0x5208",
+                "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}]),
+    );
+    assert!(answer(&b, once).await["result"].is_string());
+}
+
+#[test]
+fn rejects_blob_and_delegation_fields_alloy_would_drop() {
+    // alloy builds a type 0x2 transaction from these, dropping the blob fields.
+    for (name, value) in [
+        ("maxFeePerBlobGas", json!("0x1")),
+        ("sidecar", json!({"blobs": []})),
+        ("blobVersionedHashes", json!([])),
+        ("authorizationList", json!([])),
+    ] {
+        let mut tx = json!({"from": FROM, "chainId": "0x1", "nonce": "0x0", "to": DEAD,
+            "gas": "0x5208", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"});
+        tx[name] = value;
+        let e = unsigned_transaction(tx).unwrap_err();
+        assert_eq!(e.code, RpcCode::InvalidParams);
+        assert!(e.message.contains(name), "{}", e.message);
+    }
+    let mut tx = json!({"from": FROM, "chainId": "0x1", "nonce": "0x0", "to": DEAD,
+        "gas": "0x5208", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"});
+    tx["maxFeePerBlobGas"] = Value::Null;
+    assert!(unsigned_transaction(tx).is_ok(), "null is a missing field");
+}
+
+#[test]
+fn rejects_transaction_addresses_the_address_parameters_refuse() {
+    let tx = |field: &str, value: Value| {
+        let mut tx = json!({"from": FROM, "chainId": "0x1", "nonce": "0x0", "to": DEAD,
+            "gas": "0x5208", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"});
+        tx[field] = value;
+        unsigned_transaction(tx)
+    };
+    let bad_checksum = "0x000000000000000000000000000000000000dEAD";
+    assert!(ekms_signer::address::parse_evm_address(bad_checksum).is_none());
+    for field in ["to", "from"] {
+        for value in [
+            json!(bad_checksum),
+            json!("0X000000000000000000000000000000000000dead"),
+            json!("000000000000000000000000000000000000dead"),
+            json!(" 0x000000000000000000000000000000000000dead"),
+            json!([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad]),
+            json!(""),
+        ] {
+            let e = tx(field, value.clone()).unwrap_err();
+            assert_eq!(e.code, RpcCode::InvalidParams, "{field} {value}");
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+    }
+    assert!(tx("from", Value::Null).is_err());
+    for (field, value) in [
+        ("to", json!("0x000000000000000000000000000000000000DEAD")),
+        ("to", json!("0x000000000000000000000000000000000000dead")),
+        ("to", Value::Null),
+        ("from", json!(FROM)),
+    ] {
+        assert!(tx(field, value.clone()).is_ok(), "{field} {value}");
+    }
+}
