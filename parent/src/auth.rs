@@ -186,6 +186,15 @@ impl Caller {
         self.scopes & (scope.bit() | Scope::Admin.bit()) != 0
     }
 
+    /// The keys the token is limited to (its `key_ids`), or `None` for every key (no
+    /// list, or an `admin` token).
+    pub fn key_list(&self) -> Option<&[String]> {
+        if self.scopes & Scope::Admin.bit() != 0 {
+            return None;
+        }
+        self.row.key_ids.as_deref()
+    }
+
     /// Checks that the token has `scope` and, when `key_id` is given and the token is
     /// limited to listed keys (and is not `admin`), that `key_id` is one of them.
     ///

@@ -206,21 +206,43 @@ impl Service {
     }
 
     /// The keys the caller may sign with (its token's listed keys, or every key for a
-    /// token without a list), newest first, at most [`MAX_SIGNABLE_KEYS`]: what
-    /// JSON-RPC's `eth_accounts` lists (its EVM keys). Addresses are the enclave's
-    /// statements' ([`Service::checked_statement`]).
+    /// token without a list), newest first: what JSON-RPC's `eth_accounts` lists (its
+    /// EVM keys). A token without a list sees the newest [`MAX_SIGNABLE_KEYS`] keys;
+    /// a token's listed keys are read by id, however many keys were created since
+    /// (another app's new keys cannot push them out of reach). Addresses are the
+    /// enclave's statements' ([`Service::checked_statement`]).
     ///
     /// # Errors
     /// [`ServiceError::Forbidden`] without `sign`; as [`Service::list_keys`].
     pub async fn signable_keys(&self, caller: &Caller) -> Result<Vec<KeySummary>, ServiceError> {
-        caller.require(Scope::Sign, None)?;
         let mut out = Vec::new();
-        for (summary, _) in self.store.list_keys(MAX_SIGNABLE_KEYS).await? {
-            if caller.require(Scope::Sign, Some(&summary.key_id)).is_ok() {
-                self.checked_statement(&summary).await?;
-                out.push(summary);
+        for summary in self.usable_keys(caller).await? {
+            self.checked_statement(&summary).await?;
+            out.push(summary);
+        }
+        Ok(out)
+    }
+
+    /// The caller's usable keys' columns, newest first, unchecked ([`Service::signable_keys`]).
+    async fn usable_keys(&self, caller: &Caller) -> Result<Vec<KeySummary>, ServiceError> {
+        caller.require(Scope::Sign, None)?;
+        let Some(ids) = caller.key_list() else {
+            return Ok(self
+                .store
+                .list_keys(MAX_SIGNABLE_KEYS)
+                .await?
+                .into_iter()
+                .map(|(summary, _)| summary)
+                .collect());
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.store.key(id.clone()).await? {
+                out.push(row.summary);
             }
         }
+        // Newest first, as the listing (a stable sort keeps the token's order on ties).
+        out.sort_by_key(|k| std::cmp::Reverse(k.created_at_ms));
         Ok(out)
     }
 
@@ -237,13 +259,10 @@ impl Service {
         caller: &Caller,
         address: &str,
     ) -> Result<KeySummary, ServiceError> {
-        caller.require(Scope::Sign, None)?;
         let found = self
-            .store
-            .list_keys(MAX_SIGNABLE_KEYS)
+            .usable_keys(caller)
             .await?
             .into_iter()
-            .map(|(summary, _)| summary)
             .find(|k| {
                 let same = match k.algorithm {
                     Algorithm::Secp256k1 => k.address.eq_ignore_ascii_case(address),

@@ -132,3 +132,46 @@ async fn rejects_signing_outside_the_policy_with_the_rule() {
         })
     ));
 }
+
+#[tokio::test]
+async fn rejects_hiding_a_tokens_key_behind_a_thousand_newer_keys() {
+    // An app with keys:create made MAX_SIGNABLE_KEYS keys after the bot's: the bot's key
+    // fell out of the newest-keys listing that eth_accounts and the account lookup
+    // read, so JSON-RPC answered "unknown account" for the bot's own key.
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let sol = create(&h, &admin, Algorithm::Ed25519).await;
+    {
+        let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+        for i in 0..super::keys::MAX_SIGNABLE_KEYS {
+            let id = uuid::Uuid::new_v4().to_string();
+            let later = sol.created_at_ms + 1 + i64::from(i);
+            conn.execute(
+                "INSERT INTO keys (key_id, algorithm, label, owner, public_key, address, keyring,
+                                   epoch, sealed_record, created_at)
+                 SELECT ?1, algorithm, label, owner, public_key, address, keyring, epoch,
+                        sealed_record, ?2 FROM keys WHERE key_id = ?3",
+                rusqlite::params![id, later, sol.key_id],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO policies (key_id, version, policy_json, mac)
+                 SELECT ?1, version, policy_json, mac FROM policies WHERE key_id = ?2",
+                rusqlite::params![id, sol.key_id],
+            )
+            .unwrap();
+        }
+    }
+    let (_, bot) = token(&h.store, "sign", Some(&[evm.key_id.as_str()]), None).await;
+    let bot = caller(&h, &bot).await;
+    let keys = h.service.signable_keys(&bot).await.unwrap();
+    let ids: Vec<_> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(ids, [evm.key_id.as_str()]);
+    let found = h
+        .service
+        .key_by_address(&bot, &G_ADDRESS.to_lowercase())
+        .await
+        .unwrap();
+    assert_eq!(found.key_id, evm.key_id);
+}
