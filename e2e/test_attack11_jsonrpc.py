@@ -197,3 +197,37 @@ def test_rejects_an_address_column_rewritten_to_select_another_key(sim, client, 
         _set_address(sim, a["key_id"], a["address"])
         _set_address(sim, b["key_id"], b["address"])
     assert result(client, "eth_sign", [b["address"], "0x06"])
+
+
+def test_rejects_typed_data_text_that_repeats_a_key(keys):
+    """The object form with a repeated key is refused by the parent's JSON reading; the
+    text form (and REST's evm_typed_data) reaches the enclave, whose typed-data decoder
+    kept the last value: `"contents": "Hi", "contents": "Transfer all"` was signed."""
+    bot, addr = keys["bot"], keys["a"]["address"]
+    from test_jsonrpc import MAIL
+
+    typed = {
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+            "Person": [{"name": "name", "type": "string"}, {"name": "wallet", "type": "address"}],
+            "Mail": [{"name": "from", "type": "Person"}, {"name": "to", "type": "Person"},
+                     {"name": "contents", "type": "string"}],
+        },
+        "primaryType": "Mail",
+        "domain": {"name": "Ether Mail", "version": "1", "chainId": 1, "verifyingContract": MAIL},
+        "message": {"from": {"name": "Cow", "wallet": "0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826"},
+                    "to": {"name": "Bob", "wallet": "0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB"},
+                    "contents": "Hi"},
+    }
+    text = json.dumps(typed)
+    assert result(bot, "eth_signTypedData_v4", [addr, text])
+    repeated = text.replace('"contents": "Hi"', '"contents": "Hi", "contents": "Transfer all"')
+    assert repeated != text
+    e = error(bot, "eth_signTypedData_v4", [addr, repeated])
+    assert e["code"] in (-32602, -32003), e
+    r = raw_rpc(bot, '{"jsonrpc": "2.0", "id": 1, "method": "eth_signTypedData_v4", "params": ["'
+                + addr + '", ' + repeated + "]}")
+    assert r.json["error"]["code"] == -32600, r.json
+    r = bot.sign(keys["a"]["key_id"], "evm_typed_data", repeated)
+    assert r.status != 200, r

@@ -6,7 +6,7 @@
 //!
 //! At most [`MAX_TYPED_DATA_BYTES`] bytes and [`MAX_TYPED_DATA_DEPTH`] levels of JSON
 //! nesting, both checked before parsing. The document must be a JSON object (not a
-//! string holding one); the message must coerce to the primary type. When `types`
+//! string holding one) in which no object repeats a key; the message must coerce to the primary type. When `types`
 //! declares `EIP712Domain`, its encoding must equal the one the `domain` object's
 //! fields give (alloy hashes the domain from its fields, a wallet from the declared
 //! type: refusing a mismatch keeps the two readings the same).
@@ -102,6 +102,11 @@ impl TypedDataPayload {
                 "EIP-712 typed data must be a JSON object",
             ));
         }
+        // serde keeps the last of two equal keys in `message` and `types`; a wallet, a
+        // proxy or the app that showed the data may keep the first (`"value": "5",
+        // "value": "<max>"` in a permit).
+        serde_json::from_slice::<NoRepeatedKeys>(bytes)
+            .map_err(|e| SignerError::malformed(format!("EIP-712 typed data: {e}")))?;
         let typed: TypedData = serde_json::from_slice(bytes)
             .map_err(|e| SignerError::malformed(format!("EIP-712 typed data: {e}")))?;
         if typed.resolver.contains_type_name("EIP712Domain") {
@@ -160,6 +165,63 @@ impl TypedDataPayload {
     /// The permit, if the primary type is one (module docs).
     pub fn permit(&self) -> Option<&Permit> {
         self.permit.as_ref()
+    }
+}
+
+/// A JSON document read only to refuse an object that repeats a key, at any depth.
+struct NoRepeatedKeys;
+
+impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoRepeatedKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoRepeatedKeys {
+    type Value = NoRepeatedKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("an object repeats a key"));
+            }
+            map.next_value::<NoRepeatedKeys>()?;
+        }
+        Ok(self)
     }
 }
 

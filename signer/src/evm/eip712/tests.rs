@@ -172,3 +172,36 @@ fn rejects_deep_string_form_mismatched_domain_and_oversize() {
     assert!(TypedDataPayload::decode(wrong.as_bytes()).is_err());
     assert!(TypedDataPayload::decode(b"{}").is_err());
 }
+
+#[test]
+fn rejects_typed_data_that_repeats_a_key() {
+    // serde kept the last value: a reader that keeps the first saw a permit of 5 where
+    // an unlimited one was signed, or a `uint256` field where a `uint8` was hashed.
+    let permit = eip2612(
+        "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
+        1,
+        "0x2222222222222222222222222222222222222222",
+        "5",
+    );
+    assert!(TypedDataPayload::decode(permit.as_bytes()).is_ok());
+    let max = U256::MAX.to_string();
+    let repeated_value =
+        permit.replace(r#""value":"5""#, &format!(r#""value":"5","value":"{max}""#));
+    let repeated_type = permit.replace(
+        r#""primaryType":"Permit""#,
+        r#""primaryType":"Permit","primaryType":"Permit""#,
+    );
+    let repeated_struct = permit.replace(
+        r#""types":{"#,
+        r#""types":{"Permit":[{"name":"value","type":"uint8"}],"#,
+    );
+    for json in [repeated_value, repeated_type, repeated_struct] {
+        assert_ne!(json, permit);
+        let err = TypedDataPayload::decode(json.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, SignerError::Malformed { .. })
+                && err.to_string().contains("repeats a key"),
+            "{err}"
+        );
+    }
+}
