@@ -231,3 +231,7 @@ def test_rejects_typed_data_text_that_repeats_a_key(keys):
     assert r.json["error"]["code"] == -32600, r.json
     r = bot.sign(keys["a"]["key_id"], "evm_typed_data", repeated)
     assert r.status != 200, r
+    # REST's object form: the parent read the payload last-wins into one document.
+    body = '{"kind": "evm_typed_data", "payload": ' + repeated + "}"
+    r = bot.request("POST", f"/v1/keys/{keys['a']['key_id']}/sign", raw=body.encode())
+    assert r.status == 400 and r.json["error"]["code"] == "invalid_json", r

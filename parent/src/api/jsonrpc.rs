@@ -45,7 +45,7 @@ use axum::Json;
 use ekms_shared::{Algorithm, PayloadKind, SignOutput, SignPayload};
 use serde_json::{json, Value};
 
-use super::extract::JsonBytes;
+use super::extract::{JsonBytes, StrictJson};
 use super::{ApiCode, ApiError, AppState};
 use crate::auth::Caller;
 use crate::format;
@@ -240,77 +240,6 @@ pub async fn handle<B: Backend>(backend: &B, body: &[u8]) -> Value {
             Value::Array(out)
         }
         other => handle_one(backend, other).await,
-    }
-}
-
-/// A JSON value read like [`Value`], but refusing an object that repeats a key
-/// (anywhere in the document); serde_json's nesting limit still applies.
-struct StrictJson(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictJson(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "a JSON object repeats the key {:?}",
-                    truncated(&key)
-                )));
-            }
-            let StrictJson(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
     }
 }
 

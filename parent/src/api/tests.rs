@@ -326,6 +326,38 @@ async fn rejects_a_body_that_is_not_a_json_object() {
     );
 }
 
+/// A repeated key inside a `Value` field (a typed-data payload, a policy) was read
+/// last-wins and passed on as one document.
+#[tokio::test]
+async fn rejects_a_body_that_repeats_a_key() {
+    let h = Harness::start(1).await;
+    let app = app(&h, 4096, 8);
+    for body in [
+        r#"{"algorithm": "ed25519", "label": "a", "label": "b"}"#,
+        r#"{"algorithm": "ed25519", "policy": {"enabled": false, "enabled": true}}"#,
+    ] {
+        let (s, v) = send(&app, "POST", "/v1/keys", Some(body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{body}"
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("repeats the key"));
+    }
+    assert!(
+        h.store.list_keys(10).await.unwrap().is_empty(),
+        "no key created"
+    );
+    create(
+        &app,
+        r#"{"algorithm": "ed25519", "policy": {"enabled": true}}"#,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn rejects_key_creation_the_enclave_refuses_and_stores_nothing() {
     let h = Harness::start(1).await;
