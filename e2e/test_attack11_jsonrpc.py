@@ -235,3 +235,18 @@ def test_rejects_typed_data_text_that_repeats_a_key(keys):
     body = '{"kind": "evm_typed_data", "payload": ' + repeated + "}"
     r = bot.request("POST", f"/v1/keys/{keys['a']['key_id']}/sign", raw=body.encode())
     assert r.status == 400 and r.json["error"]["code"] == "invalid_json", r
+
+
+def test_a_creation_or_a_chain_the_policy_does_not_list_is_refused_not_rewritten(keys):
+    bot, addr = keys["bot"], keys["a"]["address"]
+    for t in (
+        tx(addr, to=None),                                   # no `to`: a contract creation
+        {**tx(addr), "to": None},                            # `to: null`: the same
+        tx(addr, chainId="0x0", maxFeePerGas=None, maxPriorityFeePerGas=None, gasPrice="0x1"),
+        tx(addr, chainId="0x00000000000000000000000000000005"),  # leading zeros, chain 5
+    ):
+        e = error(bot, "eth_signTransaction", [t])
+        assert e["code"] in (-32003, -32602), (t, e)  # a rule, or chain 0: invalid_payload
+    # Leading zeros do not change the value signed.
+    raw = result(bot, "eth_signTransaction", [tx(addr, value="0x00000000000000000003e8", nonce="0x0001")])
+    assert raw == result(bot, "eth_signTransaction", [tx(addr, value="0x3e8", nonce="0x1")])
