@@ -466,6 +466,22 @@ async fn rejects_repeated_keys_anywhere_in_the_body() {
         );
     }
     assert!(b.asked.lock().unwrap().is_empty(), "nothing was signed");
+    // Numbers and escapes read as serde_json's `Value` reads them ("\u0074o" is "to").
+    let a = handle(
+        &b,
+        br#"{"jsonrpc": "2.0", "id": 18446744073709551616, "method": "eth_accounts"}"#,
+    )
+    .await;
+    assert!(a["id"].is_number() && a["result"].is_array(), "{a}");
+    let escaped = format!(
+        r#"{{"jsonrpc": "2.0", "id": 1, "method": "eth_signTransaction", "params": [{{"from": "{FROM}",
+            "chainId": "0x1", "nonce": "0x0", "to": "{DEAD}", "\u0074o": "{DEAD}", "gas": "0x5208",
+            "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1"}}]}}"#
+    );
+    assert_eq!(
+        handle(&b, escaped.as_bytes()).await["error"]["code"],
+        -32600
+    );
     // Nesting is still bounded by serde_json's limit.
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     assert_eq!(handle(&b, deep.as_bytes()).await["error"]["code"], -32700);
