@@ -71,11 +71,12 @@ ts-client:
 examples: build venv ts-client
 	EKMS_BIN_DIR=$(TARGET_DIR)/debug $(VENV)/bin/python examples/run_examples.py
 
-# Python environment for the interop tests and the demo (packages from PyPI, pinned).
+# Python environment for the interop tests and the demo (packages from PyPI, pinned;
+# requirements-lock.txt pins the transitive ones too).
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements-test.txt
+$(VENV)/.installed: requirements-test.txt requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt -c requirements-lock.txt
 	touch $@
 
 # Lint floor (STYLE.md rule 2): formatting and clippy with warnings as errors.

@@ -65,29 +65,13 @@ import { ekmsSolanaSigner } from "@enclave-kms/client/solana-kit";
 import { EkmsWeb3Signer } from "@enclave-kms/client/solana-web3";
 import { EkmsPolicyDeniedViemError, EkmsUnauthorizedViemError, ekmsAccount } from "@enclave-kms/client/viem";
 
+import { DEST, EVM_POLICY, MAIL } from "./fixtures.js";
 import { startSim, type Sim } from "./sim.js";
 
-const DEST: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
-const MAIL_CONTRACT: Address = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC";
 const SYSTEM_PROGRAM = "11111111111111111111111111111111";
 const SOL_DEST = Keypair.generate().publicKey.toBase58();
 const BLOCKHASH = Keypair.generate().publicKey.toBase58(); // any 32 bytes
 
-const EVM_POLICY = {
-  version: 2,
-  enabled: true,
-  allowed_kinds: ["evm_transaction", "evm_message", "evm_typed_data"],
-  evm: {
-    chain_ids: [1],
-    allowed_destinations: [DEST],
-    max_value_wei: "1000000000000000",
-    max_fee_wei: "100000000000000000",
-    typed_data: {
-      domains: [{ name: "Ether Mail", version: "1", chain_id: 1, verifying_contract: MAIL_CONTRACT }],
-      primary_types: ["Mail"],
-    },
-  },
-};
 
 const SOLANA_POLICY = {
   version: 2,
@@ -103,27 +87,6 @@ const SOLANA_POLICY = {
   },
 };
 
-// The EIP-712 example of the EIP itself.
-const MAIL = {
-  domain: { name: "Ether Mail", version: "1", chainId: 1, verifyingContract: MAIL_CONTRACT },
-  types: {
-    Person: [
-      { name: "name", type: "string" },
-      { name: "wallet", type: "address" },
-    ],
-    Mail: [
-      { name: "from", type: "Person" },
-      { name: "to", type: "Person" },
-      { name: "contents", type: "string" },
-    ],
-  },
-  primaryType: "Mail",
-  message: {
-    from: { name: "Cow", wallet: "0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826" },
-    to: { name: "Bob", wallet: "0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB" },
-    contents: "Hello, Bob!",
-  },
-} as const;
 
 const EIP1559: TransactionSerializable = {
   type: "eip1559",

@@ -25,47 +25,9 @@ import { mainnet } from "viem/chains";
 import { EkmsClient, EkmsRpcError } from "@enclave-kms/client";
 import { ekmsTransport } from "@enclave-kms/client/viem";
 
+import { DEST, EVM_POLICY, MAIL } from "./fixtures.js";
 import { startSim, type Sim } from "./sim.js";
 
-const DEST: Address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
-const MAIL_CONTRACT: Address = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC";
-
-const POLICY = {
-  version: 2,
-  enabled: true,
-  allowed_kinds: ["evm_transaction", "evm_message", "evm_typed_data"],
-  evm: {
-    chain_ids: [1],
-    allowed_destinations: [DEST],
-    max_value_wei: "1000000000000000",
-    max_fee_wei: "100000000000000000",
-    typed_data: {
-      domains: [{ name: "Ether Mail", version: "1", chain_id: 1, verifying_contract: MAIL_CONTRACT }],
-      primary_types: ["Mail"],
-    },
-  },
-};
-
-const MAIL = {
-  domain: { name: "Ether Mail", version: "1", chainId: 1, verifyingContract: MAIL_CONTRACT },
-  types: {
-    Person: [
-      { name: "name", type: "string" },
-      { name: "wallet", type: "address" },
-    ],
-    Mail: [
-      { name: "from", type: "Person" },
-      { name: "to", type: "Person" },
-      { name: "contents", type: "string" },
-    ],
-  },
-  primaryType: "Mail",
-  message: {
-    from: { name: "Cow", wallet: "0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826" },
-    to: { name: "Bob", wallet: "0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB" },
-    contents: "Hello, Bob!",
-  },
-} as const;
 
 let sim: Sim;
 let address: Address;
@@ -74,9 +36,9 @@ let bot: EkmsClient;
 
 before(async () => {
   sim = await startSim();
-  const key = await sim.admin.createKey({ algorithm: "secp256k1", label: "rpc", policy: POLICY });
+  const key = await sim.admin.createKey({ algorithm: "secp256k1", label: "rpc", policy: EVM_POLICY });
   address = key.address as Address;
-  const other = await sim.admin.createKey({ algorithm: "secp256k1", label: "rpc-other", policy: POLICY });
+  const other = await sim.admin.createKey({ algorithm: "secp256k1", label: "rpc-other", policy: EVM_POLICY });
   otherAddress = other.address as Address;
   const t = await sim.admin.createToken({ name: "rpc-bot", scopes: ["sign"], key_ids: [key.key_id] });
   bot = new EkmsClient({ socketPath: sim.socketPath, token: t.token });

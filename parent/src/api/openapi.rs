@@ -28,6 +28,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/keys/{key_id}/enable"),
     ("POST", "/v1/keys/{key_id}/enable/proposal"),
     ("POST", "/v1/keys/{key_id}/sign"),
+    ("POST", "/v1/rpc/evm"),
     ("POST", "/v1/admin/stop"),
     ("POST", "/v1/admin/resume"),
     ("GET", "/v1/audit"),
