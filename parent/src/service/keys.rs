@@ -259,9 +259,14 @@ impl Service {
         caller: &Caller,
         address: &str,
     ) -> Result<KeySummary, ServiceError> {
-        let found = self
-            .usable_keys(caller)
-            .await?
+        caller.require(Scope::Sign, None)?;
+        // A token without a key list may use every key: look the address up (indexed)
+        // rather than scan a bounded listing, which would miss older keys.
+        let candidates = match caller.key_list() {
+            Some(_) => self.usable_keys(caller).await?,
+            None => self.store.keys_by_address(address.to_owned()).await?,
+        };
+        let found = candidates
             .into_iter()
             .find(|k| {
                 let same = match k.algorithm {

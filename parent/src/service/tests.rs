@@ -174,4 +174,12 @@ async fn rejects_hiding_a_tokens_key_behind_a_thousand_newer_keys() {
         .await
         .unwrap();
     assert_eq!(found.key_id, evm.key_id);
+    // A token without a key list (here the admin's) finds the old key by its address
+    // too: the lookup is by address, not through the newest-keys listing.
+    let found = h
+        .service
+        .key_by_address(&admin, &G_ADDRESS.to_uppercase().replacen("0X", "0x", 1))
+        .await
+        .unwrap();
+    assert_eq!(found.key_id, evm.key_id);
 }

@@ -11,7 +11,7 @@ use std::future::Future;
 use ekms_shared::statement::SignedKeyStatement;
 use ekms_shared::{Algorithm, KeyringRef, SealedCheckpoint, SealedKeyRecord, SealedPolicy};
 
-use super::{KeyStore, NewKey, StoreError, StoredStatement, TokenRow};
+use super::{KeyStore, NewKey, StoreError, StoredStatement, TokenRow, MAX_KEYS_BY_ADDRESS};
 
 /// Runs every check of the suite, each on a store `make` returns (empty).
 ///
@@ -26,6 +26,7 @@ pub async fn run_all<S: KeyStore, F: Future<Output = S>>(make: impl Fn() -> F) {
     statements(&make().await).await;
     tokens(&make().await).await;
     checkpoints_with_policies(&make().await).await;
+    keys_by_address_any_case_newest_first(&make().await).await;
     audit_records_and_documents(&make().await).await;
 }
 
@@ -147,6 +148,40 @@ async fn keys_round_trip_and_list_newest_first(s: &dyn KeyStore) {
     let ids: Vec<_> = listed.iter().map(|(k, _)| k.key_id.as_str()).collect();
     assert_eq!(ids, ["k3", "k2"]);
     assert_eq!(listed[0].1, want.policy.policy_json);
+}
+
+/// Keys are found by address in any ASCII case, newest first, at most
+/// [`MAX_KEYS_BY_ADDRESS`]; another address finds none.
+async fn keys_by_address_any_case_newest_first(s: &dyn KeyStore) {
+    with_keyring(s).await;
+    let mut a = new_key("ka", 1);
+    a.address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into();
+    s.insert_key(a).await.unwrap();
+    s.insert_key(new_key("kb", 2)).await.unwrap();
+    let found = s
+        .keys_by_address("0x5AAEB6053F3E94C9B9A09F33669435E7EF1BEAED".into())
+        .await
+        .unwrap();
+    let ids: Vec<_> = found.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(ids, ["ka"]);
+    assert_eq!(
+        found[0].address,
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    );
+    assert!(s
+        .keys_by_address("0x0000000000000000000000000000000000000001".into())
+        .await
+        .unwrap()
+        .is_empty());
+    // "0xabc" (new_key's address) many times: newest first, bounded.
+    for i in 0..(MAX_KEYS_BY_ADDRESS + 4) {
+        s.insert_key(new_key(&format!("kc{i}"), 10 + i64::from(i)))
+            .await
+            .unwrap();
+    }
+    let found = s.keys_by_address("0xABC".into()).await.unwrap();
+    assert_eq!(found.len(), MAX_KEYS_BY_ADDRESS as usize);
+    assert_eq!(found[0].key_id, format!("kc{}", MAX_KEYS_BY_ADDRESS + 3));
 }
 
 /// A duplicate id, or a policy naming another key, is refused and writes nothing.

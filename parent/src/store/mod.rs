@@ -94,6 +94,10 @@ pub struct AuditRow {
     pub signed: SignedAuditRecord,
 }
 
+/// Most rows [`KeyStore::keys_by_address`] returns (one, unless rows were tampered
+/// with: the statement check then refuses the extra ones).
+pub const MAX_KEYS_BY_ADDRESS: u32 = 16;
+
 /// What the parent stores. Every method answers once its effect is durable (writes) or
 /// from committed state (reads); errors are [`StoreError`]s, and a failed write
 /// changes nothing.
@@ -127,6 +131,12 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Up to `limit` keys, newest first, each with its stored policy document.
     fn list_keys(&self, limit: u32) -> StoreFuture<'_, Vec<(KeySummary, String)>>;
+
+    /// The keys whose address column is `address`, compared ASCII case-insensitively
+    /// (an EIP-55 address in any case; base58 never has two keys that differ only in
+    /// case), newest first, at most [`MAX_KEYS_BY_ADDRESS`]. Columns only: the caller
+    /// checks the statement before trusting the address.
+    fn keys_by_address(&self, address: String) -> StoreFuture<'_, Vec<KeySummary>>;
 
     /// The stored statement of `key_id` with its identity key's document, if any.
     fn statement(&self, key_id: String) -> StoreFuture<'_, Option<StoredStatement>>;

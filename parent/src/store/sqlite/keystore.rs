@@ -45,6 +45,10 @@ impl KeyStore for SqliteStore {
         Box::pin(SqliteStore::list_keys(self, limit))
     }
 
+    fn keys_by_address(&self, address: String) -> StoreFuture<'_, Vec<KeySummary>> {
+        Box::pin(SqliteStore::keys_by_address(self, address))
+    }
+
     fn statement(&self, key_id: String) -> StoreFuture<'_, Option<StoredStatement>> {
         Box::pin(SqliteStore::statement(self, key_id))
     }

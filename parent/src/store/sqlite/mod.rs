@@ -435,6 +435,32 @@ impl SqliteStore {
         .await
     }
 
+    /// [`KeyStore::keys_by_address`]: `lower(address)` is indexed
+    /// (`keys_by_lower_address`), so a lookup does not scan the table.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for a row that does not decode; [`StoreError::Sqlite`].
+    pub async fn keys_by_address(&self, address: String) -> Result<Vec<KeySummary>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT k.key_id, k.algorithm, k.label, k.public_key, k.address,
+                        k.created_at, p.version
+                 FROM keys k JOIN policies p ON p.key_id = k.key_id
+                 WHERE lower(k.address) = lower(?1)
+                 ORDER BY k.created_at DESC, k.rowid DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![address, super::MAX_KEYS_BY_ADDRESS], |r| {
+                summary_columns(r)
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.check()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Replaces the policy of `policy.key_id` if its stored version is still
     /// `expected_version` (compare-and-set), and commits.
     ///

@@ -7,7 +7,7 @@ use super::journal;
 use crate::store::StoreError;
 
 /// Version of the schema below, kept in the `schema_version` table.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -72,6 +72,12 @@ CREATE TABLE tokens (
 );
 ";
 
+/// Version 5: the address index of [`crate::store::KeyStore::keys_by_address`] (the
+/// JSON-RPC endpoint finds keys by address), case-folded as the lookup compares.
+pub(super) const SCHEMA_V5: &str = "
+CREATE INDEX keys_by_lower_address ON keys (lower(address));
+";
+
 /// Creates the schema in an empty database, or checks the stored version.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -85,6 +91,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(SCHEMA_V2)?;
         tx.execute_batch(SCHEMA_V3)?;
         tx.execute_batch(journal::SCHEMA_JOURNAL)?;
+        tx.execute_batch(SCHEMA_V5)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             params![SCHEMA_VERSION],
@@ -101,11 +108,12 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     // One step per version, in order, in one transaction.
-    let steps: [(i64, &str); 3] = [
+    let steps: [(i64, &str); 4] = [
         (2, SCHEMA_V2),
         (3, SCHEMA_V3),
         // Version 4: the enclave's checkpoints and audit chain (crate::service::journal).
         (4, journal::SCHEMA_JOURNAL),
+        (5, SCHEMA_V5),
     ];
     for (to, sql) in steps {
         if version == to - 1 {
