@@ -204,22 +204,9 @@ def test_rejects_typed_data_text_that_repeats_a_key(keys):
     text form (and REST's evm_typed_data) reaches the enclave, whose typed-data decoder
     kept the last value: `"contents": "Hi", "contents": "Transfer all"` was signed."""
     bot, addr = keys["bot"], keys["a"]["address"]
-    from test_jsonrpc import MAIL
+    from test_jsonrpc import mail_typed
 
-    typed = {
-        "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "Person": [{"name": "name", "type": "string"}, {"name": "wallet", "type": "address"}],
-            "Mail": [{"name": "from", "type": "Person"}, {"name": "to", "type": "Person"},
-                     {"name": "contents", "type": "string"}],
-        },
-        "primaryType": "Mail",
-        "domain": {"name": "Ether Mail", "version": "1", "chainId": 1, "verifyingContract": MAIL},
-        "message": {"from": {"name": "Cow", "wallet": "0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826"},
-                    "to": {"name": "Bob", "wallet": "0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB"},
-                    "contents": "Hi"},
-    }
+    typed = mail_typed("Hi")
     text = json.dumps(typed)
     assert result(bot, "eth_signTypedData_v4", [addr, text])
     repeated = text.replace('"contents": "Hi"', '"contents": "Hi", "contents": "Transfer all"')

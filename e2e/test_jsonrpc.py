@@ -139,9 +139,10 @@ def test_personal_sign_and_eth_sign_are_eip191(keys):
     assert int(sig[-2:], 16) in (27, 28)
 
 
-def test_sign_typed_data_v4_is_eip712(keys):
-    bot, addr = keys["bot"], keys["a"]["address"]
-    typed = {
+def mail_typed(contents: str = "Hello, Bob!") -> dict:
+    """The EIP-712 example of the EIP itself ("Ether Mail"), as eth_signTypedData_v4
+    takes it, with `contents` in its message."""
+    return {
         "types": {
             "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
                              {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
@@ -153,8 +154,13 @@ def test_sign_typed_data_v4_is_eip712(keys):
         "domain": {"name": "Ether Mail", "version": "1", "chainId": 1, "verifyingContract": MAIL},
         "message": {"from": {"name": "Cow", "wallet": "0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826"},
                     "to": {"name": "Bob", "wallet": "0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB"},
-                    "contents": "Hello, Bob!"},
+                    "contents": contents},
     }
+
+
+def test_sign_typed_data_v4_is_eip712(keys):
+    bot, addr = keys["bot"], keys["a"]["address"]
+    typed = mail_typed()
     for form in (typed, json.dumps(typed)):
         sig = result(bot, "eth_signTypedData_v4", [addr, form])
         assert Account.recover_message(encode_typed_data(full_message=typed), signature=sig) == addr
