@@ -316,11 +316,24 @@ mod tests {
         assert_eq!(decode_request(body_of(&bytes)).unwrap(), request);
     }
 
+    /// `n` refusals like `m`'s first, each with a rule of its own (`rule.0`, `rule.1`, …).
+    fn distinct_refusals(
+        m: &crate::metrics::EnclaveMetrics,
+        n: usize,
+    ) -> Vec<crate::metrics::RefusalCount> {
+        (0..n)
+            .map(|i| crate::metrics::RefusalCount {
+                rule: format!("rule.{i}"),
+                ..m.refusals[0].clone()
+            })
+            .collect()
+    }
+
     #[test]
     fn metrics_at_the_entry_limit_decode() {
         let mut m = metrics();
         let n = crate::metrics::MAX_METRIC_ENTRIES - 3;
-        m.refusals = vec![m.refusals[0].clone(); n];
+        m.refusals = distinct_refusals(&m, n);
         assert!(decode_response(&unchecked_metrics_frame(m)).is_ok());
     }
 
@@ -328,7 +341,7 @@ mod tests {
     fn rejects_oversize_metrics() {
         let mut m = metrics();
         let n = crate::metrics::MAX_METRIC_ENTRIES - 2;
-        m.refusals = vec![m.refusals[0].clone(); n];
+        m.refusals = distinct_refusals(&m, n);
         let err = decode_response(&unchecked_metrics_frame(m.clone())).unwrap_err();
         assert!(
             matches!(err, ProtocolError::InvalidBody { request_id: 5, .. }),
@@ -364,6 +377,24 @@ mod tests {
         m.kms[0].duration_buckets = vec![0; crate::metrics::KMS_DURATION_BUCKETS_SECONDS.len() + 1];
         m.kms[0].duration_buckets[3] = u64::MAX;
         assert!(decode_response(&unchecked_metrics_frame(m)).is_ok());
+    }
+
+    #[test]
+    fn rejects_metrics_that_repeat_a_label_set() {
+        // Two samples of one series (documented as at most once each): refused rather
+        // than left to Prometheus to drop.
+        let m = metrics();
+        assert!(decode_response(&unchecked_metrics_frame(m.clone())).is_ok());
+        let mut twice = m.clone();
+        twice.refusals.push(twice.refusals[0].clone());
+        let err = decode_response(&unchecked_metrics_frame(twice)).unwrap_err();
+        assert!(matches!(err, ProtocolError::InvalidBody { .. }), "{err:?}");
+        let mut twice = m.clone();
+        twice.kms.push(twice.kms[0].clone());
+        assert!(decode_response(&unchecked_metrics_frame(twice)).is_err());
+        let mut twice = m;
+        twice.signatures.push(twice.signatures[0].clone());
+        assert!(decode_response(&unchecked_metrics_frame(twice)).is_err());
     }
 
     fn all_requests() -> Vec<Request> {

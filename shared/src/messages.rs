@@ -597,7 +597,7 @@ pub struct SignPayload {
 }
 
 /// Kinds of payload the enclave can decode and sign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PayloadKind {
     /// An unsigned EVM transaction (EIP-2718 typed envelope or legacy RLP).
     EvmTransaction,

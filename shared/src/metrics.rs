@@ -202,6 +202,15 @@ impl EnclaveMetrics {
                 "refusal reason {shown:?} is not [a-z0-9_.]{{1,64}}"
             ));
         }
+        // Each label set at most once (a second sample of one series would be a
+        // contradiction the exposition format cannot carry).
+        if has_duplicate(self.signatures.iter().map(|c| c.kind))
+            || has_duplicate(self.refusals.iter().map(|c| (c.kind, c.rule.as_str())))
+            || has_duplicate(self.kms.iter().map(|k| k.operation))
+            || has_duplicate(self.kms_errors.iter().map(|e| (e.operation, e.kind)))
+        {
+            return Err("metrics repeat a label set".into());
+        }
         let want = KMS_DURATION_BUCKETS_SECONDS.len() + 1;
         if let Some(k) = self.kms.iter().find(|k| k.duration_buckets.len() != want) {
             return Err(format!(
@@ -225,6 +234,13 @@ impl EnclaveMetrics {
         }
         Ok(())
     }
+}
+
+/// Whether `labels` holds one value twice (at most [`MAX_METRIC_ENTRIES`] of them:
+/// checked after the entry count).
+fn has_duplicate<T: Eq + std::hash::Hash>(labels: impl Iterator<Item = T>) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    labels.into_iter().any(|l| !seen.insert(l))
 }
 
 #[cfg(test)]
