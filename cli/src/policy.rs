@@ -500,12 +500,14 @@ mod tests;
 /// `"creation_checked": true` to the answer.
 ///
 /// # Errors
-/// [`Error::Verification`] naming what differs.
+/// [`Error::Verification`] naming what differs; [`Error::BadResponse`] for an audit
+/// page that is not the API's shape.
 pub async fn check_creation(
     client: &ApiClient,
     sent: &Value,
     mut created: Value,
 ) -> Result<Value, Error> {
+    use ekms_shared::api::AuditPage;
     use ekms_shared::audit::{AuditAction, AuditRecord, SignedAuditRecord};
     let fail = |what: String| Error::Verification(format!("key creation: {what}"));
     let sent_owner = sent.get("owner").cloned().unwrap_or(Value::Null);
@@ -546,24 +548,27 @@ pub async fn check_creation(
         )
         .await?
         .into_result()?;
-    let row = page["records"]
-        .get(0)
-        .filter(|r| r["seq"].as_u64() == Some(seq))
+    let page: AuditPage = serde_json::from_value(page)
+        .map_err(|e| Error::BadResponse(format!("GET /v1/audit: {e}")))?;
+    let row = page
+        .records
+        .into_iter()
+        .next()
+        .filter(|r| r.seq == seq)
         .ok_or_else(|| fail(format!("audit record {seq} is not in the chain")))?;
-    let hex32 = |v: &Value, n: usize| {
-        v.as_str()
-            .and_then(|t| t.strip_prefix("0x"))
+    let hex32 = |v: &str, n: usize| {
+        v.strip_prefix("0x")
             .and_then(|t| hex::decode(t).ok())
             .filter(|b| b.len() == n)
     };
     let signed = SignedAuditRecord {
-        record: row["record"].as_str().unwrap_or_default().to_owned(),
-        signature: hex32(&row["signature"], 64)
+        signature: hex32(&row.signature, 64)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| fail("the record's signature is malformed".into()))?,
-        audit_key: hex32(&row["audit_key"], 32)
+        audit_key: hex32(&row.audit_key, 32)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| fail("the record's audit key is malformed".into()))?,
+        record: row.record,
     };
     let record: AuditRecord = signed
         .verify()
