@@ -19,7 +19,6 @@ use ekms_shared::owner::{
 };
 use ekms_signer::Policy;
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::args::check_key_id;
@@ -113,20 +112,8 @@ pub enum AdminCommand {
     Resume,
 }
 
-/// A proposal as `…/proposal` answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Proposal {
-    /// The policy version the change would create.
-    pub version: u64,
-    /// Hex SHA-256 of `canonical_policy`.
-    pub policy_sha256: String,
-    /// The policy in force after the change, canonical JSON.
-    pub canonical_policy: String,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-    /// The text to sign.
-    pub message: String,
-}
+/// A proposal as `…/proposal` answers it (the one shape of `ekms_shared::api`).
+pub use ekms_shared::api::Proposal;
 
 /// Parses `--expires-at`: RFC 3339 UTC in `ekms_shared::owner::rfc3339`'s form, or
 /// `+N` with an optional unit `s`, `m`, `h`, `d` counted from `now` (Unix seconds).
