@@ -37,7 +37,7 @@ use crate::measure::{end_to_end, percentile, raw_rates, EndToEnd, Rates, Scenari
 use crate::report::{CpuRow, Machine, Report, Row};
 use crate::sim::{cpu_time, SimGuard};
 use ekms_client::{BearerToken, ClientError, Conn};
-use ekms_shared::api::CreateKeyRequest;
+use ekms_shared::api::{CreateKeyRequest, CreatedKey};
 
 /// Every error of the benchmark. None carries key material (the benchmark never
 /// sees a key of the system under test).
@@ -575,17 +575,12 @@ async fn create_key(conn: &mut Conn, algorithm: &str, policy: Value) -> Result<K
             String::from_utf8_lossy(&bytes)
         )));
     }
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Api(format!("POST /v1/keys answer is not JSON: {e}")))?;
-    let text = |f: &str| {
-        v[f].as_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::Api(format!("POST /v1/keys answer has no {f:?}")))
-    };
+    let created: CreatedKey = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Api(format!("POST /v1/keys answer: {e}")))?;
     Ok(Key {
-        id: text("key_id")?,
-        address: text("address")?,
-        public_key: text("public_key")?,
+        id: created.key.key_id,
+        address: created.key.address,
+        public_key: created.key.public_key,
     })
 }
 

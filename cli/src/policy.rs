@@ -19,7 +19,6 @@ use ekms_shared::owner::{
 };
 use ekms_signer::Policy;
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::args::check_key_id;
@@ -113,20 +112,8 @@ pub enum AdminCommand {
     Resume,
 }
 
-/// A proposal as `…/proposal` answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Proposal {
-    /// The policy version the change would create.
-    pub version: u64,
-    /// Hex SHA-256 of `canonical_policy`.
-    pub policy_sha256: String,
-    /// The policy in force after the change, canonical JSON.
-    pub canonical_policy: String,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-    /// The text to sign.
-    pub message: String,
-}
+/// A proposal as `…/proposal` answers it (the one shape of `ekms_shared::api`).
+pub use ekms_shared::api::Proposal;
 
 /// Parses `--expires-at`: RFC 3339 UTC in `ekms_shared::owner::rfc3339`'s form, or
 /// `+N` with an optional unit `s`, `m`, `h`, `d` counted from `now` (Unix seconds).
@@ -500,12 +487,14 @@ mod tests;
 /// `"creation_checked": true` to the answer.
 ///
 /// # Errors
-/// [`Error::Verification`] naming what differs.
+/// [`Error::Verification`] naming what differs; [`Error::BadResponse`] for an audit
+/// page that is not the API's shape.
 pub async fn check_creation(
     client: &ApiClient,
     sent: &Value,
     mut created: Value,
 ) -> Result<Value, Error> {
+    use ekms_shared::api::AuditPage;
     use ekms_shared::audit::{AuditAction, AuditRecord, SignedAuditRecord};
     let fail = |what: String| Error::Verification(format!("key creation: {what}"));
     let sent_owner = sent.get("owner").cloned().unwrap_or(Value::Null);
@@ -546,24 +535,27 @@ pub async fn check_creation(
         )
         .await?
         .into_result()?;
-    let row = page["records"]
-        .get(0)
-        .filter(|r| r["seq"].as_u64() == Some(seq))
+    let page: AuditPage = serde_json::from_value(page)
+        .map_err(|e| Error::BadResponse(format!("GET /v1/audit: {e}")))?;
+    let row = page
+        .records
+        .into_iter()
+        .next()
+        .filter(|r| r.seq == seq)
         .ok_or_else(|| fail(format!("audit record {seq} is not in the chain")))?;
-    let hex32 = |v: &Value, n: usize| {
-        v.as_str()
-            .and_then(|t| t.strip_prefix("0x"))
+    let hex32 = |v: &str, n: usize| {
+        v.strip_prefix("0x")
             .and_then(|t| hex::decode(t).ok())
             .filter(|b| b.len() == n)
     };
     let signed = SignedAuditRecord {
-        record: row["record"].as_str().unwrap_or_default().to_owned(),
-        signature: hex32(&row["signature"], 64)
+        signature: hex32(&row.signature, 64)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| fail("the record's signature is malformed".into()))?,
-        audit_key: hex32(&row["audit_key"], 32)
+        audit_key: hex32(&row.audit_key, 32)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| fail("the record's audit key is malformed".into()))?,
+        record: row.record,
     };
     let record: AuditRecord = signed
         .verify()

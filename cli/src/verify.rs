@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use attestation::{AttestationDoc, Verifier, VerifyOptions};
 use base64::Engine as _;
+use ekms_shared::api::Attestation;
 use ekms_shared::statement::SignedKeyStatement;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -112,12 +113,10 @@ pub async fn run(client: &ApiClient, args: &VerifyArgs) -> Result<Value, Error> 
         )
         .await?
         .into_result()?;
-    let document = answer
-        .get("document")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::BadResponse("the answer has no \"document\" string".into()))?;
+    let answer: Attestation = serde_json::from_value(answer)
+        .map_err(|e| Error::BadResponse(format!("GET /v1/attestation: {e}")))?;
     let document = base64::engine::general_purpose::STANDARD
-        .decode(document)
+        .decode(answer.document)
         .map_err(|e| Error::BadResponse(format!("\"document\" is not base64: {e}")))?;
     let mut opts = VerifyOptions::at(SystemTime::now());
     opts.max_age = Some(Duration::from_secs(args.max_age));

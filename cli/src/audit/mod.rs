@@ -9,16 +9,15 @@
 
 pub mod chain;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use attestation::{Verifier, VerifyOptions};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
+use ekms_shared::api::{AuditEntry, AuditPage};
 use ekms_shared::audit::{audit_user_data, Receipt, SignedAuditRecord};
 use hyper::Method;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::chain::{AuditRow, BoundKey, ChainError, ChainVerifier, KeyBindings, ReceiptCheck};
@@ -60,23 +59,6 @@ pub struct AuditVerifyArgs {
     pub receipts: Option<PathBuf>,
 }
 
-/// One row of the answer, as sent.
-#[derive(Debug, Deserialize)]
-struct RowJson {
-    seq: u64,
-    record: String,
-    signature: String,
-    audit_key: String,
-}
-
-/// One page of `GET /v1/audit`.
-#[derive(Debug, Deserialize)]
-struct Page {
-    records: Vec<RowJson>,
-    #[serde(default)]
-    documents: BTreeMap<String, String>,
-}
-
 /// Runs `ekms audit verify`; returns the summary to print.
 ///
 /// # Errors
@@ -104,7 +86,7 @@ pub async fn run(client: &ApiClient, args: &AuditVerifyArgs) -> Result<Value, Er
             )
             .await?
             .into_result()?;
-        let page: Page = serde_json::from_value(answer)
+        let page: AuditPage = serde_json::from_value(answer)
             .map_err(|e| Error::BadResponse(format!("GET /v1/audit: {e}")))?;
         if page.records.is_empty() {
             break;
@@ -140,7 +122,7 @@ fn verification(e: ChainError) -> Error {
 /// Verifies the documents of the page's audit keys not seen before; a row's key whose
 /// document is missing or rejected fails at that row ([`chain`] rule 1).
 fn bind_page_keys(
-    page: &Page,
+    page: &AuditPage,
     keys: &mut KeyBindings,
     verifier: &Verifier,
     pcr0: Option<&[u8]>,
@@ -198,7 +180,7 @@ pub fn bind_key(
 }
 
 /// Decodes a row; a malformed one is a broken chain at its `seq`.
-fn decode_row(row: &RowJson) -> Result<AuditRow, String> {
+fn decode_row(row: &AuditEntry) -> Result<AuditRow, String> {
     let bad = |what: &str| format!("record {}: {what}", row.seq);
     let signature =
         hex64(&row.signature).ok_or_else(|| bad("signature is not 0x and 128 hex digits"))?;

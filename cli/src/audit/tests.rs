@@ -144,7 +144,7 @@ fn rejects_malformed_receipts_files() {
 
 #[test]
 fn rejects_malformed_rows_at_their_seq() {
-    let row = RowJson {
+    let row = AuditEntry {
         seq: 4,
         record: "{}".into(),
         signature: format!("0x{}", "00".repeat(64)),
@@ -152,7 +152,7 @@ fn rejects_malformed_rows_at_their_seq() {
     };
     let err = decode_row(&row).unwrap_err();
     assert!(err.starts_with("record 4: audit_key"), "{err}");
-    let row = RowJson {
+    let row = AuditEntry {
         signature: "0x00".into(),
         audit_key: format!("0x{}", "00".repeat(32)),
         ..row

@@ -41,6 +41,7 @@ fn honest(
         expires_at: expires,
     };
     Proposal {
+        action: action.as_str().to_owned(),
         version,
         policy_sha256: hex::encode(authorization.policy_sha256),
         canonical_policy: canonical.to_owned(),
@@ -261,13 +262,7 @@ fn parent(bend: fn(&mut Proposal)) -> FakeApi {
 }
 
 fn proposal_json(p: &Proposal) -> Value {
-    json!({
-        "version": p.version,
-        "policy_sha256": p.policy_sha256,
-        "canonical_policy": p.canonical_policy,
-        "expires_at": p.expires_at,
-        "message": p.message,
-    })
+    serde_json::to_value(p).unwrap()
 }
 
 fn cli(args: &[&str]) -> Cli {

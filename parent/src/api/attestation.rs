@@ -4,8 +4,8 @@
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ekms_shared::api::Attestation;
 use ekms_shared::MAX_ATTESTATION_NONCE_LEN;
-use serde_json::json;
 
 use super::extract::query_pairs;
 use super::{ApiCode, ApiError, AppState};
@@ -33,5 +33,8 @@ pub(crate) async fn attestation(
         nonce = Some(bytes);
     }
     let document = state.service.attestation(&caller, nonce).await?;
-    Ok(Json(json!({ "document": format::to_base64(&document) })).into_response())
+    Ok(Json(Attestation {
+        document: format::to_base64(&document),
+    })
+    .into_response())
 }

@@ -4,8 +4,8 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ekms_shared::api::Health;
 use ekms_shared::Mode;
-use serde_json::{json, Value};
 
 use super::{ApiCode, ApiError, AppState};
 use crate::service::EnclaveStatus;
@@ -14,16 +14,21 @@ use crate::service::EnclaveStatus;
 pub(crate) async fn health(State(state): State<AppState>) -> Response {
     match state.service.enclave_status() {
         EnclaveStatus::Ready(h) => {
-            let pcrs: serde_json::Map<String, Value> = h
+            let pcrs = h
                 .pcrs
                 .iter()
-                .map(|(i, v)| (i.to_string(), Value::String(hex::encode(v))))
+                .map(|(i, v)| (i.to_string(), hex::encode(v)))
                 .collect();
             let mode = match h.mode {
                 Mode::Simulation => "simulation",
                 Mode::Nitro => "nitro",
             };
-            Json(json!({"status": "ok", "mode": mode, "pcrs": pcrs})).into_response()
+            Json(Health {
+                status: "ok".into(),
+                mode: mode.into(),
+                pcrs,
+            })
+            .into_response()
         }
         EnclaveStatus::ConfiguredByAnother(reason) => {
             ApiError::new(ApiCode::EnclaveConfiguredByAnother, reason).into_response()

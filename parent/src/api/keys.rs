@@ -7,7 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::api::CreateKeyRequest;
+use ekms_shared::api::{self, CreateKeyRequest};
 use ekms_shared::owner::Owner;
 use ekms_shared::Algorithm;
 use serde_json::{json, Value};
@@ -60,15 +60,12 @@ pub(crate) async fn create(
             },
         )
         .await?;
-    let mut out = key_json(&created.summary);
-    out.insert("owner".into(), owner_json(created.owner.as_deref()));
-    out.insert("statement".into(), statement_json(&created.statement, true));
-    if let Some(receipt) = created.receipt {
-        out.insert(
-            "receipt".into(),
-            serde_json::to_value(receipt).map_err(|_| ApiError::internal())?,
-        );
-    }
+    let out = api::CreatedKey {
+        key: key_fields(&created.summary),
+        owner: owner_json(created.owner.as_deref()),
+        statement: statement(&created.statement, true),
+        receipt: created.receipt,
+    };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
@@ -82,14 +79,18 @@ pub(crate) async fn list(
     for (_, v) in query_pairs(query.as_deref(), &["limit"])? {
         limit = query_limit(&v, MAX_LIST_LIMIT)?;
     }
-    let keys: Vec<Value> = state
+    let keys = state
         .service
         .list_keys(&caller, limit)
         .await?
         .iter()
-        .map(|k| Value::Object(view_json(k, false)))
+        .map(|k| api::KeyListItem {
+            key: key_fields(&k.summary),
+            statement: statement(&k.statement, false),
+            fee_cap: fee_cap(k),
+        })
         .collect();
-    Ok(Json(json!({ "keys": keys })).into_response())
+    Ok(Json(api::KeyList { keys }).into_response())
 }
 
 /// `GET /v1/keys/{key_id}`.
@@ -100,53 +101,43 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     let key = state.service.key(&caller, &id).await?;
-    let mut out = view_json(&key, true);
-    out.insert("policy".into(), key.policy);
+    let out = api::KeyDetail {
+        key: key_fields(&key.summary),
+        owner: owner_json(key.owner.as_deref()),
+        statement: statement(&key.statement, true),
+        fee_cap: fee_cap(&key),
+        policy: key.policy,
+    };
     Ok(Json(out).into_response())
 }
 
-/// A listed (`detail` false) or shown key: its columns, its statement (with the
-/// document when `detail`), its owner when `detail`, and `fee_cap` when the policy has
-/// a section for the key's chain ([`format::fee_cap_text`]).
-fn view_json(k: &KeyView, detail: bool) -> serde_json::Map<String, Value> {
-    let mut out = key_json(&k.summary);
-    if detail {
-        out.insert("owner".into(), owner_json(k.owner.as_deref()));
-    }
-    out.insert("statement".into(), statement_json(&k.statement, detail));
-    if let Some(cap) = format::fee_cap_text(k.summary.algorithm, &k.policy) {
-        out.insert("fee_cap".into(), cap.into());
-    }
-    out
+/// `set` or `none` when the policy has a section for the key's chain
+/// ([`format::fee_cap_text`]).
+fn fee_cap(k: &KeyView) -> Option<String> {
+    format::fee_cap_text(k.summary.algorithm, &k.policy).map(str::to_owned)
 }
 
-fn key_json(k: &KeySummary) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("key_id".into(), k.key_id.clone().into());
-    m.insert("algorithm".into(), algorithm_text(k.algorithm).into());
-    m.insert("label".into(), k.label.clone().into());
-    m.insert(
-        "public_key".into(),
-        format::public_key_text(k.algorithm, &k.public_key).into(),
-    );
-    m.insert("address".into(), k.address.clone().into());
-    m.insert("policy_version".into(), k.policy_version.into());
-    m.insert(
-        "created_at".into(),
-        format::timestamp_text(k.created_at_ms).into(),
-    );
-    m
+fn key_fields(k: &KeySummary) -> api::KeyFields {
+    api::KeyFields {
+        key_id: k.key_id.clone(),
+        algorithm: algorithm_text(k.algorithm).to_owned(),
+        label: k.label.clone(),
+        public_key: format::public_key_text(k.algorithm, &k.public_key),
+        address: k.address.clone(),
+        policy_version: k.policy_version,
+        created_at: format::timestamp_text(k.created_at_ms),
+    }
 }
 
 /// The owner as the API shows it: `null`, the JSON form
 /// (`{"type":"eip191","address"}` / `{"type":"ed25519","public_key"}`), or, for a
 /// record sealed before owners had a format, `{"type":"unknown"}` (nobody can sign for
 /// it: its policy cannot change).
-fn owner_json(owner: Option<&str>) -> Value {
+fn owner_json(owner: Option<&str>) -> Option<Value> {
     match owner.map(Owner::from_record_text) {
-        None => Value::Null,
-        Some(Ok(o)) => serde_json::to_value(o.to_json()).unwrap_or(Value::Null),
-        Some(Err(_)) => json!({"type": "unknown"}),
+        None => None,
+        Some(Ok(o)) => serde_json::to_value(o.to_json()).ok(),
+        Some(Err(_)) => Some(json!({"type": "unknown"})),
     }
 }
 
@@ -154,23 +145,12 @@ fn owner_json(owner: Option<&str>) -> Value {
 /// bytes follow `"ekms/v1/key-statement\n"`), the ed25519 signature and identity key
 /// in hex, and, when `with_document`, the base64 COSE_Sign1 attestation document
 /// binding the identity key.
-fn statement_json(stored: &StoredStatement, with_document: bool) -> Value {
+fn statement(stored: &StoredStatement, with_document: bool) -> api::KeyStatement {
     let signed = &stored.signed;
-    let mut m = serde_json::Map::new();
-    m.insert("statement".into(), signed.statement.clone().into());
-    m.insert(
-        "signature".into(),
-        format::to_0x_hex(&signed.signature).into(),
-    );
-    m.insert(
-        "identity_key".into(),
-        format::to_0x_hex(&signed.identity_key).into(),
-    );
-    if with_document {
-        m.insert(
-            "attestation_document".into(),
-            format::to_base64(&stored.identity_document).into(),
-        );
+    api::KeyStatement {
+        statement: signed.statement.clone(),
+        signature: format::to_0x_hex(&signed.signature),
+        identity_key: format::to_0x_hex(&signed.identity_key),
+        attestation_document: with_document.then(|| format::to_base64(&stored.identity_document)),
     }
-    Value::Object(m)
 }

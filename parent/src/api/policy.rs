@@ -20,10 +20,11 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ekms_shared::api;
 use ekms_shared::owner::{parse_rfc3339, rfc3339};
 use ekms_shared::{OwnerApproval, MAX_OWNER_SIGNATURE_LEN};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::extract::{key_id, policy_json, query_limit, query_pairs, JsonBody};
 use super::{ApiCode, ApiError, AppState};
@@ -124,14 +125,14 @@ fn approval(
 
 /// A proposal as the API shows it.
 fn proposal_json(p: Proposal) -> Response {
-    Json(json!({
-        "action": p.action.as_str(),
-        "version": p.version,
-        "policy_sha256": hex::encode(p.policy_sha256),
-        "canonical_policy": p.canonical_policy,
-        "expires_at": rfc3339(p.expires_at),
-        "message": p.message,
-    }))
+    Json(api::Proposal {
+        action: p.action.as_str().to_owned(),
+        version: p.version,
+        policy_sha256: hex::encode(p.policy_sha256),
+        canonical_policy: p.canonical_policy,
+        expires_at: rfc3339(p.expires_at),
+        message: p.message,
+    })
     .into_response()
 }
 
@@ -186,7 +187,10 @@ pub(crate) async fn set_policy(
         .service
         .set_policy(&caller, &id, policy, approval)
         .await?;
-    Ok(Json(json!({ "policy_version": version })).into_response())
+    Ok(Json(api::PolicyVersion {
+        policy_version: version,
+    })
+    .into_response())
 }
 
 /// `POST /v1/keys/{id}/disable`: the emergency stop of one key (needs no owner).
@@ -198,7 +202,11 @@ pub(crate) async fn disable(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     let version = state.service.disable(&caller, &id).await?;
-    Ok(Json(json!({ "policy_version": version, "enabled": false })).into_response())
+    Ok(Json(api::EnabledState {
+        policy_version: version,
+        enabled: false,
+    })
+    .into_response())
 }
 
 /// `POST /v1/keys/{id}/enable`.
@@ -215,7 +223,11 @@ pub(crate) async fn enable(
         body.owner_signature.as_deref(),
     )?;
     let version = state.service.enable(&caller, &id, approval).await?;
-    Ok(Json(json!({ "policy_version": version, "enabled": true })).into_response())
+    Ok(Json(api::EnabledState {
+        policy_version: version,
+        enabled: true,
+    })
+    .into_response())
 }
 
 /// `POST /v1/admin/stop`.
@@ -243,7 +255,7 @@ async fn set_stop(
     stopped: bool,
 ) -> Result<Response, ApiError> {
     state.service.set_stop(&caller, stopped).await?;
-    Ok(Json(json!({ "stopped": stopped })).into_response())
+    Ok(Json(api::StopState { stopped }).into_response())
 }
 
 /// `GET /v1/audit?after=SEQ&limit=N`.
@@ -264,24 +276,22 @@ pub(crate) async fn audit(
         }
     }
     let page = state.service.audit(&caller, after, limit).await?;
-    let documents: serde_json::Map<String, Value> = page
+    let documents = page
         .documents
         .into_iter()
-        .map(|(k, d)| (format::to_0x_hex(&k), format::to_base64(&d).into()))
+        .map(|(k, d)| (format::to_0x_hex(&k), format::to_base64(&d)))
         .collect();
-    let records: Vec<Value> = page
+    let records = page
         .records
         .into_iter()
-        .map(|r| {
-            json!({
-                "seq": r.seq,
-                "record": r.signed.record,
-                "signature": format::to_0x_hex(&r.signed.signature),
-                "audit_key": format::to_0x_hex(&r.signed.audit_key),
-            })
+        .map(|r| api::AuditEntry {
+            seq: r.seq,
+            record: r.signed.record,
+            signature: format::to_0x_hex(&r.signed.signature),
+            audit_key: format::to_0x_hex(&r.signed.audit_key),
         })
         .collect();
-    Ok(Json(json!({ "records": records, "documents": documents })).into_response())
+    Ok(Json(api::AuditPage { records, documents }).into_response())
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
+use ekms_shared::api::{CreatedToken, RevokedToken, TokenInfo, TokenList};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::extract::JsonBody;
 use super::{ApiCode, ApiError, AppState};
@@ -145,27 +145,20 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-fn token_json(row: &TokenRow) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("token_id".into(), row.token_id.clone().into());
-    m.insert("name".into(), row.name.clone().into());
-    let scopes: Vec<Value> = row
-        .scopes
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(|s| Value::String(s.to_owned()))
-        .collect();
-    m.insert("scopes".into(), scopes.into());
-    m.insert("key_ids".into(), json!(row.key_ids));
-    m.insert(
-        "created_at".into(),
-        format::timestamp_text(row.created_at_ms).into(),
-    );
-    m.insert(
-        "expires_at".into(),
-        row.expires_at_ms.map(format::timestamp_text).into(),
-    );
-    m
+fn token_info(row: &TokenRow) -> TokenInfo {
+    TokenInfo {
+        token_id: row.token_id.clone(),
+        name: row.name.clone(),
+        scopes: row
+            .scopes
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        key_ids: row.key_ids.clone(),
+        created_at: format::timestamp_text(row.created_at_ms),
+        expires_at: row.expires_at_ms.map(format::timestamp_text),
+    }
 }
 
 /// `POST /v1/tokens`.
@@ -176,21 +169,23 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let new = check(body, crate::now_ms())?;
     let (row, token) = state.service.create_token(&caller, new).await?;
-    let mut out = token_json(&row);
-    out.insert("token".into(), token.expose().into());
+    let out = CreatedToken {
+        info: token_info(&row),
+        token: token.expose().to_owned(),
+    };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// `GET /v1/tokens`.
 async fn list(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
-    let tokens: Vec<Value> = state
+    let tokens = state
         .service
         .list_tokens(&caller)
         .await?
         .iter()
-        .map(|row| Value::Object(token_json(row)))
+        .map(token_info)
         .collect();
-    Ok(Json(json!({ "tokens": tokens })).into_response())
+    Ok(Json(TokenList { tokens }).into_response())
 }
 
 /// `DELETE /v1/tokens/{token_id}`.
@@ -203,7 +198,11 @@ async fn revoke(
         return Err(ApiError::token_not_found());
     };
     state.service.revoke_token(&caller, &id).await?;
-    Ok(Json(json!({ "token_id": id, "revoked": true })).into_response())
+    Ok(Json(RevokedToken {
+        token_id: id,
+        revoked: true,
+    })
+    .into_response())
 }
 
 #[cfg(test)]
@@ -215,6 +214,7 @@ mod tests {
     use axum::extract::Request;
     use axum::http::header;
     use http_body_util::BodyExt as _;
+    use serde_json::{json, Value};
     use tower::ServiceExt as _;
 
     const KEY: &str = "6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10";

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ekms_shared::api::Health;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -508,24 +509,28 @@ pub async fn health(client: &ApiClient, mode: ekms_shared::Mode, pcr0: &str) -> 
         Ok(a) => a.into_result(),
         Err(e) => return Check::fail(NAME, e.to_string(), fix),
     };
-    match answer {
-        Ok(v)
-            if v["mode"] == want_mode
-                && v["pcrs"]["0"]
-                    .as_str()
+    let health = answer.map_err(|e| e.to_string()).and_then(|v| {
+        serde_json::from_value::<Health>(v).map_err(|e| format!("GET /v1/health: {e}"))
+    });
+    match health {
+        Ok(h)
+            if h.mode == want_mode
+                && h.pcrs
+                    .get("0")
                     .is_some_and(|p| p.eq_ignore_ascii_case(pcr0)) =>
         {
             Check::pass(NAME, format!("ready, mode {want_mode}, PCR0 {pcr0}"))
         }
-        Ok(v) => Check::fail(
+        Ok(h) => Check::fail(
             NAME,
             format!(
-                "ready, but mode {} PCR0 {}; expected {want_mode} {pcr0}",
-                v["mode"], v["pcrs"]["0"]
+                "ready, but mode {:?} PCR0 {}; expected {want_mode} {pcr0}",
+                h.mode,
+                h.pcrs.get("0").map_or("null", String::as_str)
             ),
             fix,
         ),
-        Err(e) => Check::fail(NAME, e.to_string(), fix),
+        Err(e) => Check::fail(NAME, e, fix),
     }
 }
 

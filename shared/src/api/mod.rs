@@ -4,14 +4,46 @@
 //! No I/O: the one client is the `ekms-client` crate.
 //!
 //! Rule for maintainers: the JSON field names are API (the e2e tests, the Python and
-//! TypeScript clients and the OpenAPI spec depend on them): add fields, never rename
-//! one. Request bodies refuse unknown fields.
+//! TypeScript clients and docs/openapi.json depend on them): add fields, never rename
+//! one. Request bodies refuse unknown fields; answers other than the sign answers (whose
+//! untagged enum tells kinds apart by their fields) accept them, so that an older CLI
+//! reads a newer parent. A field the spec lists as required but nullable is always
+//! written (`null` when empty) and must be present to read ([`required_nullable`]); an
+//! optional one is left out when empty.
+//!
+//! One module per route family: [`keys`], [`tokens`], [`policy`] (changes, stop, audit)
+//! and [`status`] (health, attestation); this file holds the requests, the sign
+//! answers and the error body.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::audit::Receipt;
 use crate::owner::OwnerJson;
+
+pub mod keys;
+pub mod policy;
+pub mod status;
+pub mod tokens;
+
+pub use keys::{CreatedKey, KeyDetail, KeyFields, KeyList, KeyListItem, KeyStatement};
+pub use policy::{AuditEntry, AuditPage, EnabledState, PolicyVersion, Proposal, StopState};
+pub use status::{Attestation, Health};
+pub use tokens::{CreatedToken, RevokedToken, TokenInfo, TokenList};
+
+/// Reads a field the spec lists as required but nullable: `null` is `None`, absence
+/// is an error (serde's default for an `Option` field would take absence as `None`).
+/// Use as `#[serde(deserialize_with = "required_nullable")]`.
+///
+/// # Errors
+/// The deserializer's, for a value that is neither `null` nor a `T`.
+pub fn required_nullable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)
+}
 
 /// `POST /v1/keys`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
