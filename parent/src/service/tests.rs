@@ -33,6 +33,24 @@ async fn create(h: &Harness, admin: &Caller, algorithm: Algorithm) -> KeySummary
     h.service.create_key(admin, new).await.unwrap().summary
 }
 
+/// A `sign` token for `key` (the EVM key of `G_ADDRESS`) alone, checked: its signable
+/// keys are that key, which it finds by its address in lower case (JSON-RPC clients send
+/// them so; EVM addresses match whatever their case).
+async fn bot_for(h: &Harness, key: &KeySummary) -> Caller {
+    let (_, bot) = token(&h.store, "sign", Some(&[key.key_id.as_str()]), None).await;
+    let bot = caller(h, &bot).await;
+    let keys = h.service.signable_keys(&bot).await.unwrap();
+    let ids: Vec<_> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(ids, [key.key_id.as_str()]);
+    let found = h
+        .service
+        .key_by_address(&bot, &G_ADDRESS.to_lowercase())
+        .await
+        .unwrap();
+    assert_eq!(found.key_id, key.key_id);
+    bot
+}
+
 fn payload(kind: PayloadKind, bytes: &[u8]) -> SignPayload {
     SignPayload {
         kind,
@@ -46,20 +64,9 @@ async fn finds_a_callers_key_by_address_and_signs_with_it() {
     let admin = caller(&h, &h.admin_token).await;
     let evm = create(&h, &admin, Algorithm::Secp256k1).await;
     let sol = create(&h, &admin, Algorithm::Ed25519).await;
-    let (_, bot) = token(&h.store, "sign", Some(&[evm.key_id.as_str()]), None).await;
-    let bot = caller(&h, &bot).await;
-    let keys = h.service.signable_keys(&bot).await.unwrap();
-    let ids: Vec<_> = keys.iter().map(|k| k.key_id.as_str()).collect();
-    assert_eq!(ids, [evm.key_id.as_str()]);
-    // EVM addresses match whatever their case (JSON-RPC clients send them lower case).
-    let found = h
-        .service
-        .key_by_address(&bot, &G_ADDRESS.to_lowercase())
-        .await
-        .unwrap();
-    assert_eq!(found.key_id, evm.key_id);
+    let bot = bot_for(&h, &evm).await;
     let request = SignRequest {
-        key_id: found.key_id,
+        key_id: evm.key_id.clone(),
         payload: payload(PayloadKind::EvmTransaction, &[0x02, 0xf8]),
     };
     let signed = h.service.sign(&bot, request).await.unwrap();
@@ -163,17 +170,7 @@ async fn rejects_hiding_a_tokens_key_behind_a_thousand_newer_keys() {
             .unwrap();
         }
     }
-    let (_, bot) = token(&h.store, "sign", Some(&[evm.key_id.as_str()]), None).await;
-    let bot = caller(&h, &bot).await;
-    let keys = h.service.signable_keys(&bot).await.unwrap();
-    let ids: Vec<_> = keys.iter().map(|k| k.key_id.as_str()).collect();
-    assert_eq!(ids, [evm.key_id.as_str()]);
-    let found = h
-        .service
-        .key_by_address(&bot, &G_ADDRESS.to_lowercase())
-        .await
-        .unwrap();
-    assert_eq!(found.key_id, evm.key_id);
+    bot_for(&h, &evm).await;
     // A token without a key list (here the admin's) finds the old key by its address
     // too: the lookup is by address, not through the newest-keys listing.
     let found = h
