@@ -387,16 +387,7 @@ impl Parent {
         policy_json: &str,
         keyring: &KeyringRef,
     ) -> (SealedKeyRecord, SealedPolicy) {
-        let answer = self
-            .call(Request::GenerateKey {
-                algorithm,
-                owner: None,
-                label: Some("test".into()),
-                policy_json: policy_json.into(),
-                keyring: keyring.clone(),
-            })
-            .await;
-        match answer {
+        match self.generate_raw(algorithm, policy_json, keyring).await {
             Ok(ResponseBody::KeyGenerated { record, policy, .. }) => (record, policy),
             other => panic!("{other:?}"),
         }

@@ -21,19 +21,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        // Parsed once, strictly: a repeated key (`"payload": {…, "contents": "Hi",
+        // "contents": "Transfer all"}`) would be read last-wins into a `Value` and passed
+        // on as one document. The text is not parsed a second time into `T`.
+        let StrictJson(value) = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))?;
         // Every body of this API is an object: serde would also read a struct from a JSON
         // array, positionally (`["ed25519",null,null,null]` created a key).
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if !value.is_object() {
             return Err(ApiError::new(
                 ApiCode::InvalidJson,
                 "the body must be a JSON object",
             ));
         }
-        // A repeated key (`"payload": {…, "contents": "Hi", "contents": "Transfer all"}`)
-        // would be read last-wins into a `Value` and passed on as one document.
-        serde_json::from_slice::<StrictJson>(&bytes)
-            .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))?;
-        serde_json::from_slice(&bytes)
+        serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ApiCode::InvalidJson, e.to_string()))
     }

@@ -330,7 +330,7 @@ fn envelope(request: Value) -> Result<(Value, String, Value), (Value, RpcError)>
 /// `-32601` for an unknown method, `-32602` for parameters of the wrong number or
 /// shape, a missing `from` or `chainId`, a transaction type this signer does not take.
 pub fn parse_call(method: &str, params: Value) -> Result<Call, RpcError> {
-    let params = match params {
+    let mut params = match params {
         Value::Array(p) => p,
         _ => return Err(RpcError::invalid_params("\"params\" is an array")),
     };
@@ -341,7 +341,7 @@ pub fn parse_call(method: &str, params: Value) -> Result<Call, RpcError> {
         }
         "eth_signTransaction" => {
             arity(&params, 1, 1)?;
-            let (address, bytes) = unsigned_transaction(params[0].clone())?;
+            let (address, bytes) = unsigned_transaction(params.swap_remove(0))?;
             Ok(Call::Sign {
                 address,
                 kind: PayloadKind::EvmTransaction,
