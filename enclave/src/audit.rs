@@ -22,6 +22,7 @@ use ekms_shared::audit::{
     audit_user_data, AuditAction, AuditDecision, AuditRecord, SignedAuditRecord, GENESIS_HASH,
 };
 use ekms_shared::WireError;
+use sha2::{Digest as _, Sha256};
 
 use crate::identity::Identity;
 
@@ -135,12 +136,16 @@ impl AuditLog {
             rule: entry.rule,
             prev_hash: hex::encode(current.hash),
         };
-        let signed = self.key.sign_audit(&record);
+        // The link is the hash of the text, not of the signature: the head moves on
+        // under the lock, and the ed25519 signature (~25 µs) is made after it is
+        // released, so concurrent decisions are signed in parallel.
+        let json = record.canonical_json();
         *head = Some(AuditHead {
             seq: record.seq,
-            hash: signed.record_sha256(),
+            hash: Sha256::digest(json.as_bytes()).into(),
         });
-        Ok(signed)
+        drop(head);
+        Ok(self.key.sign_audit_json(json))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<AuditHead>> {

@@ -976,8 +976,7 @@ fn decide_and_sign(
     let decoded =
         ekms_signer::decode(signer_kind(payload.kind), &payload.bytes).map_err(signer_error)?;
     let identity = match record.algorithm {
-        Algorithm::Secp256k1 => SignerIdentity::from_secp256k1_public_key(&record.public_key)
-            .map_err(|_| WireError::SealedStateInvalid)?,
+        Algorithm::Secp256k1 => SignerIdentity::Evm(evm_address_of(&record.public_key)?),
         Algorithm::Ed25519 => SignerIdentity::Solana(ed25519_public_key(record)?),
     };
     let now = now_secs();
@@ -1055,6 +1054,43 @@ fn parsed_policy(policy: &SealedPolicy) -> Result<(Arc<Policy>, [u8; 32]), WireE
         (policy.policy_json.clone(), Arc::clone(&parsed), digest),
     );
     Ok((parsed, digest))
+}
+
+/// EVM addresses by compressed public key: deriving one decompresses the point (a field
+/// square root) and hashes it, ~10 µs per signature otherwise. Only keys of records
+/// that opened reach it (`decide_and_sign` runs after `open_and_verify`); the address
+/// is a function of the key bytes alone, so an entry is never wrong. Bounded like
+/// [`PARSED_POLICIES`].
+static EVM_ADDRESSES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<[u8; 33], [u8; 20]>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The EVM address of a 33-byte compressed secp256k1 public key, from
+/// [`EVM_ADDRESSES`] when there.
+fn evm_address_of(public_key: &[u8]) -> Result<[u8; 20], WireError> {
+    let key: [u8; 33] = public_key
+        .try_into()
+        .map_err(|_| WireError::SealedStateInvalid)?;
+    let lock = || {
+        EVM_ADDRESSES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(address) = lock().get(&key) {
+        return Ok(*address);
+    }
+    let address = SignerIdentity::from_secp256k1_public_key(&key)
+        .ok()
+        .and_then(|id| id.evm_address())
+        .ok_or(WireError::SealedStateInvalid)?;
+    let mut cache = lock();
+    if cache.len() >= MAX_PARSED_POLICIES {
+        if let Some(k) = cache.keys().next().copied() {
+            cache.remove(&k);
+        }
+    }
+    cache.insert(key, address);
+    Ok(address)
 }
 
 /// What "the same payload signed again counts once" remembers: SHA-256 over the kind

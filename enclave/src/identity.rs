@@ -108,6 +108,12 @@ impl Identity {
     pub fn sign_audit(&self, record: &AuditRecord) -> SignedAuditRecord {
         SignedAuditRecord::sign(&self.key, record)
     }
+
+    /// Signs an audit record given as its canonical JSON
+    /// ([`AuditRecord::canonical_json`]).
+    pub fn sign_audit_json(&self, json: String) -> SignedAuditRecord {
+        SignedAuditRecord::sign_canonical(&self.key, json)
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::time::Duration;
 use ekms_shared::{
     decode_request, encode_response, frame_len, ResponseFrame, WireError, FRAME_PREFIX_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -46,6 +46,12 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Responses queued per connection before request tasks wait for the writer.
 const WRITE_QUEUE: usize = 256;
+
+/// Bytes read from the parent's connection at once (frames are taken from this buffer).
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Bytes of answers gathered before a write (a larger answer is written directly).
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Server limits (`--max-connections`, `--max-in-flight`, and the worker pools'
 /// `--signing-threads`, `--signing-queue`, `--nsm-threads`, `--nsm-queue`).
@@ -174,7 +180,10 @@ enum ReadEnd {
 
 impl Connection {
     async fn run(mut self, stream: Box<dyn Duplex>) {
-        let (mut reader, writer) = tokio::io::split(stream);
+        let (reader, writer) = tokio::io::split(stream);
+        // Buffered: with many requests in flight one read takes in several frames
+        // (three reads per frame unbuffered).
+        let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
         let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         let writer_task = tokio::spawn(write_loop(writer, rx).in_current_span());
         let mut requests = JoinSet::new();
@@ -252,7 +261,7 @@ impl Connection {
     /// first byte, then reads the rest within [`FRAME_DEADLINE`].
     async fn read_frame(
         &mut self,
-        reader: &mut ReadHalf<Box<dyn Duplex>>,
+        reader: &mut BufReader<ReadHalf<Box<dyn Duplex>>>,
     ) -> Result<Vec<u8>, ReadEnd> {
         let mut prefix = [0u8; FRAME_PREFIX_LEN];
         if *self.stop.borrow() {
@@ -306,9 +315,19 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, frame: &ResponseFrame) -> Result<(), (
     tx.send(bytes).await.map_err(|_| ())
 }
 
-async fn write_loop(mut writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Writes the queued answers, every answer queued by then in one flush (one write for
+/// many answers when many requests are in flight).
+async fn write_loop(writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     while let Some(bytes) = rx.recv().await {
-        if let Err(e) = writer.write_all(&bytes).await {
+        let mut written = writer.write_all(&bytes).await;
+        while written.is_ok() {
+            match rx.try_recv() {
+                Ok(more) => written = writer.write_all(&more).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = written.and(writer.flush().await) {
             tracing::debug!(error = %e, "write failed; dropping the connection's answers");
             // Keep draining so request tasks never block on a dead connection.
             while rx.recv().await.is_some() {}

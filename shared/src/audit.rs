@@ -161,8 +161,13 @@ pub enum AuditError {
 impl SignedAuditRecord {
     /// Signs `record` with the audit key `key`.
     pub fn sign(key: &ed25519_dalek::SigningKey, record: &AuditRecord) -> Self {
+        Self::sign_canonical(key, record.canonical_json())
+    }
+
+    /// Signs `json`, which must be a record's [`AuditRecord::canonical_json`] (so that
+    /// a caller can hash the text, and link the next record to it, before it signs).
+    pub fn sign_canonical(key: &ed25519_dalek::SigningKey, json: String) -> Self {
         use ed25519_dalek::Signer as _;
-        let json = record.canonical_json();
         Self {
             signature: key.sign(&signing_input(&json)).to_bytes(),
             record: json,

@@ -10,7 +10,7 @@ use ekms_shared::{
     decode_response, encode_request, frame_len, Request, RequestFrame, ResponseBody,
     FRAME_PREFIX_LEN, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -24,6 +24,9 @@ pub(super) struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
     pub(super) pending: Arc<Mutex<Pending>>,
 }
+
+/// Bytes read from the enclave's connection at once (answers are taken from it).
+const READ_BUFFER: usize = 64 * 1024;
 
 type Waiter = oneshot::Sender<Result<ResponseBody, Error>>;
 
@@ -104,7 +107,7 @@ impl Drop for AbortOnDrop {
 
 /// Splits the stream and starts its writer and reader tasks.
 pub(super) fn spawn_connection(stream: EnclaveStream) -> (Conn, AbortOnDrop, AbortOnDrop) {
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let pending = Arc::new(Mutex::new(Pending::default()));
     let writer = tokio::spawn(async move {
@@ -126,6 +129,8 @@ pub(super) fn spawn_connection(stream: EnclaveStream) -> (Conn, AbortOnDrop, Abo
     });
     let reader_pending = Arc::clone(&pending);
     let reader = tokio::spawn(async move {
+        // Buffered: with many requests in flight one read takes in several answers.
+        let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
         if let Err(e) = read_loop(&mut rd, &reader_pending).await {
             tracing::debug!(error = %e, "enclave reader stopped");
         }

@@ -18,7 +18,12 @@
 //!   data_version` on a private watch connection: its value moves whenever any *other*
 //!   connection commits. The store records the value after each of its own commits
 //!   ([`KeyCache::note_commit`]); a hit is served only while the watch still shows that
-//!   value, otherwise the key is read again (and the cache emptied). One window is
+//!   value, otherwise the key is read again (and the cache emptied). While the
+//!   group-commit thread commits audit records (rows no entry copies) it holds
+//!   SQLite's write lock, so no other connection can commit: a value that moved then is
+//!   ours, and hits go on being served ([`KeyCache::begin_own_commit`]); before this, a
+//!   hit that fell between that commit and its [`KeyCache::note_commit`] was a miss (a
+//!   database read), which happened often with many signatures in flight. One window is
 //!   left: a commit by another process in the microseconds between our commit and the
 //!   read of the value. An entry therefore also expires after [`MAX_AGE`], and the sign
 //!   path reloads a key once when the enclave refuses a cached row as
@@ -31,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +88,8 @@ pub struct KeyCache {
     watch: Option<Mutex<Connection>>,
     /// The watch's `data_version` after the store's own last commit.
     known: AtomicI64,
+    /// Set from [`KeyCache::begin_own_commit`] to [`KeyCache::note_commit`].
+    own_commit: AtomicBool,
     /// LRU clock.
     clock: AtomicU64,
     max_entries: usize,
@@ -106,6 +113,7 @@ impl KeyCache {
             entries: RwLock::default(),
             watch: watch.map(Mutex::new),
             known: AtomicI64::new(0),
+            own_commit: AtomicBool::new(false),
             clock: AtomicU64::new(0),
             max_entries: MAX_ENTRIES,
             max_bytes: MAX_BYTES,
@@ -135,7 +143,10 @@ impl KeyCache {
     /// committed since the store's last commit.
     pub fn get(&self, key_id: &str) -> Option<Arc<CachedKey>> {
         let version = self.data_version();
-        if version < 0 || version != self.known.load(Ordering::Acquire) {
+        if version < 0
+            || (version != self.known.load(Ordering::Acquire)
+                && !self.own_commit.load(Ordering::Acquire))
+        {
             return None;
         }
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -227,9 +238,25 @@ impl KeyCache {
         }
     }
 
+    /// Called by a writer of rows that no entry copies (the audit records of the
+    /// group-commit thread) inside its transaction, holding SQLite's write lock and
+    /// after [`KeyCache::check_external`]: until its [`KeyCache::note_commit`], a
+    /// `data_version` that moves is its own commit's, and hits are still served. Only
+    /// for such rows: any other write empties the cache instead.
+    pub fn begin_own_commit(&self, _tx: &Connection) {
+        self.own_commit.store(true, Ordering::Release);
+    }
+
+    /// Closes the window of [`KeyCache::begin_own_commit`] when its transaction did not
+    /// commit (`known` stays).
+    pub fn end_own_commit(&self) {
+        self.own_commit.store(false, Ordering::Release);
+    }
+
     /// Called under the connection's lock right after the store's own commit: the
     /// watch's new `data_version` is ours.
     pub fn note_commit(&self, _c: &Connection) {
         self.known.store(self.data_version(), Ordering::Release);
+        self.own_commit.store(false, Ordering::Release);
     }
 }

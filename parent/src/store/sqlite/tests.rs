@@ -422,3 +422,50 @@ async fn keeps_the_newest_checkpoints() {
     assert_eq!(n, KEPT_CHECKPOINTS);
     assert_eq!(s.latest_checkpoint().await.unwrap().unwrap().seq, 20);
 }
+
+#[tokio::test]
+async fn serves_hits_through_its_own_audit_commit_and_not_after_an_aborted_one() {
+    // The group-commit thread's commit moves the watch's data_version before it can
+    // note the value: hits in between were misses (database reads) under load.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ekms.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.insert_keyring(keyring(), 1).await.unwrap();
+    s.insert_key(new_key("k1", 10)).await.unwrap();
+    s.cached_key("k1").await.unwrap();
+    assert!(s.keys.get("k1").is_some());
+    {
+        let mut c = s.conn.lock().unwrap();
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        s.keys.check_external(&tx);
+        s.keys.begin_own_commit(&tx);
+        tx.execute(
+            "INSERT INTO audit_records (seq, record, signature, audit_key) VALUES (77, '{}', x'00', x'00')",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        assert!(
+            s.keys.get("k1").is_some(),
+            "our own commit is not another writer's"
+        );
+        s.keys.note_commit(&c);
+    }
+    assert!(s.keys.get("k1").is_some());
+    // A window opened and closed without a commit leaves another writer visible.
+    {
+        let c = s.conn.lock().unwrap();
+        s.keys.begin_own_commit(&c);
+        s.keys.end_own_commit();
+    }
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute("UPDATE policies SET version = 9 WHERE key_id = 'k1'", [])
+        .unwrap();
+    assert!(
+        s.keys.get("k1").is_none(),
+        "served a row another connection replaced"
+    );
+}
