@@ -38,6 +38,7 @@ use crate::report::{CpuRow, Machine, Report, Row};
 use crate::sim::{cpu_time, SimGuard};
 use ekms_client::{BearerToken, ClientError, Conn};
 use ekms_shared::api::{CreateKeyRequest, CreatedKey};
+use ekms_shared::Algorithm;
 
 /// Every error of the benchmark. None carries key material (the benchmark never
 /// sees a key of the system under test).
@@ -198,8 +199,8 @@ pub async fn run(args: Args) -> Result<Report, Error> {
 
     // Keys and payloads, and one checked signature each.
     let mut conn = connect(&socket).await?;
-    let evm_key = create_key(&mut conn, "secp256k1", payloads::evm_policy()).await?;
-    let sol_key = create_key(&mut conn, "ed25519", payloads::solana_policy()).await?;
+    let evm_key = create_key(&mut conn, Algorithm::Secp256k1, payloads::evm_policy()).await?;
+    let sol_key = create_key(&mut conn, Algorithm::Ed25519, payloads::solana_policy()).await?;
     let evm_tx = payloads::evm_unsigned_tx();
     let sol_tx = payloads::solana_unsigned_tx(payloads::decode_solana_key(&sol_key.public_key)?)?;
     let evm_body = Bytes::from(payloads::evm_sign_body(&evm_tx));
@@ -298,7 +299,7 @@ pub async fn run(args: Args) -> Result<Report, Error> {
         )?;
         wait_healthy(&mut off, Duration::from_secs(args.health_timeout_secs)).await?;
         let mut conn = connect(&off.socket()).await?;
-        let key = create_key(&mut conn, "secp256k1", payloads::evm_policy()).await?;
+        let key = create_key(&mut conn, Algorithm::Secp256k1, payloads::evm_policy()).await?;
         let uri = format!("/v1/keys/{}/sign", key.id);
         let answer = sign_once(&mut conn, &uri, evm_body.clone()).await?;
         payloads::check_evm_answer(&answer, &evm_tx, &key.address)?;
@@ -558,9 +559,9 @@ struct Key {
     public_key: String,
 }
 
-async fn create_key(conn: &mut Conn, algorithm: &str, policy: Value) -> Result<Key, Error> {
+async fn create_key(conn: &mut Conn, algorithm: Algorithm, policy: Value) -> Result<Key, Error> {
     let body = CreateKeyRequest {
-        algorithm: algorithm.to_owned(),
+        algorithm: algorithm.into(),
         label: Some("ekms-bench".into()),
         policy: Some(policy),
         owner: None,
@@ -571,7 +572,8 @@ async fn create_key(conn: &mut Conn, algorithm: &str, policy: Value) -> Result<K
         .await?;
     if status != StatusCode::CREATED {
         return Err(Error::Api(format!(
-            "POST /v1/keys ({algorithm}): {status} {}",
+            "POST /v1/keys ({}): {status} {}",
+            algorithm.as_str(),
             String::from_utf8_lossy(&bytes)
         )));
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ekms_shared::api::KeyAlgorithm;
 
 use crate::Error;
 
@@ -269,6 +270,15 @@ impl Algorithm {
         match self {
             Algorithm::Secp256k1 => "secp256k1",
             Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+impl From<Algorithm> for KeyAlgorithm {
+    fn from(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Secp256k1 => KeyAlgorithm::Secp256k1,
+            Algorithm::Ed25519 => KeyAlgorithm::Ed25519,
         }
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             owner,
         }) => {
             let request = CreateKeyRequest {
-                algorithm: algorithm.as_str().to_owned(),
+                algorithm: algorithm.into(),
                 label,
                 policy: policy.map(|p| input::load_json_object(&p)).transpose()?,
                 owner: owner.owner()?.map(|o| o.to_json()),

@@ -7,18 +7,20 @@
 //! enclave evaluates policies on the decoded payload).
 
 use base64::Engine as _;
+use ekms_shared::api::FeeCap;
 use ekms_shared::{Algorithm, PayloadKind};
 use k256::elliptic_curve::sec1::ToSec1Point as _;
 use sha3::{Digest as _, Keccak256};
 
 /// Whether a stored policy caps the fees of the key's chain (`GET /v1/keys/{id}`'s
-/// `"fee_cap"`): `Some("set")` when the key's section (`evm` for secp256k1, `solana`
-/// for ed25519) states every fee cap a new policy must (`evm.max_fee_wei`;
-/// `solana.max_fee_lamports` and `solana.max_lamports_per_transaction`), `Some("none")`
-/// when the section lacks one (a policy stored before they were required: its fees are
-/// not capped), `None` when there is no such section (that chain is refused anyway).
+/// `"fee_cap"`): `Some(FeeCap::Set)` when the key's section (`evm` for secp256k1,
+/// `solana` for ed25519) states every fee cap a new policy must (`evm.max_fee_wei`;
+/// `solana.max_fee_lamports` and `solana.max_lamports_per_transaction`),
+/// `Some(FeeCap::None)` when the section lacks one (a policy stored before they were
+/// required: its fees are not capped), `None` when there is no such section (that
+/// chain is refused anyway).
 /// Informational only: the enclave evaluates the MAC'd document, not this.
-pub fn fee_cap_text(algorithm: Algorithm, policy: &serde_json::Value) -> Option<&'static str> {
+pub fn fee_cap(algorithm: Algorithm, policy: &serde_json::Value) -> Option<FeeCap> {
     let (section, fields): (&str, &[&str]) = match algorithm {
         Algorithm::Secp256k1 => ("evm", &["max_fee_wei"]),
         Algorithm::Ed25519 => (
@@ -30,7 +32,7 @@ pub fn fee_cap_text(algorithm: Algorithm, policy: &serde_json::Value) -> Option<
     let all_set = fields
         .iter()
         .all(|f| section.get(f).is_some_and(|v| !v.is_null()));
-    Some(if all_set { "set" } else { "none" })
+    Some(if all_set { FeeCap::Set } else { FeeCap::None })
 }
 
 /// Length of a compressed SEC1 secp256k1 public key in bytes.
@@ -276,32 +278,29 @@ mod tests {
         use serde_json::json;
         let evm = Algorithm::Secp256k1;
         let sol = Algorithm::Ed25519;
-        assert_eq!(fee_cap_text(evm, &json!({"enabled": true})), None);
+        assert_eq!(fee_cap(evm, &json!({"enabled": true})), None);
+        assert_eq!(fee_cap(evm, &json!({"enabled": true, "solana": {}})), None);
         assert_eq!(
-            fee_cap_text(evm, &json!({"enabled": true, "solana": {}})),
-            None
+            fee_cap(evm, &json!({"enabled": true, "evm": {}})),
+            Some(FeeCap::None)
         );
         assert_eq!(
-            fee_cap_text(evm, &json!({"enabled": true, "evm": {}})),
-            Some("none")
+            fee_cap(evm, &json!({"enabled": true, "evm": {"max_fee_wei": "0"}})),
+            Some(FeeCap::Set)
         );
         assert_eq!(
-            fee_cap_text(evm, &json!({"enabled": true, "evm": {"max_fee_wei": "0"}})),
-            Some("set")
-        );
-        assert_eq!(
-            fee_cap_text(
+            fee_cap(
                 sol,
                 &json!({"enabled": true, "solana": {"max_fee_lamports": 1}})
             ),
-            Some("none")
+            Some(FeeCap::None)
         );
         assert_eq!(
-            fee_cap_text(
+            fee_cap(
                 sol,
                 &json!({"enabled": true, "solana": {"max_fee_lamports": 1, "max_lamports_per_transaction": 2}})
             ),
-            Some("set")
+            Some(FeeCap::Set)
         );
     }
 
@@ -309,11 +308,11 @@ mod tests {
     fn rejects_null_fee_caps_as_set() {
         use serde_json::json;
         assert_eq!(
-            fee_cap_text(
+            fee_cap(
                 Algorithm::Secp256k1,
                 &json!({"enabled": true, "evm": {"max_fee_wei": null}})
             ),
-            Some("none")
+            Some(FeeCap::None)
         );
     }
 }

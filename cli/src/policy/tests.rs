@@ -41,7 +41,7 @@ fn honest(
         expires_at: expires,
     };
     Proposal {
-        action: action.as_str().to_owned(),
+        action,
         version,
         policy_sha256: hex::encode(authorization.policy_sha256),
         canonical_policy: canonical.to_owned(),

@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::api::Health;
-use ekms_shared::Mode;
+use ekms_shared::api::{Health, HealthStatus};
 
 use super::{ApiCode, ApiError, AppState};
 use crate::service::EnclaveStatus;
@@ -19,13 +18,9 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
                 .iter()
                 .map(|(i, v)| (i.to_string(), hex::encode(v)))
                 .collect();
-            let mode = match h.mode {
-                Mode::Simulation => "simulation",
-                Mode::Nitro => "nitro",
-            };
             Json(Health {
-                status: "ok".into(),
-                mode: mode.into(),
+                status: HealthStatus::Ok,
+                mode: h.mode.into(),
                 pcrs,
             })
             .into_response()

@@ -7,7 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ekms_shared::api::{self, CreateKeyRequest};
+use ekms_shared::api::{self, CreateKeyRequest, FeeCap, KeyAlgorithm};
 use ekms_shared::owner::Owner;
 use ekms_shared::Algorithm;
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ use super::{ApiCode, ApiError, AppState};
 use crate::auth::Caller;
 use crate::format;
 use crate::service::keys::{CreateKey, KeyView};
-use crate::store::{algorithm_text, KeySummary, StoredStatement};
+use crate::store::{KeySummary, StoredStatement};
 
 pub use crate::service::keys::MAX_LABEL_LEN;
 
@@ -31,10 +31,10 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<Response, ApiError> {
-    let algorithm = match body.algorithm.as_str() {
-        "secp256k1" => Algorithm::Secp256k1,
-        "ed25519" => Algorithm::Ed25519,
-        other => {
+    let algorithm = match body.algorithm {
+        KeyAlgorithm::Secp256k1 => Algorithm::Secp256k1,
+        KeyAlgorithm::Ed25519 => Algorithm::Ed25519,
+        KeyAlgorithm::Other(other) => {
             return Err(ApiError::new(
                 ApiCode::UnknownAlgorithm,
                 format!("algorithm {other:?}: expected secp256k1 or ed25519"),
@@ -112,15 +112,15 @@ pub(crate) async fn get(
 }
 
 /// `set` or `none` when the policy has a section for the key's chain
-/// ([`format::fee_cap_text`]).
-fn fee_cap(k: &KeyView) -> Option<String> {
-    format::fee_cap_text(k.summary.algorithm, &k.policy).map(str::to_owned)
+/// ([`format::fee_cap`]).
+fn fee_cap(k: &KeyView) -> Option<FeeCap> {
+    format::fee_cap(k.summary.algorithm, &k.policy)
 }
 
 fn key_fields(k: &KeySummary) -> api::KeyFields {
     api::KeyFields {
         key_id: k.key_id.clone(),
-        algorithm: algorithm_text(k.algorithm).to_owned(),
+        algorithm: k.algorithm.into(),
         label: k.label.clone(),
         public_key: format::public_key_text(k.algorithm, &k.public_key),
         address: k.address.clone(),

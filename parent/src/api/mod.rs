@@ -7,7 +7,7 @@
 //! | `GET /v1/health` | `{"status":"ok","mode":"simulation"\|"nitro","pcrs":{"0":"hex",…}}`, 503 `not_ready` until ready (or, once an initialisation failed, its cause: `kms_access_denied`, `kms_error`, `configure_refused`, with the enclave's error text), 503 `enclave_configured_by_another` (for good) once the enclave turned out configured for another KMS target |
 //! | `POST /v1/keys` `{"algorithm","label"?,"policy"?}` | 201 `{"key_id","algorithm","label","public_key","address","policy_version","created_at"}` |
 //! | `GET /v1/keys?limit=N` (1..=1000, default 100) | `{"keys":[…]}`, newest first, each with its `"statement"` (no document) and `"fee_cap"` as below |
-//! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) and, when the policy has a section for the key's chain, `"fee_cap":"set"\|"none"` ([`format::fee_cap_text`]) |
+//! | `GET /v1/keys/{key_id}` | the key, plus `"policy"` (the JSON document) and, when the policy has a section for the key's chain, `"fee_cap":"set"\|"none"` ([`format::fee_cap`]) |
 //! | `PUT /v1/keys/{key_id}/policy` `{"policy":{…}}` | `{"policy_version":N}` |
 //! | `POST /v1/keys/{key_id}/sign` `{"kind","payload"}` | EVM: `{"signature":{"r","s","y_parity","v"},"signed_transaction","transaction_hash"}`; Solana: `{"signature","signed_transaction"}` |
 //! | `GET /v1/attestation?nonce=HEX` (≤ 512 bytes) | `{"document":"<base64>"}` |

@@ -126,7 +126,7 @@ fn approval(
 /// A proposal as the API shows it.
 fn proposal_json(p: Proposal) -> Response {
     Json(api::Proposal {
-        action: p.action.as_str().to_owned(),
+        action: p.action,
         version: p.version,
         policy_sha256: hex::encode(p.policy_sha256),
         canonical_policy: p.canonical_policy,

@@ -7,14 +7,82 @@ use serde_json::Value;
 
 use super::required_nullable;
 use crate::audit::Receipt;
+use crate::Algorithm;
+
+/// A key's algorithm as the API spells it: `"secp256k1"` or `"ed25519"` (a JSON
+/// string; the enclave protocol's [`Algorithm`] spells it otherwise).
+///
+/// Tolerant: any other string reads as [`KeyAlgorithm::Other`] (and writes back as
+/// the same string), so that a key list from a newer parent with an algorithm this
+/// build does not know still reads; no client here decides on the value. The parent
+/// refuses `Other` in `POST /v1/keys` with 400 `unknown_algorithm`. Only a JSON
+/// string reads (not serde's `{"ed25519":null}` enum form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "String")]
+pub enum KeyAlgorithm {
+    /// `"secp256k1"`: ECDSA over secp256k1 (EVM).
+    Secp256k1,
+    /// `"ed25519"`: Ed25519 (Solana).
+    Ed25519,
+    /// Any other string, kept as sent.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl From<String> for KeyAlgorithm {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "secp256k1" => Self::Secp256k1,
+            "ed25519" => Self::Ed25519,
+            _ => Self::Other(text),
+        }
+    }
+}
+
+impl From<Algorithm> for KeyAlgorithm {
+    fn from(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Secp256k1 => Self::Secp256k1,
+            Algorithm::Ed25519 => Self::Ed25519,
+        }
+    }
+}
+
+/// Whether a key's policy caps its chain's fees (`"fee_cap"` of key answers):
+/// `"set"` or `"none"`.
+///
+/// Tolerant: any other string reads as [`FeeCap::Other`] (and writes back as the same
+/// string): the field is informational (the enclave evaluates the policy itself), so
+/// an unknown value from a newer parent must not make a whole key answer unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "String")]
+pub enum FeeCap {
+    /// `"set"`: the key's policy section states every fee cap a new policy must.
+    Set,
+    /// `"none"`: it lacks one (a policy stored before they were required).
+    None,
+    /// Any other string, kept as sent.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl From<String> for FeeCap {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "set" => Self::Set,
+            "none" => Self::None,
+            _ => Self::Other(text),
+        }
+    }
+}
 
 /// The columns every key answer starts with (flattened into each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyFields {
     /// The key id: a canonical lower-case UUID v4.
     pub key_id: String,
-    /// `secp256k1` or `ed25519`.
-    pub algorithm: String,
+    /// `secp256k1` or `ed25519` ([`KeyAlgorithm`]).
+    pub algorithm: KeyAlgorithm,
     /// The caller's label (at most 256 bytes); `null` (never absent) without one.
     #[serde(deserialize_with = "required_nullable")]
     pub label: Option<String>,
@@ -71,10 +139,10 @@ pub struct KeyListItem {
     pub key: KeyFields,
     /// The statement, without `attestation_document`.
     pub statement: KeyStatement,
-    /// `set` or `none`, present only when the policy has a section for the key's chain
-    /// (whether it states every fee cap a new policy must). Informational.
+    /// `set` or `none` ([`FeeCap`]), present only when the policy has a section for the
+    /// key's chain (whether it states every fee cap a new policy must). Informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fee_cap: Option<String>,
+    pub fee_cap: Option<FeeCap>,
 }
 
 /// `GET /v1/keys?limit=N`: `{"keys":[…]}`, newest first.
@@ -97,7 +165,7 @@ pub struct KeyDetail {
     pub statement: KeyStatement,
     /// As in [`KeyListItem::fee_cap`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fee_cap: Option<String>,
+    pub fee_cap: Option<FeeCap>,
     /// The stored policy document (docs/POLICY.md), free-form.
     pub policy: Value,
 }
@@ -110,7 +178,7 @@ mod tests {
     fn fields(label: Option<&str>) -> KeyFields {
         KeyFields {
             key_id: "6b3c1e4e-6a43-4bb4-9d7e-2f0a3c1a9b10".into(),
-            algorithm: "secp256k1".into(),
+            algorithm: KeyAlgorithm::Secp256k1,
             label: label.map(str::to_owned),
             public_key: "0x02ab".into(),
             address: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
@@ -188,7 +256,7 @@ mod tests {
             keys: vec![KeyListItem {
                 key: fields(Some("bot")),
                 statement: statement(false),
-                fee_cap: Some("set".into()),
+                fee_cap: Some(FeeCap::Set),
             }],
         };
         let item = with(
@@ -214,6 +282,62 @@ mod tests {
                    "policy": {"enabled": true}}),
         );
         pins(&detail, &want);
+    }
+
+    #[test]
+    fn spells_algorithms_and_fee_caps_as_the_wire_does() {
+        for (algorithm, text) in [
+            (KeyAlgorithm::Secp256k1, "secp256k1"),
+            (KeyAlgorithm::Ed25519, "ed25519"),
+            (KeyAlgorithm::Other("p256".into()), "p256"),
+        ] {
+            pins(&algorithm, &json!(text));
+        }
+        for (algorithm, api) in [
+            (Algorithm::Secp256k1, KeyAlgorithm::Secp256k1),
+            (Algorithm::Ed25519, KeyAlgorithm::Ed25519),
+        ] {
+            assert_eq!(KeyAlgorithm::from(algorithm), api);
+        }
+        for (fee_cap, text) in [
+            (FeeCap::Set, "set"),
+            (FeeCap::None, "none"),
+            (FeeCap::Other("partial".into()), "partial"),
+        ] {
+            pins(&fee_cap, &json!(text));
+        }
+        // Only a JSON string reads, not serde's other enum forms.
+        for bad in [json!({"ed25519": null}), json!(1), json!(null)] {
+            assert!(
+                serde_json::from_value::<KeyAlgorithm>(bad.clone()).is_err(),
+                "{bad}"
+            );
+            assert!(
+                serde_json::from_value::<FeeCap>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_a_key_of_an_unknown_algorithm_with_an_unknown_fee_cap() {
+        let mut item = with(
+            fields_json(Value::Null),
+            json!({"statement": {"statement": "{}", "signature": "0x01", "identity_key": "0x02"},
+                   "fee_cap": "partial"}),
+        );
+        item["algorithm"] = json!("p256");
+        let list = KeyList {
+            keys: vec![KeyListItem {
+                key: KeyFields {
+                    algorithm: KeyAlgorithm::Other("p256".into()),
+                    ..fields(None)
+                },
+                statement: statement(false),
+                fee_cap: Some(FeeCap::Other("partial".into())),
+            }],
+        };
+        pins(&list, &json!({ "keys": [item] }));
     }
 
     #[test]

@@ -26,9 +26,11 @@ pub mod policy;
 pub mod status;
 pub mod tokens;
 
-pub use keys::{CreatedKey, KeyDetail, KeyFields, KeyList, KeyListItem, KeyStatement};
+pub use keys::{
+    CreatedKey, FeeCap, KeyAlgorithm, KeyDetail, KeyFields, KeyList, KeyListItem, KeyStatement,
+};
 pub use policy::{AuditEntry, AuditPage, EnabledState, PolicyVersion, Proposal, StopState};
-pub use status::{Attestation, Health};
+pub use status::{Attestation, Health, HealthMode, HealthStatus};
 pub use tokens::{CreatedToken, RevokedToken, TokenInfo, TokenList};
 
 /// Reads a field the spec lists as required but nullable: `null` is `None`, absence
@@ -49,8 +51,9 @@ where
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// `secp256k1` or `ed25519`.
-    pub algorithm: String,
+    /// `secp256k1` or `ed25519` ([`KeyAlgorithm`]); the parent answers any other
+    /// string ([`KeyAlgorithm::Other`]) with 400 `unknown_algorithm`.
+    pub algorithm: KeyAlgorithm,
     /// A label of the caller's (at most 256 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -185,7 +188,7 @@ mod tests {
     #[test]
     fn keeps_the_wire_field_names() {
         let create = CreateKeyRequest {
-            algorithm: "ed25519".into(),
+            algorithm: KeyAlgorithm::Ed25519,
             label: Some("bot".into()),
             policy: None,
             owner: None,

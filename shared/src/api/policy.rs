@@ -8,13 +8,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::owner::OwnerAction;
+
 /// `POST /v1/keys/{id}/policy/proposal` and `POST /v1/keys/{id}/enable/proposal`: the
 /// message an owner signs for a change (a convenience: the enclave rebuilds and checks
 /// everything itself; `crate::owner::Authorization`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
-    /// `set_policy` or `enable` (`crate::owner::OwnerAction::as_str`).
-    pub action: String,
+    /// `"set_policy"` or `"enable"` ([`OwnerAction`], snake_case). Strict: any other
+    /// value makes the proposal unreadable, since it names what an owner would sign for.
+    pub action: OwnerAction,
     /// The policy version the change creates.
     pub version: u64,
     /// Lower-case hex SHA-256 of `canonical_policy` (no `0x`).
@@ -92,7 +95,7 @@ mod tests {
     fn pins_policy_answers() {
         pins(
             &Proposal {
-                action: "set_policy".into(),
+                action: OwnerAction::SetPolicy,
                 version: 2,
                 policy_sha256: "ab".into(),
                 canonical_policy: r#"{"enabled":true}"#.into(),
@@ -148,6 +151,13 @@ mod tests {
             serde_json::from_value::<Proposal>(json!({"action": "enable", "version": 2,
             "policy_sha256": "ab", "canonical_policy": "{}", "expires_at": "x"}))
             .is_err()
+        );
+        let err = serde_json::from_value::<Proposal>(json!({"action": "rotate", "version": 2,
+            "policy_sha256": "ab", "canonical_policy": "{}", "expires_at": "x", "message": "m"}))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `rotate`"),
+            "{err}"
         );
         assert!(serde_json::from_value::<PolicyVersion>(json!({})).is_err());
         assert!(serde_json::from_value::<EnabledState>(json!({"policy_version": 1})).is_err());

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ekms_shared::api::Health;
+use ekms_shared::api::{Health, HealthMode};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -500,10 +500,7 @@ pub fn enclave(nitro_cli: &Path, name: &str, cid: u64, eif_pcr0: &str) -> Check 
 /// 6. `/v1/health` answers 200 in `mode` with PCR0 `pcr0`.
 pub async fn health(client: &ApiClient, mode: ekms_shared::Mode, pcr0: &str) -> Check {
     const NAME: &str = "health";
-    let want_mode = match mode {
-        ekms_shared::Mode::Nitro => "nitro",
-        ekms_shared::Mode::Simulation => "simulation",
-    };
+    let want_mode = HealthMode::from(mode);
     let fix = "journalctl -u ekms-parent (a wrong PCR0 or key policy shows as kms_access_denied)";
     let answer = match client.request(hyper::Method::GET, "/v1/health", None).await {
         Ok(a) => a.into_result(),
@@ -519,14 +516,18 @@ pub async fn health(client: &ApiClient, mode: ekms_shared::Mode, pcr0: &str) -> 
                     .get("0")
                     .is_some_and(|p| p.eq_ignore_ascii_case(pcr0)) =>
         {
-            Check::pass(NAME, format!("ready, mode {want_mode}, PCR0 {pcr0}"))
+            Check::pass(
+                NAME,
+                format!("ready, mode {}, PCR0 {pcr0}", want_mode.as_str()),
+            )
         }
         Ok(h) => Check::fail(
             NAME,
             format!(
-                "ready, but mode {:?} PCR0 {}; expected {want_mode} {pcr0}",
-                h.mode,
-                h.pcrs.get("0").map_or("null", String::as_str)
+                "ready, but mode {:?} PCR0 {}; expected {} {pcr0}",
+                h.mode.as_str(),
+                h.pcrs.get("0").map_or("null", String::as_str),
+                want_mode.as_str()
             ),
             fix,
         ),
