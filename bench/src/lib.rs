@@ -414,6 +414,14 @@ async fn measure_scenario(
 ) -> Result<(), Error> {
     let in_flight = scenario.in_flight;
     let mut procs = guard.children();
+    // `ekms sim` writes sim.json once its processes run; give a new simulation a moment.
+    for _ in 0..20 {
+        if procs.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        procs = guard.children();
+    }
     procs.push(("ekms-bench".into(), std::process::id()));
     let before: Vec<_> = procs.iter().map(|(_, pid)| cpu_time(*pid)).collect();
     let result = end_to_end(&guard.socket(), scenario).await?;

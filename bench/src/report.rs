@@ -208,15 +208,26 @@ impl Report {
                 s,
                 "\nCPU time per signature (user + system, from /proc/PID/stat over warm-up + measured rounds, divided by the signatures of that window; 10 ms tick granularity):\n"
             );
-            let names: Vec<String> = self.cpu[0]
-                .per_signature
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect();
+            // Columns: every process any row measured, in first-seen order; a process a
+            // row could not measure (its pid not yet known, or gone) shows as "–".
+            let mut names: Vec<String> = Vec::new();
+            for (n, _) in self.cpu.iter().flat_map(|c| &c.per_signature) {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
             let _ = writeln!(s, "| scenario | {} | cores busy |", names.join(" | "));
             let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(names.len()));
             for c in &self.cpu {
-                let cells: Vec<String> = c.per_signature.iter().map(|(_, d)| us(*d)).collect();
+                let cells: Vec<String> = names
+                    .iter()
+                    .map(|name| {
+                        c.per_signature
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map_or_else(|| "–".to_owned(), |(_, d)| us(*d))
+                    })
+                    .collect();
                 let _ = writeln!(
                     s,
                     "| {} | {} | {:.2} |",
@@ -280,11 +291,19 @@ mod tests {
     fn markdown_table_and_machine() {
         let report = Report {
             rows: vec![row(Some(0))],
-            cpu: vec![CpuRow {
-                scenario: "EVM, 64".into(),
-                per_signature: vec![("parent".into(), Duration::from_micros(40))],
-                cores_busy: 1.9,
-            }],
+            cpu: vec![
+                CpuRow {
+                    scenario: "EVM, 64".into(),
+                    per_signature: vec![("parent".into(), Duration::from_micros(40))],
+                    cores_busy: 1.9,
+                },
+                // A row that could not measure the parent keeps its columns.
+                CpuRow {
+                    scenario: "EVM, 1".into(),
+                    per_signature: vec![("ekms-bench".into(), Duration::from_micros(151))],
+                    cores_busy: 0.02,
+                },
+            ],
             machine: Machine {
                 nproc: 2,
                 cpu_model: "Test CPU".into(),
@@ -298,8 +317,9 @@ mod tests {
             md.contains("| EVM end-to-end | 64 | 10,500 | 9,000–11,000 | 6100 µs | 25.0 µs | 40.0 µs | 0.00 | 0.650 | 0.700 | 0 |"),
             "{md}"
         );
-        assert!(md.contains("| scenario | parent | cores busy |"));
-        assert!(md.contains("| EVM, 64 | 40.0 µs | 1.90 |"));
+        assert!(md.contains("| scenario | parent | ekms-bench | cores busy |"));
+        assert!(md.contains("| EVM, 64 | 40.0 µs | – | 1.90 |"), "{md}");
+        assert!(md.contains("| EVM, 1 | – | 151 µs | 0.02 |"), "{md}");
         assert!(md.contains("- CPUs (nproc): 2"));
         assert!(md.contains("- CPU model: Test CPU"));
         assert!(md.contains("- rounds: 5 × 3 s"));

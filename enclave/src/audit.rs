@@ -8,8 +8,10 @@
 //!   resume and each boot;
 //! - a decision's answer always carries its record, and the parent stores the record
 //!   before it releases the answer;
-//! - [`AuditLog::append`] holds the head's lock for one hash and one ed25519 signature,
-//!   so records are numbered without gaps in the order they are appended.
+//! - [`AuditLog::append`] holds the head's lock while it numbers the record and hashes
+//!   its canonical JSON (the next record's link), so records are numbered without gaps
+//!   in the order they are appended; the ed25519 signature is made after the lock is
+//!   released (records may reach the parent out of order; it stores each by `seq`).
 //!
 //! The head starts unknown: nothing is appended before `Restore` sets it
 //! ([`AuditLog::start`]), from the newest record the parent holds, checked against the

@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -87,9 +87,12 @@ pub struct KeyCache {
     /// in-memory database, which no other connection can write).
     watch: Option<Mutex<Connection>>,
     /// The watch's `data_version` after the store's own last commit.
+    /// [`OWN_COMMIT`] from [`KeyCache::begin_own_commit`] until its window closes:
+    /// one atomic, so that a hit never sees a new value beside an old flag.
     known: AtomicI64,
-    /// Set from [`KeyCache::begin_own_commit`] to [`KeyCache::note_commit`].
-    own_commit: AtomicBool,
+    /// `known` as it was when the own-commit window opened (put back if it closes
+    /// without a commit). Read and written only under the store's connection lock.
+    known_before: AtomicI64,
     /// LRU clock.
     clock: AtomicU64,
     max_entries: usize,
@@ -113,7 +116,7 @@ impl KeyCache {
             entries: RwLock::default(),
             watch: watch.map(Mutex::new),
             known: AtomicI64::new(0),
-            own_commit: AtomicBool::new(false),
+            known_before: AtomicI64::new(0),
             clock: AtomicU64::new(0),
             max_entries: MAX_ENTRIES,
             max_bytes: MAX_BYTES,
@@ -143,10 +146,8 @@ impl KeyCache {
     /// committed since the store's last commit.
     pub fn get(&self, key_id: &str) -> Option<Arc<CachedKey>> {
         let version = self.data_version();
-        if version < 0
-            || (version != self.known.load(Ordering::Acquire)
-                && !self.own_commit.load(Ordering::Acquire))
-        {
+        let known = self.known.load(Ordering::Acquire);
+        if version < 0 || (known != OWN_COMMIT && version != known) {
             return None;
         }
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -243,20 +244,52 @@ impl KeyCache {
     /// after [`KeyCache::check_external`]: until its [`KeyCache::note_commit`], a
     /// `data_version` that moves is its own commit's, and hits are still served. Only
     /// for such rows: any other write empties the cache instead.
-    pub fn begin_own_commit(&self, _tx: &Connection) {
-        self.own_commit.store(true, Ordering::Release);
-    }
-
-    /// Closes the window of [`KeyCache::begin_own_commit`] when its transaction did not
-    /// commit (`known` stays).
-    pub fn end_own_commit(&self) {
-        self.own_commit.store(false, Ordering::Release);
+    ///
+    /// The window closes with [`OwnCommit::committed`] or, on any other path (an error,
+    /// a panic), when the guard drops: then `known` is put back as it was.
+    pub fn begin_own_commit(&self, _tx: &Connection) -> OwnCommit<'_> {
+        self.known_before
+            .store(self.known.load(Ordering::Acquire), Ordering::Relaxed);
+        self.known.store(OWN_COMMIT, Ordering::Release);
+        OwnCommit {
+            cache: self,
+            open: true,
+        }
     }
 
     /// Called under the connection's lock right after the store's own commit: the
     /// watch's new `data_version` is ours.
     pub fn note_commit(&self, _c: &Connection) {
         self.known.store(self.data_version(), Ordering::Release);
-        self.own_commit.store(false, Ordering::Release);
+    }
+}
+
+/// The value of `known` while an own commit is in progress (`data_version` is never
+/// negative).
+const OWN_COMMIT: i64 = i64::MIN;
+
+/// An open own-commit window ([`KeyCache::begin_own_commit`]).
+#[derive(Debug)]
+#[must_use = "the window closes when this drops"]
+pub struct OwnCommit<'a> {
+    cache: &'a KeyCache,
+    open: bool,
+}
+
+impl OwnCommit<'_> {
+    /// The transaction committed: the watch's new `data_version` is ours
+    /// ([`KeyCache::note_commit`]). Called under the connection's lock.
+    pub fn committed(mut self, c: &Connection) {
+        self.open = false;
+        self.cache.note_commit(c);
+    }
+}
+
+impl Drop for OwnCommit<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let before = self.cache.known_before.load(Ordering::Relaxed);
+            self.cache.known.store(before, Ordering::Release);
+        }
     }
 }

@@ -67,14 +67,7 @@ fn run(conn: &Mutex<Connection>, cache: &KeyCache, rx: &mpsc::Receiver<Job>) {
             // A poisoned lock means a panic mid-call elsewhere; SQLite rolled back its
             // transaction when the guard dropped, so the connection is still sound.
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let outcomes = commit_batch(&mut c, cache, &batch);
-            // The own-commit window closes on every path: after a commit the watch's
-            // new value is ours; after a failure (nothing committed) `known` stays.
-            match &outcomes {
-                Ok(_) => cache.note_commit(&c),
-                Err(_) => cache.end_own_commit(),
-            }
-            outcomes
+            commit_batch(&mut c, cache, &batch)
         };
         // Woken after the commit and after the lock is released.
         match outcomes {
@@ -106,7 +99,8 @@ fn commit_batch(
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Holding the write lock: nobody else can commit until ours is done.
     cache.check_external(&tx);
-    cache.begin_own_commit(&tx);
+    // Closed on every path: by the commit below, or when it drops (an error, a panic).
+    let window = cache.begin_own_commit(&tx);
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut stmt = tx.prepare_cached(
@@ -131,5 +125,6 @@ fn commit_batch(
         }
     }
     tx.commit()?;
+    window.committed(c);
     Ok(results)
 }

@@ -313,14 +313,20 @@ async fn cached_key_is_served_until_a_policy_write() {
     assert!(s.cached_key("nope").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn rejects_cached_rows_once_another_connection_commits() {
+/// A store on a file (another connection can open it) holding key `k1`, cached.
+async fn file_store_with_cached_k1() -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ekms.db");
     let s = SqliteStore::open(&path).unwrap();
     s.insert_keyring(keyring(), 1).await.unwrap();
     s.insert_key(new_key("k1", 10)).await.unwrap();
     s.cached_key("k1").await.unwrap();
+    (dir, path, s)
+}
+
+#[tokio::test]
+async fn rejects_cached_rows_once_another_connection_commits() {
+    let (_dir, path, s) = file_store_with_cached_k1().await;
     assert!(s.cached_key("k1").await.unwrap().unwrap().1);
     // The group-commit writer's own commits keep the cache.
     Journal::new(std::sync::Arc::new(s.clone()))
@@ -427,12 +433,7 @@ async fn keeps_the_newest_checkpoints() {
 async fn serves_hits_through_its_own_audit_commit_and_not_after_an_aborted_one() {
     // The group-commit thread's commit moves the watch's data_version before it can
     // note the value: hits in between were misses (database reads) under load.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ekms.db");
-    let s = SqliteStore::open(&path).unwrap();
-    s.insert_keyring(keyring(), 1).await.unwrap();
-    s.insert_key(new_key("k1", 10)).await.unwrap();
-    s.cached_key("k1").await.unwrap();
+    let (_dir, path, s) = file_store_with_cached_k1().await;
     assert!(s.keys.get("k1").is_some());
     {
         let mut c = s.conn.lock().unwrap();
@@ -440,7 +441,7 @@ async fn serves_hits_through_its_own_audit_commit_and_not_after_an_aborted_one()
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .unwrap();
         s.keys.check_external(&tx);
-        s.keys.begin_own_commit(&tx);
+        let window = s.keys.begin_own_commit(&tx);
         tx.execute(
             "INSERT INTO audit_records (seq, record, signature, audit_key) VALUES (77, '{}', x'00', x'00')",
             [],
@@ -451,14 +452,13 @@ async fn serves_hits_through_its_own_audit_commit_and_not_after_an_aborted_one()
             s.keys.get("k1").is_some(),
             "our own commit is not another writer's"
         );
-        s.keys.note_commit(&c);
+        window.committed(&c);
     }
     assert!(s.keys.get("k1").is_some());
     // A window opened and closed without a commit leaves another writer visible.
     {
         let c = s.conn.lock().unwrap();
-        s.keys.begin_own_commit(&c);
-        s.keys.end_own_commit();
+        drop(s.keys.begin_own_commit(&c));
     }
     let other = Connection::open(&path).unwrap();
     other
