@@ -709,16 +709,13 @@ impl Backend for ServiceBackend<'_> {
         kind: PayloadKind,
         bytes: Vec<u8>,
     ) -> Result<SignOutput, RpcError> {
-        let text = ekms_signer::address::eip55(&address);
-        let key = match self.service.key_by_address(self.caller, &text).await {
-            Ok(key) if key.algorithm == Algorithm::Secp256k1 => key,
-            Ok(_) | Err(ServiceError::KeyNotFound) => {
-                return Err(RpcError::unknown_account(&address))
-            }
+        let key_id = match self.service.evm_key_for_address(self.caller, address).await {
+            Ok(key_id) => key_id,
+            Err(ServiceError::KeyNotFound) => return Err(RpcError::unknown_account(&address)),
             Err(e) => return Err(service_error(e)),
         };
         let request = SignRequest {
-            key_id: key.key_id,
+            key_id,
             payload: SignPayload { kind, bytes },
         };
         self.service

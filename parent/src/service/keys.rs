@@ -246,6 +246,42 @@ impl Service {
         Ok(out)
     }
 
+    /// The id of the secp256k1 key whose address is `address`, if the caller may sign
+    /// with it: what JSON-RPC's `eth_sign*` methods name their key by.
+    ///
+    /// The first lookup of an address is [`Service::key_by_address`] (a store read and
+    /// a statement check); its answer is kept ([`CheckedAddresses`]), so later calls
+    /// read no database. That is sound without invalidation: the pairing was checked
+    /// against a statement the enclave signed about the sealed record, whose key id and
+    /// public key never change, and the caller's scopes and key list are checked on
+    /// every call. A key whose rows were since removed fails at the signature
+    /// (`KeyNotFound`), as before.
+    ///
+    /// # Errors
+    /// [`ServiceError::KeyNotFound`] when no such secp256k1 key is usable by the caller
+    /// (the same answer whether it does not exist or is not the caller's); as
+    /// [`Service::key_by_address`].
+    pub async fn evm_key_for_address(
+        &self,
+        caller: &Caller,
+        address: [u8; 20],
+    ) -> Result<String, ServiceError> {
+        caller.require(Scope::Sign, None)?;
+        if let Some(key_id) = self.evm_addresses.get(&address) {
+            return match caller.require(Scope::Sign, Some(&key_id)) {
+                Ok(()) => Ok(key_id),
+                Err(_) => Err(ServiceError::KeyNotFound),
+            };
+        }
+        let text = ekms_signer::address::eip55(&address);
+        let key = self.key_by_address(caller, &text).await?;
+        if key.algorithm != Algorithm::Secp256k1 {
+            return Err(ServiceError::KeyNotFound);
+        }
+        self.evm_addresses.insert(address, key.key_id.clone());
+        Ok(key.key_id)
+    }
+
     /// The key with `address` (EVM: compared case-insensitively; Solana: exactly) among
     /// those the caller may sign with ([`Service::signable_keys`]). Only the match's
     /// statement is checked (a rewritten address column is `sealed_state_invalid`, not
@@ -343,4 +379,50 @@ pub fn is_key_id(id: &str) -> bool {
 fn policy_value(policy_json: &str) -> Result<Value, Error> {
     serde_json::from_str(policy_json)
         .map_err(|_| Error::StoreCorrupt("stored policy is not JSON".into()))
+}
+
+/// Most addresses [`CheckedAddresses`] keeps (a 20-byte address and a 36-byte key id
+/// each; beyond it an arbitrary entry goes).
+pub const MAX_CHECKED_ADDRESSES: usize = 10_000;
+
+/// EVM addresses whose key's statement checked, by address (see
+/// [`Service::evm_key_for_address`]). Bounded by [`MAX_CHECKED_ADDRESSES`].
+#[derive(Debug, Default)]
+pub struct CheckedAddresses {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 20], String>>,
+}
+
+impl CheckedAddresses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 20], String>> {
+        // Every critical section is one map call: a poisoned map is still whole.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key id checked for `address`, if kept.
+    pub fn get(&self, address: &[u8; 20]) -> Option<String> {
+        self.lock().get(address).cloned()
+    }
+
+    /// Keeps `address` → `key_id` (checked by the caller).
+    pub fn insert(&self, address: [u8; 20], key_id: String) {
+        let mut map = self.lock();
+        if map.len() >= MAX_CHECKED_ADDRESSES && !map.contains_key(&address) {
+            if let Some(k) = map.keys().next().copied() {
+                map.remove(&k);
+            }
+        }
+        map.insert(address, key_id);
+    }
+
+    /// Number of addresses kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -58,6 +58,9 @@ pub struct Service {
     store: SharedStore,
     identity: Arc<IdentityCheck>,
     keyring: Arc<Bootstrap>,
+    /// EVM address → key id, for addresses whose key's statement checked
+    /// ([`Service::evm_key_for_address`]).
+    evm_addresses: Arc<keys::CheckedAddresses>,
 }
 
 /// Whether the enclave serves, as `/v1/health` reports it.
@@ -87,6 +90,7 @@ impl Service {
             store,
             identity,
             keyring,
+            evm_addresses: Arc::default(),
         }
     }
 

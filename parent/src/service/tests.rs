@@ -180,3 +180,58 @@ async fn rejects_hiding_a_tokens_key_behind_a_thousand_newer_keys() {
         .unwrap();
     assert_eq!(found.key_id, evm.key_id);
 }
+
+#[tokio::test]
+async fn finds_an_evm_key_by_address_once_then_from_memory_with_scopes_checked_each_call() {
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let sol = create(&h, &admin, Algorithm::Ed25519).await;
+    let address = ekms_signer::address::parse_evm_address(G_ADDRESS).unwrap();
+    let bot = bot_for(&h, &evm).await;
+    assert!(h.service.evm_addresses.is_empty());
+    assert_eq!(
+        h.service.evm_key_for_address(&bot, address).await.unwrap(),
+        evm.key_id
+    );
+    assert_eq!(h.service.evm_addresses.len(), 1);
+    // The next call reads no database: with the key's address column rewritten (and
+    // its statement gone) it still finds the key that the enclave said has it.
+    {
+        let db = rusqlite::Connection::open(h.db_path()).unwrap();
+        db.execute(
+            "UPDATE keys SET address = '0x0000000000000000000000000000000000000001' WHERE key_id = ?1",
+            [&evm.key_id],
+        )
+        .unwrap();
+        db.execute(
+            "DELETE FROM key_statements WHERE key_id = ?1",
+            [&evm.key_id],
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        h.service.evm_key_for_address(&bot, address).await.unwrap(),
+        evm.key_id
+    );
+    // Scopes and key lists are still checked on every call: a token for another key
+    // gets the answer an unknown address gets, and one without `sign` is refused.
+    let (_, other) = token(&h.store, "sign", Some(&[sol.key_id.as_str()]), None).await;
+    let other = caller(&h, &other).await;
+    assert!(matches!(
+        h.service.evm_key_for_address(&other, address).await,
+        Err(ServiceError::KeyNotFound)
+    ));
+    let (_, reader) = token(&h.store, "keys:read", None, None).await;
+    let reader = caller(&h, &reader).await;
+    assert!(matches!(
+        h.service.evm_key_for_address(&reader, address).await,
+        Err(ServiceError::Forbidden(_))
+    ));
+    // An address no key has is not kept.
+    assert!(matches!(
+        h.service.evm_key_for_address(&admin, [7u8; 20]).await,
+        Err(ServiceError::KeyNotFound)
+    ));
+    assert_eq!(h.service.evm_addresses.len(), 1);
+}
