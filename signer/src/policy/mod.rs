@@ -477,14 +477,27 @@ impl Policy {
         })
     }
 
-    /// Parses a **new or changed** policy: [`Policy::parse`], and then every present
+    /// Parses a **new or changed** policy: [`Policy::parse`]; no member may be `null`
+    /// (an optional member is left out: `"solana": null` would otherwise read as no
+    /// Solana section, which docs/policy.schema.json calls invalid); and every present
     /// section must state its fee caps ([`Policy::missing_fee_caps`] is empty).
     ///
+    /// Stored policies are the canonical JSON of policies this accepted (no `null`
+    /// anywhere), so [`Policy::parse`] keeps reading them.
+    ///
     /// # Errors
-    /// As [`Policy::parse`], and [`SignerError::InvalidPolicy`] naming the missing
-    /// fields.
+    /// As [`Policy::parse`], and [`SignerError::InvalidPolicy`] naming the `null` member
+    /// or the missing fields.
     pub fn parse_new(json: &str) -> Result<Policy, SignerError> {
         let policy = Policy::parse(json)?;
+        // Bounded and well-formed: `parse` read the same text.
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| SignerError::policy(format!("not a valid policy document: {e}")))?;
+        if let Some(path) = null_member(&value, "") {
+            return Err(SignerError::policy(format!(
+                "`{path}` is null: leave an optional member out instead"
+            )));
+        }
         let missing = policy.missing_fee_caps();
         if !missing.is_empty() {
             return Err(SignerError::policy(format!(
@@ -827,3 +840,29 @@ fn parse_program(s: &str) -> Result<[u8; 32], SignerError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The dotted path of the first member (or list item) of `value` that is `null`, in
+/// document order ([`Policy::parse_new`]).
+fn null_member(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => Some(if path.is_empty() {
+            "(document)".into()
+        } else {
+            path.to_owned()
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let sub = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            null_member(v, &sub)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_member(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}

@@ -1236,3 +1236,24 @@ fn rejects_priority_fee_of_a_message_with_only_compute_budget_instructions() {
         );
     }
 }
+
+#[test]
+fn parse_new_refuses_null_members_that_parse_reads_as_absent() {
+    // Version 1's sections read `null` as "absent" (serde's Option); the schema calls
+    // it invalid (v2's members already refuse it), and a reader of the text could take
+    // `"solana": null` for anything.
+    for (json, path) in [
+        (r#"{"enabled":true,"solana":null}"#, "solana"),
+        (r#"{"enabled":true,"evm":null}"#, "evm"),
+        (
+            r#"{"version":1,"enabled":false,"evm":null,"solana":null}"#,
+            "evm",
+        ),
+    ] {
+        Policy::parse(json).unwrap();
+        let e = Policy::parse_new(json).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{path}` is null")), "{json}: {e}");
+    }
+    // The same policies without the member are new policies as before.
+    Policy::parse_new(r#"{"enabled":true}"#).unwrap();
+}
