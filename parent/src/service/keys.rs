@@ -267,11 +267,13 @@ impl Service {
         address: [u8; 20],
     ) -> Result<String, ServiceError> {
         caller.require(Scope::Sign, None)?;
+        // A kept pair the caller may not use is not answered from memory: the lookup
+        // runs as for an unknown address, so the answer's time does not tell a token
+        // whether another caller's key has this address (an attack review's finding).
         if let Some(key_id) = self.evm_addresses.get(&address) {
-            return match caller.require(Scope::Sign, Some(&key_id)) {
-                Ok(()) => Ok(key_id),
-                Err(_) => Err(ServiceError::KeyNotFound),
-            };
+            if caller.require(Scope::Sign, Some(&key_id)).is_ok() {
+                return Ok(key_id);
+            }
         }
         let text = ekms_signer::address::eip55(&address);
         let key = self.key_by_address(caller, &text).await?;

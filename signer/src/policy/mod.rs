@@ -841,8 +841,8 @@ fn parse_program(s: &str) -> Result<[u8; 32], SignerError> {
 #[cfg(test)]
 mod tests;
 
-/// The dotted path of the first member (or list item) of `value` that is `null`, in
-/// document order ([`Policy::parse_new`]).
+/// The dotted path of a member (or list item) of `value` that is `null`, the first in
+/// the order `serde_json::Map` iterates (by key) ([`Policy::parse_new`]).
 fn null_member(value: &serde_json::Value, path: &str) -> Option<String> {
     use serde_json::Value;
     match value {
