@@ -217,7 +217,7 @@ impl Service {
     pub async fn signable_keys(&self, caller: &Caller) -> Result<Vec<KeySummary>, ServiceError> {
         let mut out = Vec::new();
         for summary in self.usable_keys(caller).await? {
-            self.checked_statement(&summary).await?;
+            self.check_identity(&summary).await?;
             out.push(summary);
         }
         Ok(out)
@@ -314,8 +314,26 @@ impl Service {
                 same && caller.require(Scope::Sign, Some(&k.key_id)).is_ok()
             })
             .ok_or(ServiceError::KeyNotFound)?;
-        self.checked_statement(&found).await?;
+        self.check_identity(&found).await?;
         Ok(found)
+    }
+
+    /// Checks `summary`'s identity columns (algorithm, public key, address) as
+    /// [`Service::checked_statement`] does, from memory when the same columns of this
+    /// key id checked before ([`CheckedIdentities`]): a key's identity never changes, so
+    /// `eth_accounts` and address lookups check each key's statement once, not on every
+    /// call. Columns that differ from the kept ones are checked against the statement
+    /// again (a rewritten column is `sealed_state_invalid`, as before).
+    ///
+    /// # Errors
+    /// As [`Service::checked_statement`].
+    async fn check_identity(&self, summary: &KeySummary) -> Result<(), ServiceError> {
+        if self.checked_identities.matches(summary) {
+            return Ok(());
+        }
+        self.checked_statement(summary).await?;
+        self.checked_identities.insert(summary);
+        Ok(())
     }
 
     /// The key's statement, checked against its columns ([`crate::identity`]). A key
@@ -426,5 +444,55 @@ impl CheckedAddresses {
     /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Most key identities [`CheckedIdentities`] keeps (beyond it an arbitrary one goes).
+pub const MAX_CHECKED_IDENTITIES: usize = 10_000;
+
+/// The identity columns (algorithm, public key, address) that checked against each key's
+/// statement, by key id ([`Service::check_identity`]). Bounded by
+/// [`MAX_CHECKED_IDENTITIES`].
+#[derive(Debug, Default)]
+pub struct CheckedIdentities {
+    map: std::sync::Mutex<std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>>,
+}
+
+impl CheckedIdentities {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>>
+    {
+        // Every critical section is one map call: a poisoned map is still whole.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `summary`'s identity columns are the ones that checked for its key id.
+    pub fn matches(&self, summary: &KeySummary) -> bool {
+        self.lock()
+            .get(&summary.key_id)
+            .is_some_and(|(a, pk, addr)| {
+                *a == summary.algorithm && *pk == summary.public_key && *addr == summary.address
+            })
+    }
+
+    /// Keeps `summary`'s identity columns (checked by the caller).
+    pub fn insert(&self, summary: &KeySummary) {
+        let mut map = self.lock();
+        if map.len() >= MAX_CHECKED_IDENTITIES && !map.contains_key(&summary.key_id) {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(
+            summary.key_id.clone(),
+            (
+                summary.algorithm,
+                summary.public_key.clone(),
+                summary.address.clone(),
+            ),
+        );
     }
 }

@@ -61,6 +61,9 @@ pub struct Service {
     /// EVM address → key id, for addresses whose key's statement checked
     /// ([`Service::evm_key_for_address`]).
     evm_addresses: Arc<keys::CheckedAddresses>,
+    /// Key identity columns that checked against their statements
+    /// ([`Service::signable_keys`], [`Service::key_by_address`]).
+    checked_identities: Arc<keys::CheckedIdentities>,
 }
 
 /// Whether the enclave serves, as `/v1/health` reports it.
@@ -91,6 +94,7 @@ impl Service {
             identity,
             keyring,
             evm_addresses: Arc::default(),
+            checked_identities: Arc::default(),
         }
     }
 

@@ -235,3 +235,47 @@ async fn finds_an_evm_key_by_address_once_then_from_memory_with_scopes_checked_e
     ));
     assert_eq!(h.service.evm_addresses.len(), 1);
 }
+
+#[tokio::test]
+async fn checks_each_keys_statement_once_for_eth_accounts_and_again_when_a_column_changes() {
+    let h = Harness::start(1).await;
+    let admin = caller(&h, &h.admin_token).await;
+    let evm = create(&h, &admin, Algorithm::Secp256k1).await;
+    let statements = || {
+        rusqlite::Connection::open(h.db_path())
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM key_statements WHERE key_id = ?1",
+                [&evm.key_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(h.service.signable_keys(&admin).await.unwrap().len(), 1);
+    // Checked once: with its statement row gone, the next listing does not ask the
+    // enclave for a new one (checking it again would store one).
+    rusqlite::Connection::open(h.db_path())
+        .unwrap()
+        .execute(
+            "DELETE FROM key_statements WHERE key_id = ?1",
+            [&evm.key_id],
+        )
+        .unwrap();
+    assert_eq!(statements(), 0);
+    assert_eq!(h.service.signable_keys(&admin).await.unwrap().len(), 1);
+    assert_eq!(statements(), 0);
+    // A rewritten address column is not the kept identity: it is checked against the
+    // statement (the enclave's, issued again) and refused.
+    rusqlite::Connection::open(h.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE keys SET address = '0x000000000000000000000000000000000000dEaD' WHERE key_id = ?1",
+            [&evm.key_id],
+        )
+        .unwrap();
+    assert!(matches!(
+        h.service.signable_keys(&admin).await,
+        Err(ServiceError::Parent(crate::error::Error::StoreCorrupt(m)))
+            if m.contains("differs from the enclave's statement")
+    ));
+}
