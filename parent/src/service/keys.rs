@@ -455,14 +455,14 @@ pub const MAX_CHECKED_IDENTITIES: usize = 10_000;
 /// [`MAX_CHECKED_IDENTITIES`].
 #[derive(Debug, Default)]
 pub struct CheckedIdentities {
-    map: std::sync::Mutex<std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>>,
+    map: std::sync::Mutex<Identities>,
 }
 
+/// Key id → (algorithm, public key, address) as they checked.
+type Identities = std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>;
+
 impl CheckedIdentities {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Identities> {
         // Every critical section is one map call: a poisoned map is still whole.
         self.map
             .lock()
