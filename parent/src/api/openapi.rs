@@ -4,7 +4,8 @@
 //!
 //! Rule for maintainers: a route added to (or removed from) the router goes into
 //! `docs/openapi.json` and [`ROUTES`] in the same change. The tests below fail when the
-//! document's operations differ from [`ROUTES`], or when the router does not answer a
+//! document's operations differ from [`ROUTES`], when the router's source registers a
+//! path [`ROUTES`] lacks (or lacks one it lists), or when the router does not answer a
 //! listed method on a listed path, or answers another one there with anything but 405.
 //! `e2e/test_openapi.py` (schemathesis) checks a real sim's answers against the document.
 
@@ -160,6 +161,43 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(content_type, "application/json");
         assert_eq!(body, DOCUMENT.as_bytes());
+    }
+
+    /// The path templates the router's source registers (`.route("…"` in every
+    /// non-test source file of `src/api/`) are exactly [`ROUTES`]' paths: axum cannot
+    /// list its routes, so a route added to the router but not to [`ROUTES`] (and so
+    /// neither to the document nor to this module's other tests) is caught here. Methods
+    /// on a listed path are held by `routes_every_listed_route_and_rejects_other_methods`.
+    #[test]
+    fn the_routers_source_registers_exactly_the_listed_paths() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        let mut registered = BTreeSet::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".rs") || name == "tests.rs" {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let source = text.split("#[cfg(test)]").next().unwrap();
+            assert!(
+                !source.contains(".nest(") && !source.contains("route_service("),
+                "{name}: nested or service routes: teach this test to read them"
+            );
+            for (i, _) in source.match_indices(".route(") {
+                let rest = source[i + ".route(".len()..].trim_start();
+                let literal = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or_else(|| panic!("{name}: a route whose path is not a literal"));
+                registered.insert(literal.to_owned());
+            }
+        }
+        assert!(files > 5, "read the API's sources");
+        let listed: BTreeSet<String> = ROUTES.iter().map(|(_, p)| (*p).to_owned()).collect();
+        assert_eq!(registered, listed);
     }
 
     /// Each listed route is routed (its handler answers, not the router's 404 or 405),
