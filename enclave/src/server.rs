@@ -327,7 +327,11 @@ async fn write_loop(writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiver<V
                 Err(_) => break,
             }
         }
-        if let Err(e) = written.and(writer.flush().await) {
+        let flushed = match written {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
             tracing::debug!(error = %e, "write failed; dropping the connection's answers");
             // Keep draining so request tasks never block on a dead connection.
             while rx.recv().await.is_some() {}
