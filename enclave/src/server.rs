@@ -22,6 +22,7 @@
 //! their answers be written (within [`DRAIN_DEADLINE`]), then return.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +186,9 @@ impl Connection {
         // (three reads per frame unbuffered).
         let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
         let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        let writer_task = tokio::spawn(write_loop(writer, rx).in_current_span());
+        let write_failed = Arc::new(AtomicBool::new(false));
+        let writer_task =
+            tokio::spawn(write_loop(writer, rx, Arc::clone(&write_failed)).in_current_span());
         let mut requests = JoinSet::new();
         loop {
             while requests.try_join_next().is_some() {}
@@ -193,6 +196,13 @@ impl Connection {
                 Ok(body) => body,
                 Err(ReadEnd::Closed | ReadEnd::Failed) => break,
             };
+            // No answer can reach the parent any more: take no further request (each
+            // would be decided, audited and signed for nobody, leaving a gap in the
+            // parent's copy of the audit chain).
+            if write_failed.load(Ordering::Acquire) {
+                tracing::info!("answers cannot be written: closing the connection");
+                break;
+            }
             let frame = match decode_request(&body) {
                 Ok(frame) => frame,
                 Err(e) => match e.request_id() {
@@ -317,7 +327,11 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, frame: &ResponseFrame) -> Result<(), (
 
 /// Writes the queued answers, every answer queued by then in one flush (one write for
 /// many answers when many requests are in flight).
-async fn write_loop(writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(
+    writer: WriteHalf<Box<dyn Duplex>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    failed: Arc<AtomicBool>,
+) {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     while let Some(bytes) = rx.recv().await {
         let mut written = writer.write_all(&bytes).await;
@@ -333,6 +347,7 @@ async fn write_loop(writer: WriteHalf<Box<dyn Duplex>>, mut rx: mpsc::Receiver<V
         };
         if let Err(e) = flushed {
             tracing::debug!(error = %e, "write failed; dropping the connection's answers");
+            failed.store(true, Ordering::Release);
             // Keep draining so request tasks never block on a dead connection.
             while rx.recv().await.is_some() {}
             return;
@@ -433,6 +448,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read_response(&mut s).await.request_id, 78);
+    }
+
+    #[tokio::test]
+    async fn stops_taking_requests_once_its_answers_cannot_be_written() {
+        // The parent stops reading (a half-closed socket): the first answer's write
+        // fails, and the next frame closes the connection instead of being decided and
+        // signed for nobody.
+        let server = start(Limits::default()).await;
+        let s = UnixStream::connect(&server.path).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.shutdown(std::net::Shutdown::Read).unwrap();
+        let mut s = UnixStream::from_std(s).unwrap();
+        let status = |id| encode_request(&RequestFrame::new(id, Request::Status)).unwrap();
+        s.write_all(&status(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Read by the enclave, which then closes; a later write finds no reader.
+        let _ = s.write_all(&status(2)).await;
+        let mut refused = false;
+        for id in 3..250 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if s.write_all(&status(id)).await.is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(
+            refused,
+            "the enclave kept reading requests it could not answer"
+        );
     }
 
     #[tokio::test]
