@@ -37,6 +37,16 @@ struct Entry {
     dek: Arc<DataKey>,
     created: Instant,
     uses: u64,
+    /// Set once a request was told to fetch the next data key ([`DekCache::take`]).
+    refreshing: bool,
+}
+
+/// A data key taken from the cache.
+struct Taken {
+    dek: Arc<DataKey>,
+    /// The entry is in its last tenth (of uses or of its time to live) and this request
+    /// is the one to fetch the next data key ([`Keyrings::data_key`]).
+    refresh: bool,
 }
 
 /// The bounded cache of plaintext data keys.
@@ -79,25 +89,33 @@ impl DekCache {
     }
 
     /// The cached key for `key` at `now`, counting one use; expired or used-up entries
-    /// are removed.
-    fn take(&self, key: &CacheKey, now: Instant) -> Option<Arc<DataKey>> {
+    /// are removed. The first take that finds the entry in its last tenth of uses or of
+    /// its time to live is told to refresh it ([`Taken::refresh`]): fetching the next
+    /// data key then costs that one request, not every request that would otherwise
+    /// wait for the fetch once the entry ended (with 64 signatures in flight, each
+    /// fetch held all of them for a KMS round trip: a p99 spike every `max_uses`).
+    fn take(&self, key: &CacheKey, now: Instant) -> Option<Taken> {
         if !self.enabled() {
             return None;
         }
         let mut map = self.lock();
         let entry = map.get_mut(key)?;
-        if now.saturating_duration_since(entry.created) >= self.ttl()
-            || entry.uses >= self.policy.max_uses
-        {
+        let age = now.saturating_duration_since(entry.created);
+        let ttl = self.ttl();
+        if age >= ttl || entry.uses >= self.policy.max_uses {
             map.remove(key);
             return None;
         }
         entry.uses += 1;
         let dek = Arc::clone(&entry.dek);
+        let late = self.policy.max_uses - entry.uses <= (self.policy.max_uses / 10).max(1)
+            || ttl - age <= ttl / 10;
+        let refresh = late && !entry.refreshing;
+        entry.refreshing |= refresh;
         if entry.uses >= self.policy.max_uses {
             map.remove(key);
         }
-        Some(dek)
+        Some(Taken { dek, refresh })
     }
 
     /// Caches `dek` under `key` with `uses` already counted (no-op when caching is off
@@ -126,6 +144,7 @@ impl DekCache {
                 dek,
                 created: now,
                 uses,
+                refreshing: false,
             },
         );
     }
@@ -203,9 +222,12 @@ impl Keyrings {
             });
         }
         let key = cache_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext);
-        if let Some(dek) = self.cache.take(&key, Instant::now()) {
+        if let Some(taken) = self.cache.take(&key, Instant::now()) {
             self.kms.metrics().dek_hit();
-            return Ok(dek);
+            if taken.refresh {
+                self.refresh(keyring, key).await;
+            }
+            return Ok(taken.dek);
         }
         if !self.cache.enabled() {
             self.kms.metrics().dek_miss();
@@ -220,9 +242,12 @@ impl Keyrings {
         };
         let _single_flight = lock.lock().await;
         // Another request may have fetched it while this one waited.
-        if let Some(dek) = self.cache.take(&key, Instant::now()) {
+        if let Some(taken) = self.cache.take(&key, Instant::now()) {
             self.kms.metrics().dek_hit();
-            return Ok(dek);
+            if taken.refresh {
+                self.refresh(keyring, key).await;
+            }
+            return Ok(taken.dek);
         }
         self.kms.metrics().dek_miss();
         let fetched = self.fetch(keyring).await;
@@ -234,6 +259,21 @@ impl Keyrings {
         // The request that fetched it is its first use.
         self.cache.put(key, Arc::clone(&dek), Instant::now(), 1);
         Ok(dek)
+    }
+
+    /// Fetches the next data key for an entry in its last tenth and caches it with no
+    /// use counted (it replaces the entry: the old key's remaining uses are not used).
+    /// A failure is logged and changes nothing: the entry serves until it ends, and
+    /// then a request fetches as on any miss.
+    async fn refresh(&self, keyring: &KeyringRef, key: CacheKey) {
+        self.kms.metrics().dek_refresh();
+        match self.fetch(keyring).await {
+            Ok(next) => self.cache.put(key, next, Instant::now(), 0),
+            Err(e) => tracing::warn!(
+                error = e.code(),
+                "fetching the next data key ahead of the cached one's end failed"
+            ),
+        }
     }
 
     /// KMS `Decrypt` of `keyring`'s blob, bypassing the cache.
@@ -299,6 +339,36 @@ mod tests {
         }
         assert!(cache.take(&k, now).is_none());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn asks_one_take_to_refresh_in_the_last_tenth_of_uses_or_time() {
+        let cache = DekCache::new(policy(100, 20));
+        let k = cache_key("main", 1, b"blob");
+        let now = Instant::now();
+        cache.put(k.clone(), dek(1), now, 0);
+        // Uses 1..=17 leave more than 2 (a tenth of 20): no refresh.
+        let refreshes: Vec<bool> = (0..20)
+            .map(|_| cache.take(&k, now).unwrap().refresh)
+            .collect();
+        let mut expected = vec![false; 20];
+        expected[17] = true;
+        assert_eq!(refreshes, expected, "only the first take in the last tenth");
+        assert!(
+            cache.take(&k, now).is_none(),
+            "the entry still ends at max_uses"
+        );
+        // The refreshed key replaces the entry with no use counted.
+        let next = dek(2);
+        cache.put(k.clone(), Arc::clone(&next), now, 0);
+        let taken = cache.take(&k, now).unwrap();
+        assert!(!taken.refresh);
+        assert!(Arc::ptr_eq(&taken.dek, &next));
+        // By time: in the last 10 s of 100 s, once.
+        let late = now + Duration::from_secs(91);
+        assert!(cache.take(&k, late).unwrap().refresh);
+        assert!(!cache.take(&k, late).unwrap().refresh);
+        assert!(cache.take(&k, now + Duration::from_secs(100)).is_none());
     }
 
     #[test]

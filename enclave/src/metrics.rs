@@ -60,6 +60,7 @@ pub struct Counters {
     kms: [KmsCounters; OPS],
     dek_hits: AtomicU64,
     dek_misses: AtomicU64,
+    dek_refreshes: AtomicU64,
 }
 
 impl Default for Counters {
@@ -71,6 +72,7 @@ impl Default for Counters {
             kms: Default::default(),
             dek_hits: AtomicU64::new(0),
             dek_misses: AtomicU64::new(0),
+            dek_refreshes: AtomicU64::new(0),
         }
     }
 }
@@ -152,6 +154,11 @@ impl Counters {
         self.dek_misses.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A cached data key fetched again ahead of its entry's end.
+    pub fn dek_refresh(&self) {
+        self.dek_refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// One KMS call of `op` that took `elapsed` and ended with `result`.
     pub fn kms_call<T>(&self, op: KmsOperation, elapsed: Duration, result: &Result<T, KmsError>) {
         let c = &self.kms[op_index(op)];
@@ -183,6 +190,7 @@ impl Counters {
             uptime_secs: self.booted.elapsed().as_secs(),
             dek_cache_hits: load(&self.dek_hits),
             dek_cache_misses: load(&self.dek_misses),
+            dek_cache_refreshes: load(&self.dek_refreshes),
             ..EnclaveMetrics::default()
         };
         for (k, kind) in PayloadKind::ALL.into_iter().enumerate() {

@@ -2085,12 +2085,36 @@ async fn metrics_count_signatures_refusals_cache_and_kms_calls() {
     };
     assert_eq!(
         decrypts(&after) - decrypts(&before),
-        after.dek_cache_misses - before.dek_cache_misses
+        after.dek_cache_misses - before.dek_cache_misses + after.dek_cache_refreshes
+            - before.dek_cache_refreshes
     );
     let text = format!("{after:?}");
     assert!(
         !text.contains(&record.key_id) && !text.contains("metrics\""),
         "{text}"
+    );
+
+    // Through the cache's last tenth (1,000 uses): one request fetches the next data key
+    // ahead of the entry's end (a refresh), so no request finds the cache empty.
+    for _ in 0..1000 {
+        let signed = parent
+            .sign(
+                &record,
+                &policy,
+                &ring,
+                PayloadKind::EvmTransaction,
+                eip1559(1, DEST, 1_000),
+            )
+            .await;
+        assert!(signed.is_ok(), "{signed:?}");
+    }
+    let last = metrics(&mut parent).await;
+    assert_eq!(last.dek_cache_misses, after.dek_cache_misses, "{last:?}");
+    assert_eq!(last.dek_cache_refreshes - after.dek_cache_refreshes, 1);
+    assert_eq!(
+        decrypts(&last) - decrypts(&after),
+        1,
+        "the refresh is the only Decrypt"
     );
 
     drop((booting, parent));

@@ -390,6 +390,11 @@ impl Collector for EnclaveCollector {
                 "Data keys that needed a KMS Decrypt (cache empty, expired, used up or off)",
                 e.dek_cache_misses,
             ),
+            (
+                "dek_cache_refreshes",
+                "KMS Decrypts of a cached data key made ahead of its entry's end",
+                e.dek_cache_refreshes,
+            ),
         ] {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(m)?;
@@ -533,6 +538,7 @@ mod tests {
                 }],
                 dek_cache_hits: 7,
                 dek_cache_misses: 3,
+                dek_cache_refreshes: 1,
             }),
         });
         let text = m.encode();
@@ -548,6 +554,7 @@ mod tests {
             r#"ekms_kms_request_duration_seconds_count{operation="Decrypt"} 3"#,
             "ekms_dek_cache_hits_total 7",
             "ekms_dek_cache_misses_total 3",
+            "ekms_dek_cache_refreshes_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }

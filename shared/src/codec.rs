@@ -294,6 +294,7 @@ mod tests {
             }],
             dek_cache_hits: 40,
             dek_cache_misses: 12,
+            dek_cache_refreshes: 1,
         }
     }
 

@@ -51,6 +51,11 @@ pub struct EnclaveMetrics {
     pub dek_cache_hits: u64,
     /// Data keys that needed a KMS `Decrypt` (cache empty, expired, used up or off).
     pub dek_cache_misses: u64,
+    /// KMS `Decrypt`s of a cached data key's blob made ahead of the entry's end (its
+    /// last tenth of uses or of its time to live), by the one request that found it
+    /// due, while the others went on with the cached key.
+    #[serde(default)]
+    pub dek_cache_refreshes: u64,
 }
 
 /// Signatures of one payload kind.
