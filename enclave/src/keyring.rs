@@ -108,8 +108,11 @@ impl DekCache {
         }
         entry.uses += 1;
         let dek = Arc::clone(&entry.dek);
-        let late = self.policy.max_uses - entry.uses <= (self.policy.max_uses / 10).max(1)
-            || ttl - age <= ttl / 10;
+        // Below 10 uses there is no last tenth of uses to refresh in (a refresh would
+        // throw uses away: one fetch per signature at `max_uses` 2); by time there is.
+        let tenth = self.policy.max_uses / 10;
+        let late =
+            (tenth > 0 && self.policy.max_uses - entry.uses <= tenth) || ttl - age <= ttl / 10;
         let refresh = late && !entry.refreshing;
         entry.refreshing |= refresh;
         if entry.uses >= self.policy.max_uses {
@@ -128,7 +131,8 @@ impl DekCache {
         let ttl = self.ttl();
         let mut map = self.lock();
         map.retain(|_, e| now.saturating_duration_since(e.created) < ttl);
-        while map.len() >= MAX_CACHED_KEYS {
+        // A key that replaces its own entry (a refresh) evicts no other.
+        while !map.contains_key(&key) && map.len() >= MAX_CACHED_KEYS {
             let oldest = map
                 .iter()
                 .min_by_key(|(_, e)| e.created)
@@ -225,7 +229,7 @@ impl Keyrings {
         if let Some(taken) = self.cache.take(&key, Instant::now()) {
             self.kms.metrics().dek_hit();
             if taken.refresh {
-                self.refresh(keyring, key).await;
+                return self.refresh(keyring, key, taken.dek).await;
             }
             return Ok(taken.dek);
         }
@@ -245,7 +249,7 @@ impl Keyrings {
         if let Some(taken) = self.cache.take(&key, Instant::now()) {
             self.kms.metrics().dek_hit();
             if taken.refresh {
-                self.refresh(keyring, key).await;
+                return self.refresh(keyring, key, taken.dek).await;
             }
             return Ok(taken.dek);
         }
@@ -261,18 +265,39 @@ impl Keyrings {
         Ok(dek)
     }
 
-    /// Fetches the next data key for an entry in its last tenth and caches it with no
-    /// use counted (it replaces the entry: the old key's remaining uses are not used).
-    /// A failure is logged and changes nothing: the entry serves until it ends, and
-    /// then a request fetches as on any miss.
-    async fn refresh(&self, keyring: &KeyringRef, key: CacheKey) {
+    /// Fetches the next data key for an entry in its last tenth, caches it with this
+    /// request's use counted (it replaces the entry: the old key's remaining uses are
+    /// not used) and returns it: the old key is not used after the fetch, which the
+    /// parent (relaying the KMS traffic) can hold up to the KMS timeout, so a key is
+    /// never used past its time to live. On failure (logged) the entry serves the other
+    /// requests until it ends, and this one uses the old key only if it is still within
+    /// its bounds (a use is counted again), or fails with the fetch's error.
+    ///
+    /// # Errors
+    /// The fetch's [`WireError`] when the cached entry has ended meanwhile.
+    async fn refresh(
+        &self,
+        keyring: &KeyringRef,
+        key: CacheKey,
+        old: Arc<DataKey>,
+    ) -> Result<Arc<DataKey>, WireError> {
+        drop(old);
         self.kms.metrics().dek_refresh();
         match self.fetch(keyring).await {
-            Ok(next) => self.cache.put(key, next, Instant::now(), 0),
-            Err(e) => tracing::warn!(
-                error = e.code(),
-                "fetching the next data key ahead of the cached one's end failed"
-            ),
+            Ok(next) => {
+                self.cache.put(key, Arc::clone(&next), Instant::now(), 1);
+                Ok(next)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = e.code(),
+                    "fetching the next data key ahead of the cached one's end failed"
+                );
+                match self.cache.take(&key, Instant::now()) {
+                    Some(taken) => Ok(taken.dek),
+                    None => Err(e),
+                }
+            }
         }
     }
 
@@ -369,6 +394,35 @@ mod tests {
         assert!(cache.take(&k, late).unwrap().refresh);
         assert!(!cache.take(&k, late).unwrap().refresh);
         assert!(cache.take(&k, now + Duration::from_secs(100)).is_none());
+        // Below 10 uses there is no last tenth of uses: no refresh by uses (at 2, one
+        // would throw every other use away), only by time.
+        let small = DekCache::new(policy(100, 5));
+        small.put(k.clone(), dek(3), now, 0);
+        assert!((0..5).all(|_| !small.take(&k, now).unwrap().refresh));
+        assert!(small.take(&k, now).is_none());
+        small.put(k.clone(), dek(3), now, 0);
+        assert!(small.take(&k, late).unwrap().refresh);
+    }
+
+    #[test]
+    fn a_refresh_replaces_its_entry_without_evicting_another() {
+        let cache = DekCache::new(policy(60, 100));
+        let now = Instant::now();
+        let keys: Vec<_> = (0..MAX_CACHED_KEYS)
+            .map(|i| cache_key("main", u32::try_from(i).unwrap(), b"blob"))
+            .collect();
+        // keys[0] is the oldest: the one an eviction would take.
+        for (i, k) in keys.iter().enumerate() {
+            let at = now + Duration::from_millis(u64::try_from(i).unwrap());
+            cache.put(k.clone(), dek(1), at, 0);
+        }
+        assert_eq!(cache.len(), MAX_CACHED_KEYS);
+        let later = now + Duration::from_secs(1);
+        cache.put(keys[5].clone(), dek(2), later, 1);
+        assert!(
+            keys.iter().all(|k| cache.take(k, later).is_some()),
+            "none evicted"
+        );
     }
 
     #[test]
