@@ -393,6 +393,19 @@ impl Parent {
         }
     }
 
+    /// Signs an EIP-1559 transfer of `value` wei to `DEST` on chain 1.
+    async fn sign_transfer(
+        &mut self,
+        record: &SealedKeyRecord,
+        policy: &SealedPolicy,
+        keyring: &KeyringRef,
+        value: u128,
+    ) -> Result<SignOutput, WireError> {
+        let tx = eip1559(1, DEST, value);
+        self.sign(record, policy, keyring, PayloadKind::EvmTransaction, tx)
+            .await
+    }
+
     async fn sign(
         &mut self,
         record: &SealedKeyRecord,
@@ -2036,24 +2049,10 @@ async fn metrics_count_signatures_refusals_cache_and_kms_calls() {
     assert_eq!(gdk.duration_buckets.iter().sum::<u64>(), 2);
     assert!(before.kms_errors.is_empty());
 
-    let signed = parent
-        .sign(
-            &record,
-            &policy,
-            &ring,
-            PayloadKind::EvmTransaction,
-            eip1559(1, DEST, 1_000),
-        )
-        .await;
+    let signed = parent.sign_transfer(&record, &policy, &ring, 1_000).await;
     assert!(signed.is_ok(), "{signed:?}");
     let refused = parent
-        .sign(
-            &record,
-            &policy,
-            &ring,
-            PayloadKind::EvmTransaction,
-            eip1559(1, DEST, 2_000_000_000_000_000_000),
-        )
+        .sign_transfer(&record, &policy, &ring, 2_000_000_000_000_000_000)
         .await;
     let Err(WireError::PolicyDenied { rule, .. }) = refused else {
         panic!("{refused:?}")
@@ -2097,15 +2096,7 @@ async fn metrics_count_signatures_refusals_cache_and_kms_calls() {
     // Through the cache's last tenth (1,000 uses): one request fetches the next data key
     // ahead of the entry's end (a refresh), so no request finds the cache empty.
     for _ in 0..1000 {
-        let signed = parent
-            .sign(
-                &record,
-                &policy,
-                &ring,
-                PayloadKind::EvmTransaction,
-                eip1559(1, DEST, 1_000),
-            )
-            .await;
+        let signed = parent.sign_transfer(&record, &policy, &ring, 1_000).await;
         assert!(signed.is_ok(), "{signed:?}");
     }
     let last = metrics(&mut parent).await;
