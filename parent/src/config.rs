@@ -241,7 +241,9 @@ pub struct Args {
     /// Seconds the enclave may keep a plaintext data key (0: KMS call per use).
     #[arg(long, env = "EKMS_DEK_CACHE_TTL_SECS", default_value_t = 300)]
     pub dek_cache_ttl_secs: u64,
-    /// Uses of a cached data key before it is dropped (0: KMS call per use).
+    /// Uses of a cached data key before it is dropped (0: KMS call per use). From 10
+    /// uses up, the request that finds a key in its last tenth (of uses or of the TTL)
+    /// fetches the next one while the others go on.
     #[arg(long, env = "EKMS_DEK_CACHE_MAX_USES", default_value_t = 1000)]
     pub dek_cache_max_uses: u64,
     /// Keyring for new keys.
