@@ -1043,24 +1043,34 @@ fn parsed_policy(policy: &SealedPolicy) -> Result<(Arc<Policy>, [u8; 32]), WireE
     }
     let parsed = Arc::new(Policy::parse(&policy.policy_json).map_err(policy_error)?);
     let digest = policy_sha256(&policy.policy_json);
-    let mut cache = lock();
-    if cache.len() >= MAX_PARSED_POLICIES {
-        if let Some(k) = cache.keys().next().copied() {
-            cache.remove(&k);
-        }
-    }
-    cache.insert(
+    insert_bounded(
+        &mut lock(),
         policy.mac,
         (policy.policy_json.clone(), Arc::clone(&parsed), digest),
     );
     Ok((parsed, digest))
 }
 
+/// Inserts into one of this module's caches: beyond [`MAX_PARSED_POLICIES`] entries an
+/// arbitrary one goes first.
+fn insert_bounded<K: Copy + Eq + std::hash::Hash, V>(
+    map: &mut std::collections::HashMap<K, V>,
+    key: K,
+    value: V,
+) {
+    if map.len() >= MAX_PARSED_POLICIES && !map.contains_key(&key) {
+        if let Some(k) = map.keys().next().copied() {
+            map.remove(&k);
+        }
+    }
+    map.insert(key, value);
+}
+
 /// EVM addresses by compressed public key: deriving one decompresses the point (a field
 /// square root) and hashes it, ~10 µs per signature otherwise. Only keys of records
 /// that opened reach it (`decide_and_sign` runs after `open_and_verify`); the address
 /// is a function of the key bytes alone, so an entry is never wrong. Bounded like
-/// [`PARSED_POLICIES`].
+/// [`PARSED_POLICIES`] ([`insert_bounded`]).
 static EVM_ADDRESSES: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<[u8; 33], [u8; 20]>>,
 > = std::sync::LazyLock::new(Default::default);
@@ -1083,13 +1093,7 @@ fn evm_address_of(public_key: &[u8]) -> Result<[u8; 20], WireError> {
         .ok()
         .and_then(|id| id.evm_address())
         .ok_or(WireError::SealedStateInvalid)?;
-    let mut cache = lock();
-    if cache.len() >= MAX_PARSED_POLICIES {
-        if let Some(k) = cache.keys().next().copied() {
-            cache.remove(&k);
-        }
-    }
-    cache.insert(key, address);
+    insert_bounded(&mut lock(), key, address);
     Ok(address)
 }
 

@@ -45,7 +45,7 @@ struct Entry {
 struct Taken {
     dek: Arc<DataKey>,
     /// The entry is in its last tenth (of uses or of its time to live) and this request
-    /// is the one to fetch the next data key ([`Keyrings::data_key`]).
+    /// is the one to fetch the next data key ([`Keyrings::cached_data_key`]).
     refresh: bool,
 }
 
@@ -226,12 +226,8 @@ impl Keyrings {
             });
         }
         let key = cache_key(&keyring.keyring, keyring.epoch, &keyring.dek_ciphertext);
-        if let Some(taken) = self.cache.take(&key, Instant::now()) {
-            self.kms.metrics().dek_hit();
-            if taken.refresh {
-                return self.refresh(keyring, key, taken.dek).await;
-            }
-            return Ok(taken.dek);
+        if let Some(cached) = self.cached_data_key(keyring, &key).await {
+            return cached;
         }
         if !self.cache.enabled() {
             self.kms.metrics().dek_miss();
@@ -246,12 +242,8 @@ impl Keyrings {
         };
         let _single_flight = lock.lock().await;
         // Another request may have fetched it while this one waited.
-        if let Some(taken) = self.cache.take(&key, Instant::now()) {
-            self.kms.metrics().dek_hit();
-            if taken.refresh {
-                return self.refresh(keyring, key, taken.dek).await;
-            }
-            return Ok(taken.dek);
+        if let Some(cached) = self.cached_data_key(keyring, &key).await {
+            return cached;
         }
         self.kms.metrics().dek_miss();
         let fetched = self.fetch(keyring).await;
@@ -265,27 +257,31 @@ impl Keyrings {
         Ok(dek)
     }
 
-    /// Fetches the next data key for an entry in its last tenth, caches it with this
-    /// request's use counted (it replaces the entry: the old key's remaining uses are
-    /// not used) and returns it: the old key is not used after the fetch, which the
-    /// parent (relaying the KMS traffic) can hold up to the KMS timeout, so a key is
-    /// never used past its time to live. On failure (logged) the entry serves the other
-    /// requests until it ends, and this one uses the old key only if it is still within
-    /// its bounds (a use is counted again), or fails with the fetch's error.
-    ///
-    /// # Errors
-    /// The fetch's [`WireError`] when the cached entry has ended meanwhile.
-    async fn refresh(
+    /// The data key from the cache (one use counted), if there; when its entry is in
+    /// its last tenth and this request is the one to refresh it, the next data key
+    /// fetched now, cached with this request's use counted (it replaces the entry: the
+    /// old key's remaining uses are not used) and returned. The old key is not used
+    /// after that fetch, which the parent (relaying the KMS traffic) can hold up to the
+    /// KMS timeout, so a key is never used past its time to live. If the fetch fails
+    /// (logged), the entry serves the other requests until it ends, and this one uses
+    /// the old key only if it is still within its bounds (a use is counted again), or
+    /// fails with the fetch's error.
+    async fn cached_data_key(
         &self,
         keyring: &KeyringRef,
-        key: CacheKey,
-        old: Arc<DataKey>,
-    ) -> Result<Arc<DataKey>, WireError> {
-        drop(old);
+        key: &CacheKey,
+    ) -> Option<Result<Arc<DataKey>, WireError>> {
+        let Taken { dek, refresh } = self.cache.take(key, Instant::now())?;
+        self.kms.metrics().dek_hit();
+        if !refresh {
+            return Some(Ok(dek));
+        }
+        drop(dek);
         self.kms.metrics().dek_refresh();
-        match self.fetch(keyring).await {
+        Some(match self.fetch(keyring).await {
             Ok(next) => {
-                self.cache.put(key, Arc::clone(&next), Instant::now(), 1);
+                self.cache
+                    .put(key.clone(), Arc::clone(&next), Instant::now(), 1);
                 Ok(next)
             }
             Err(e) => {
@@ -293,12 +289,12 @@ impl Keyrings {
                     error = e.code(),
                     "fetching the next data key ahead of the cached one's end failed"
                 );
-                match self.cache.take(&key, Instant::now()) {
+                match self.cache.take(key, Instant::now()) {
                     Some(taken) => Ok(taken.dek),
                     None => Err(e),
                 }
             }
-        }
+        })
     }
 
     /// KMS `Decrypt` of `keyring`'s blob, bypassing the cache.

@@ -250,7 +250,7 @@ impl Service {
     /// with it: what JSON-RPC's `eth_sign*` methods name their key by.
     ///
     /// The first lookup of an address is [`Service::key_by_address`] (a store read and
-    /// a statement check); its answer is kept ([`CheckedAddresses`]), so later calls
+    /// a statement check); its answer is kept ([`Checked`]), so later calls
     /// read no database. That is sound without invalidation: the pairing was checked
     /// against a statement the enclave signed about the sealed record, whose key id and
     /// public key never change, and the caller's scopes and key list are checked on
@@ -270,7 +270,7 @@ impl Service {
         // A kept pair the caller may not use is not answered from memory: the lookup
         // runs as for an unknown address, so the answer's time does not tell a token
         // whether another caller's key has this address (an attack review's finding).
-        if let Some(key_id) = self.evm_addresses.get(&address) {
+        if let Some(key_id) = self.evm_addresses.get_with(&address, String::clone) {
             if caller.require(Scope::Sign, Some(&key_id)).is_ok() {
                 return Ok(key_id);
             }
@@ -320,7 +320,7 @@ impl Service {
 
     /// Checks `summary`'s identity columns (algorithm, public key, address) as
     /// [`Service::checked_statement`] does, from memory when the same columns of this
-    /// key id checked before ([`CheckedIdentities`]): a key's identity never changes, so
+    /// key id checked before ([`Checked`]): a key's identity never changes, so
     /// `eth_accounts` and address lookups check each key's statement once, not on every
     /// call. Columns that differ from the kept ones are checked against the statement
     /// again (a rewritten column is `sealed_state_invalid`, as before).
@@ -328,11 +328,26 @@ impl Service {
     /// # Errors
     /// As [`Service::checked_statement`].
     async fn check_identity(&self, summary: &KeySummary) -> Result<(), ServiceError> {
-        if self.checked_identities.matches(summary) {
+        let kept = self.checked_identities.get_with(
+            &summary.key_id,
+            |(algorithm, public_key, address)| {
+                *algorithm == summary.algorithm
+                    && *public_key == summary.public_key
+                    && *address == summary.address
+            },
+        );
+        if kept == Some(true) {
             return Ok(());
         }
         self.checked_statement(summary).await?;
-        self.checked_identities.insert(summary);
+        self.checked_identities.insert(
+            summary.key_id.clone(),
+            (
+                summary.algorithm,
+                summary.public_key.clone(),
+                summary.address.clone(),
+            ),
+        );
         Ok(())
     }
 
@@ -401,42 +416,52 @@ fn policy_value(policy_json: &str) -> Result<Value, Error> {
         .map_err(|_| Error::StoreCorrupt("stored policy is not JSON".into()))
 }
 
-/// Most addresses [`CheckedAddresses`] keeps (a 20-byte address and a 36-byte key id
-/// each; beyond it an arbitrary entry goes).
-pub const MAX_CHECKED_ADDRESSES: usize = 10_000;
+/// Most entries a [`Checked`] map keeps (beyond it an arbitrary one goes): 10,000
+/// key identities or addresses, a few hundred bytes each.
+pub const MAX_CHECKED: usize = 10_000;
 
-/// EVM addresses whose key's statement checked, by address (see
-/// [`Service::evm_key_for_address`]). Bounded by [`MAX_CHECKED_ADDRESSES`].
-#[derive(Debug, Default)]
-pub struct CheckedAddresses {
-    map: std::sync::Mutex<std::collections::HashMap<[u8; 20], String>>,
+/// A bounded map of facts that checked against a key's enclave-signed statement and
+/// never change (a key's id, algorithm, public key and address): EVM address → key id
+/// ([`Service::evm_key_for_address`]) and key id → identity columns
+/// ([`Service::check_identity`]). Bounded by [`MAX_CHECKED`].
+#[derive(Debug)]
+pub struct Checked<K, V> {
+    map: std::sync::Mutex<std::collections::HashMap<K, V>>,
 }
 
-impl CheckedAddresses {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 20], String>> {
+impl<K, V> Default for Checked<K, V> {
+    fn default() -> Self {
+        Self {
+            map: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Checked<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, V>> {
         // Every critical section is one map call: a poisoned map is still whole.
         self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The key id checked for `address`, if kept.
-    pub fn get(&self, address: &[u8; 20]) -> Option<String> {
-        self.lock().get(address).cloned()
+    /// `f` of the value kept for `key`, if any.
+    pub fn get_with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.lock().get(key).map(f)
     }
 
-    /// Keeps `address` → `key_id` (checked by the caller).
-    pub fn insert(&self, address: [u8; 20], key_id: String) {
+    /// Keeps `key` → `value` (checked by the caller).
+    pub fn insert(&self, key: K, value: V) {
         let mut map = self.lock();
-        if map.len() >= MAX_CHECKED_ADDRESSES && !map.contains_key(&address) {
-            if let Some(k) = map.keys().next().copied() {
+        if map.len() >= MAX_CHECKED && !map.contains_key(&key) {
+            if let Some(k) = map.keys().next().cloned() {
                 map.remove(&k);
             }
         }
-        map.insert(address, key_id);
+        map.insert(key, value);
     }
 
-    /// Number of addresses kept.
+    /// Number of entries kept.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -447,52 +472,5 @@ impl CheckedAddresses {
     }
 }
 
-/// Most key identities [`CheckedIdentities`] keeps (beyond it an arbitrary one goes).
-pub const MAX_CHECKED_IDENTITIES: usize = 10_000;
-
-/// The identity columns (algorithm, public key, address) that checked against each key's
-/// statement, by key id ([`Service::check_identity`]). Bounded by
-/// [`MAX_CHECKED_IDENTITIES`].
-#[derive(Debug, Default)]
-pub struct CheckedIdentities {
-    map: std::sync::Mutex<Identities>,
-}
-
-/// Key id → (algorithm, public key, address) as they checked.
-type Identities = std::collections::HashMap<String, (Algorithm, Vec<u8>, String)>;
-
-impl CheckedIdentities {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Identities> {
-        // Every critical section is one map call: a poisoned map is still whole.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether `summary`'s identity columns are the ones that checked for its key id.
-    pub fn matches(&self, summary: &KeySummary) -> bool {
-        self.lock()
-            .get(&summary.key_id)
-            .is_some_and(|(a, pk, addr)| {
-                *a == summary.algorithm && *pk == summary.public_key && *addr == summary.address
-            })
-    }
-
-    /// Keeps `summary`'s identity columns (checked by the caller).
-    pub fn insert(&self, summary: &KeySummary) {
-        let mut map = self.lock();
-        if map.len() >= MAX_CHECKED_IDENTITIES && !map.contains_key(&summary.key_id) {
-            if let Some(k) = map.keys().next().cloned() {
-                map.remove(&k);
-            }
-        }
-        map.insert(
-            summary.key_id.clone(),
-            (
-                summary.algorithm,
-                summary.public_key.clone(),
-                summary.address.clone(),
-            ),
-        );
-    }
-}
+/// A key's identity columns as they checked: algorithm, public key, address.
+pub type Identity = (Algorithm, Vec<u8>, String);

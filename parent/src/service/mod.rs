@@ -60,10 +60,10 @@ pub struct Service {
     keyring: Arc<Bootstrap>,
     /// EVM address → key id, for addresses whose key's statement checked
     /// ([`Service::evm_key_for_address`]).
-    evm_addresses: Arc<keys::CheckedAddresses>,
+    evm_addresses: Arc<keys::Checked<[u8; 20], String>>,
     /// Key identity columns that checked against their statements
     /// ([`Service::signable_keys`], [`Service::key_by_address`]).
-    checked_identities: Arc<keys::CheckedIdentities>,
+    checked_identities: Arc<keys::Checked<String, keys::Identity>>,
 }
 
 /// Whether the enclave serves, as `/v1/health` reports it.
